@@ -1,0 +1,220 @@
+"""Model configuration: one frozen dataclass for every model family.
+
+Field names follow the transformers configs (DeepseekV3Config, LongcatFlashConfig,
+YoutuConfig) where they exist, so a reader can map a checkpoint's config.json onto
+ours field by field. `validate()` runs in `__post_init__`, so an invalid combination
+raises `ValueError` naming the field before anything is traced or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+LAYER_TYPES = ("scmoe", "deepseek", "dense")
+SCORING_FUNCS = ("softmax", "sigmoid")
+MOE_DISPATCH = ("dense", "capacity", "dropless")
+DROPLESS_BACKENDS = ("blocked", "ragged_dot")
+ATTENTION_IMPLS = ("xla", "chunked")
+ROPE_TYPES = ("default", "yarn")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture and numerics of one causal LM.
+
+  `layer_type` picks the decoder layer:
+    * "scmoe": LongCat-Flash shortcut-connected MoE layer (2 MLA + 2 dense FFN + 1 MoE).
+    * "deepseek": DeepSeek-V3 layer (MLA + dense FFN for the first `first_k_dense_replace`
+      layers, MLA + MoE with shared experts after).
+    * "dense": Youtu-LLM layer (MLA + dense SwiGLU).
+  `num_layers` counts decoder layers; a ScMoE layer holds two attention sublayers, so
+  `num_attention_layers` is 2 * num_layers there (HF's LongCat `num_hidden_layers`).
+  """
+
+  # --- family / sizes
+  layer_type: str = "dense"
+  vocab_size: int = 128
+  hidden_size: int = 64
+  num_layers: int = 2
+  num_attention_heads: int = 4
+  intermediate_size: int = 128  # dense SwiGLU width (LongCat: ffn_hidden_size)
+  tie_word_embeddings: bool = False
+
+  # --- MLA
+  q_lora_rank: Optional[int] = 32  # None = direct query projection (q_proj)
+  kv_lora_rank: int = 16
+  qk_nope_head_dim: int = 16
+  qk_rope_head_dim: int = 8
+  v_head_dim: int = 16
+  mla_scale_q_lora: bool = False  # LongCat: q *= sqrt(d / q_lora_rank)
+  mla_scale_kv_lora: bool = False  # LongCat: latent *= sqrt(d / kv_lora_rank)
+  attention_bias: bool = False  # bias on q_a_proj (or q_proj), kv_a_proj_with_mqa, o_proj
+  attention_impl: str = "xla"
+  attention_chunk_size: int = 512  # key block for attention_impl="chunked"
+
+  # --- RoPE
+  rope_theta: float = 10000.0
+  rope_interleave: bool = True  # pairs (2i, 2i+1) vs contiguous halves
+  rope_type: str = "default"
+  rope_factor: float = 1.0  # YaRN
+  original_max_position_embeddings: int = 4096  # YaRN
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  mscale: float = 1.0
+  mscale_all_dim: float = 0.0
+  max_position_embeddings: int = 4096
+
+  # --- norms
+  rms_norm_eps: float = 1e-6
+  latent_norm_eps: float = 1e-6  # q_a_layernorm / kv_a_layernorm (HF constructor default)
+
+  # --- MoE (ignored for layer_type="dense")
+  n_routed_experts: int = 0  # FFN experts N
+  zero_expert_num: int = 0  # zero-computation (identity) experts Z
+  num_experts_per_tok: int = 0  # top-k over N + Z slots
+  moe_intermediate_size: int = 32  # per-expert SwiGLU width
+  n_shared_experts: int = 0
+  scoring_func: str = "sigmoid"
+  n_group: int = 1
+  topk_group: int = 1
+  norm_topk_prob: bool = False
+  routed_scaling_factor: float = 1.0
+  first_k_dense_replace: int = 0  # deepseek only
+  moe_dispatch: str = "capacity"
+  dropless_backend: str = "blocked"
+  capacity_factor: float = 2.0
+  dropless_block_size: int = 128
+
+  # --- execution
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  dtype: str = "float32"  # compute dtype of matmuls
+  param_dtype: str = "float32"
+  initializer_range: float = 0.02
+
+  def __post_init__(self):
+    self.validate()
+
+  # ------------------------------------------------------------------ derived
+  @property
+  def qk_head_dim(self) -> int:
+    return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+  @property
+  def is_moe(self) -> bool:
+    return self.layer_type in ("scmoe", "deepseek")
+
+  @property
+  def num_slots(self) -> int:
+    """Router width: FFN experts plus zero-computation experts."""
+    return self.n_routed_experts + self.zero_expert_num
+
+  @property
+  def attention_per_layer(self) -> int:
+    return 2 if self.layer_type == "scmoe" else 1
+
+  @property
+  def num_attention_layers(self) -> int:
+    return self.num_layers * self.attention_per_layer
+
+  @property
+  def num_dense_layers(self) -> int:
+    """Leading decoder layers with a dense FFN instead of MoE (deepseek only)."""
+    if self.layer_type == "deepseek":
+      return min(self.first_k_dense_replace, self.num_layers)
+    return self.num_layers if self.layer_type == "dense" else 0
+
+  @property
+  def softmax_scale(self) -> float:
+    """(dn + dr)^-0.5, times YaRN's m(f, mscale_all_dim)^2 when YaRN is on."""
+    scale = self.qk_head_dim ** -0.5
+    if self.rope_type == "yarn" and self.mscale_all_dim:
+      m = yarn_get_mscale(self.rope_factor, self.mscale_all_dim)
+      scale = scale * m * m
+    return scale
+
+  def replace(self, **kwargs: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **kwargs)
+
+  # --------------------------------------------------------------- validation
+  def validate(self) -> None:
+    def fail(field: str, msg: str):
+      raise ValueError(f"ModelConfig.{field}: {msg} (got {getattr(self, field)!r})")
+
+    def choice(field: str, options):
+      if getattr(self, field) not in options:
+        fail(field, f"must be one of {options}")
+
+    choice("layer_type", LAYER_TYPES)
+    choice("attention_impl", ATTENTION_IMPLS)
+    choice("rope_type", ROPE_TYPES)
+    choice("remat_policy", REMAT_POLICIES)
+    choice("dtype", DTYPES)
+    choice("param_dtype", DTYPES)
+    for f in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads",
+              "intermediate_size", "kv_lora_rank", "qk_nope_head_dim",
+              "qk_rope_head_dim", "v_head_dim", "attention_chunk_size",
+              "max_position_embeddings"):
+      if getattr(self, f) <= 0:
+        fail(f, "must be a positive integer")
+    if self.q_lora_rank is not None and self.q_lora_rank <= 0:
+      fail("q_lora_rank", "must be positive, or None for a direct query projection")
+    if self.qk_rope_head_dim % 2:
+      fail("qk_rope_head_dim", "must be even (RoPE rotates pairs)")
+    if self.mla_scale_q_lora and self.q_lora_rank is None:
+      fail("mla_scale_q_lora", "needs q_lora_rank (the scale is sqrt(d / q_lora_rank))")
+    if self.rope_type == "yarn":
+      if self.rope_factor <= 1.0:
+        fail("rope_factor", "YaRN needs a factor > 1")
+      if self.original_max_position_embeddings <= 0:
+        fail("original_max_position_embeddings", "YaRN needs a positive original length")
+    if self.rms_norm_eps <= 0:
+      fail("rms_norm_eps", "must be > 0")
+    if not self.is_moe:
+      return
+    # ---- MoE checks
+    choice("scoring_func", SCORING_FUNCS)
+    choice("moe_dispatch", MOE_DISPATCH)
+    choice("dropless_backend", DROPLESS_BACKENDS)
+    if self.n_routed_experts <= 0:
+      fail("n_routed_experts", f"a {self.layer_type!r} model needs at least one FFN expert")
+    if self.zero_expert_num < 0:
+      fail("zero_expert_num", "must be >= 0")
+    if self.moe_intermediate_size <= 0:
+      fail("moe_intermediate_size", "must be positive")
+    if self.n_shared_experts < 0:
+      fail("n_shared_experts", "must be >= 0")
+    if self.num_experts_per_tok <= 0:
+      fail("num_experts_per_tok", "must be positive")
+    if self.n_group <= 0 or self.num_slots % self.n_group:
+      fail("n_group", f"must divide the {self.num_slots} router slots "
+           f"(n_routed_experts + zero_expert_num) into equal groups")
+    per_group = self.num_slots // self.n_group
+    if not 1 <= self.topk_group <= self.n_group:
+      fail("topk_group", f"must be in [1, n_group={self.n_group}]")
+    if self.n_group > 1 and per_group < 2:
+      fail("n_group", "group-limited routing scores a group by its top-2 experts, "
+           f"so each group needs >= 2 experts (have {per_group})")
+    available = self.topk_group * per_group
+    if self.num_experts_per_tok > available:
+      fail("num_experts_per_tok", f"top-k larger than the {available} experts available "
+           f"(topk_group * slots per group = {self.topk_group} * {per_group})")
+    if self.capacity_factor <= 0:
+      fail("capacity_factor", "must be > 0")
+    if self.dropless_block_size <= 0:
+      fail("dropless_block_size", "must be positive")
+    if self.layer_type == "deepseek" and not 0 <= self.first_k_dense_replace <= self.num_layers:
+      fail("first_k_dense_replace", f"must be in [0, num_layers={self.num_layers}]")
+    if self.layer_type == "scmoe" and self.n_shared_experts:
+      fail("n_shared_experts", "the LongCat ScMoE layer has no shared expert")
+
+
+def yarn_get_mscale(factor: float, mscale: float = 1.0) -> float:
+  """m(f, a) = 0.1 a ln f + 1 for f > 1 (DeepSeek-V3 YaRN)."""
+  if factor <= 1.0:
+    return 1.0
+  return 0.1 * mscale * math.log(factor) + 1.0
