@@ -166,3 +166,33 @@ def default_positions(tokens: Array, segment_ids: Optional[Array]) -> Array:
       [jnp.ones((batch, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
   start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
   return idx - start_idx
+
+
+class Dense(nn.Module):
+  """y = x @ kernel (+ bias) with kernel [in, *out] and one logical axis name per dim.
+
+  Multi-dim outputs (e.g. [rq, heads, head_dim]) keep heads as their own axis so the
+  tensor axis can split them without reshapes.
+  """
+
+  features: tuple[int, ...]
+  axes: tuple[str, ...]  # (in_axis, *out_axes)
+  cfg: ModelConfig
+  use_bias: bool = False
+  in_axes: int = 1  # how many trailing input dims are contracted
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    in_shape = x.shape[x.ndim - self.in_axes:]
+    kernel = param(self, "kernel", (*in_shape, *self.features), self.axes,
+                   normal_init(cfg.initializer_range), dtype_of(cfg.param_dtype))
+    cdt = dtype_of(cfg.dtype)
+    y = jax.lax.dot_general(
+        x.astype(cdt), kernel.astype(cdt),
+        ((tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes))), ((), ())))
+    if self.use_bias:
+      bias = param(self, "bias", self.features, self.axes[self.in_axes:], nn.initializers.zeros,
+                   dtype_of(cfg.param_dtype))
+      y = y + bias.astype(cdt)
+    return y

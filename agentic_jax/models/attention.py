@@ -1,0 +1,100 @@
+"""Attention cores for MLA: plain einsum (`xla`) and key-blocked online softmax (`chunked`).
+
+Both take queries [B, T, H, D], keys [B, S, H, D] or a single shared key [B, S, D]
+(MQA, the absorbed MLA decode path) and values [B, S, H, Dv] or [B, S, Dv], and one
+mask rule: query t may see key s iff `k_index[s] <= q_index[t]` (causal) and
+`q_segment[t] == k_segment[s]` (packed samples never attend to each other; empty or
+padded cache slots carry segment 0). The value head dim may differ from the key's
+(MLA: 192 vs 128), which `jax.nn.dot_product_attention` does not allow.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+_NEG = -1e30  # finite "minus infinity": keeps fully-masked blocks NaN-free
+
+
+def _mask(q_index, k_index, q_segment, k_segment) -> Array:
+  """[B, T, S] bool."""
+  causal = k_index[:, None, :] <= q_index[:, :, None]
+  same = q_segment[:, :, None] == k_segment[:, None, :]
+  return causal & same
+
+
+def _scores(q: Array, k: Array) -> Array:
+  if k.ndim == 3:  # one key shared by all heads
+    return jnp.einsum("bthd,bsd->bhts", q, k, preferred_element_type=jnp.float32)
+  return jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+
+
+def _weighted(p: Array, v: Array) -> Array:
+  if v.ndim == 3:
+    return jnp.einsum("bhts,bsd->bthd", p, v, preferred_element_type=jnp.float32)
+  return jnp.einsum("bhts,bshd->bthd", p, v, preferred_element_type=jnp.float32)
+
+
+def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float) -> Array:
+  """Materialises the [B, H, T, S] scores in float32."""
+  s = _scores(q, k) * scale
+  mask = _mask(q_index, k_index, q_segment, k_segment)[:, None]
+  s = jnp.where(mask, s, _NEG)
+  p = jax.nn.softmax(s, axis=-1)
+  p = jnp.where(mask, p, 0.0)
+  return _weighted(p.astype(v.dtype), v).astype(q.dtype)
+
+
+def chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float,
+                      chunk_size: int) -> Array:
+  """Online softmax over key blocks of `chunk_size`: peak memory is [B, H, T, chunk]."""
+  batch, length = k.shape[:2]
+  chunk = min(chunk_size, length)
+  pad = (-length) % chunk
+  if pad:  # padded keys get segment -1, which no query has
+    pad_width = [(0, 0), (0, pad)] + [(0, 0)] * (k.ndim - 2)
+    k = jnp.pad(k, pad_width)
+    v = jnp.pad(v, [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2))
+    k_index = jnp.pad(k_index, ((0, 0), (0, pad)))
+    k_segment = jnp.pad(k_segment, ((0, 0), (0, pad)), constant_values=-1)
+  nblocks = (length + pad) // chunk
+
+  def blocks(x):  # [B, S, ...] -> [nblocks, B, chunk, ...]
+    x = x.reshape(batch, nblocks, chunk, *x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+  heads = q.shape[2]
+  tq = q.shape[1]
+  dv = v.shape[-1]
+  init = (jnp.full((batch, heads, tq), _NEG, jnp.float32),  # running max
+          jnp.zeros((batch, heads, tq), jnp.float32),  # running denominator
+          jnp.zeros((batch, tq, heads, dv), jnp.float32))  # running numerator
+
+  def step(carry, blk):
+    m, l, acc = carry
+    kb, vb, kib, ksb = blk
+    s = _scores(q, kb) * scale
+    mask = _mask(q_index, kib, q_segment, ksb)[:, None]
+    s = jnp.where(mask, s, _NEG)
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
+    corr = jnp.exp(m - m_new)
+    l = l * corr + p.sum(-1)
+    acc = acc * jnp.moveaxis(corr, 1, 2)[..., None] + _weighted(p.astype(vb.dtype), vb)
+    return (m_new, l, acc), None
+
+  (m, l, acc), _ = jax.lax.scan(step, init, (blocks(k), blocks(v), blocks(k_index),
+                                             blocks(k_segment)))
+  l = jnp.moveaxis(l, 1, 2)[..., None]
+  return (acc / jnp.where(l > 0, l, 1.0)).astype(q.dtype)
+
+
+def attention(q, k, v, q_index, k_index, q_segment, k_segment, *, scale: float, impl: str,
+              chunk_size: int = 512) -> Array:
+  if impl == "xla":
+    return xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale)
+  if impl == "chunked":
+    return chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale, chunk_size)
+  raise ValueError(f"attention impl must be 'xla' or 'chunked', got {impl!r}")

@@ -1,0 +1,94 @@
+"""Named model configurations: the released architectures and tiny CPU variants.
+
+Full-size presets follow the released configs (model-spec §2, §3.1, §4) and default to
+accelerator numerics (bf16 compute, scanned + rematerialised layers, chunked attention,
+dropless MoE on `ragged_dot`). Tiny presets mirror the parity-test models of
+model-spec §6 and run in float32 on a CPU in milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from agentic_jax.models.config import ModelConfig
+
+_ACCELERATOR = dict(dtype="bfloat16", param_dtype="float32", scan_layers=True, remat_policy="full",
+                    attention_impl="chunked", attention_chunk_size=1024, moe_dispatch="dropless",
+                    dropless_backend="ragged_dot")
+
+_MLA_FULL = dict(num_attention_heads=64, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
+                 qk_rope_head_dim=64, v_head_dim=128)
+
+_MLA_TINY = dict(hidden_size=64, num_attention_heads=4, q_lora_rank=32, kv_lora_rank=16,
+                 qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, max_position_embeddings=256)
+
+
+def longcat_flash() -> ModelConfig:
+  """LongCat-Flash (Meituan, arXiv 2509.01322): 560B total, 18.6B-31.3B activated."""
+  return ModelConfig(
+      layer_type="scmoe", vocab_size=131072, hidden_size=6144, num_layers=28,
+      intermediate_size=12288, **_MLA_FULL, mla_scale_q_lora=True, mla_scale_kv_lora=True,
+      rope_theta=1e7, max_position_embeddings=131072, rms_norm_eps=1e-5,
+      n_routed_experts=512, zero_expert_num=256, num_experts_per_tok=12, moe_intermediate_size=2048,
+      scoring_func="softmax", routed_scaling_factor=6.0, norm_topk_prob=False, **_ACCELERATOR)
+
+
+def deepseek_v3() -> ModelConfig:
+  """DeepSeek-V3 (arXiv 2412.19437) without the MTP module: 671B total, 37B activated."""
+  return ModelConfig(
+      layer_type="deepseek", vocab_size=129280, hidden_size=7168, num_layers=61,
+      intermediate_size=18432, **dict(_MLA_FULL, num_attention_heads=128),
+      rope_theta=1e4, rope_type="yarn", rope_factor=40.0, original_max_position_embeddings=4096,
+      mscale=1.0, mscale_all_dim=1.0, max_position_embeddings=163840, rms_norm_eps=1e-6,
+      n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8, moe_intermediate_size=2048,
+      scoring_func="sigmoid", n_group=8, topk_group=4, norm_topk_prob=True,
+      routed_scaling_factor=2.5, first_k_dense_replace=3, **_ACCELERATOR)
+
+
+def youtu_llm() -> ModelConfig:
+  """Youtu-LLM 2B (Tencent, arXiv 2512.24618): dense MLA, tied embeddings, 1.96B params."""
+  return ModelConfig(
+      layer_type="dense", vocab_size=128256, hidden_size=2048, num_layers=32, intermediate_size=6144,
+      **dict(_MLA_FULL, num_attention_heads=16), rope_theta=1.6e6, max_position_embeddings=131072,
+      rms_norm_eps=1e-6, tie_word_embeddings=True,
+      **{k: v for k, v in _ACCELERATOR.items() if not k.startswith(("moe", "dropless"))})
+
+
+def longcat_flash_tiny() -> ModelConfig:
+  return ModelConfig(
+      layer_type="scmoe", vocab_size=128, num_layers=2, intermediate_size=128, **_MLA_TINY,
+      mla_scale_q_lora=True, mla_scale_kv_lora=True, rope_theta=1e7, rms_norm_eps=1e-5,
+      n_routed_experts=4, zero_expert_num=2, num_experts_per_tok=2, moe_intermediate_size=32,
+      scoring_func="softmax", routed_scaling_factor=6.0)
+
+
+def deepseek_v3_tiny() -> ModelConfig:
+  return ModelConfig(
+      layer_type="deepseek", vocab_size=128, num_layers=3, intermediate_size=128, **_MLA_TINY,
+      rope_theta=1e4, rms_norm_eps=1e-6, n_routed_experts=8, n_shared_experts=1,
+      num_experts_per_tok=2, moe_intermediate_size=32, scoring_func="sigmoid", n_group=4,
+      topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5, first_k_dense_replace=1)
+
+
+def youtu_llm_tiny() -> ModelConfig:
+  return ModelConfig(
+      layer_type="dense", vocab_size=128, num_layers=2, intermediate_size=128, **_MLA_TINY,
+      rope_theta=1.6e6, rms_norm_eps=1e-6, tie_word_embeddings=True)
+
+
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "longcat_flash": longcat_flash,
+    "deepseek_v3": deepseek_v3,
+    "youtu_llm": youtu_llm,
+    "longcat_flash_tiny": longcat_flash_tiny,
+    "deepseek_v3_tiny": deepseek_v3_tiny,
+    "youtu_llm_tiny": youtu_llm_tiny,
+}
+
+
+def get(name: str, **overrides) -> ModelConfig:
+  """A preset by name, with optional field overrides (validated)."""
+  if name not in PRESETS:
+    raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+  cfg = PRESETS[name]()
+  return cfg.replace(**overrides) if overrides else cfg

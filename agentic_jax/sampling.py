@@ -1,0 +1,124 @@
+"""Decoding with the compressed MLA cache: prefill, one-token steps, and `generate`.
+
+Prompts of different lengths are left-padded to a common length so every row writes the
+same cache slot at each step; padded slots carry segment 0 and are never attended to, and
+positions count from each prompt's own first token, so a padded row computes exactly what
+it would alone. The whole decode loop is one jitted `lax.while_loop` that stops early when
+every row has emitted `eos_id`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agentic_jax.models import ModelConfig, build, init_cache
+
+Array = jax.Array
+
+
+def sample_logits(logits: Array, key: Array, temperature: float, top_p: float) -> tuple[Array, Array]:
+  """Picks one token per row from float32 logits [B, V].
+
+  Returns (tokens [B], logprobs [B]) where logprobs are log-softmax(logits / T) at the chosen
+  token (T = 1 for greedy), i.e. the policy's log-probability before nucleus truncation.
+  """
+  if temperature <= 0.0:
+    tokens = jnp.argmax(logits, axis=-1)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+  else:
+    scaled = logits / temperature
+    logp = jax.nn.log_softmax(scaled, axis=-1)
+    if top_p < 1.0:
+      # keep the smallest prefix of the sorted distribution whose mass reaches top_p
+      order = jnp.argsort(-scaled, axis=-1)
+      sorted_p = jnp.take_along_axis(jnp.exp(logp), order, axis=-1)
+      before = jnp.cumsum(sorted_p, axis=-1) - sorted_p
+      keep_sorted = before < top_p
+      keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+      scaled = jnp.where(keep, scaled, -jnp.inf)
+    tokens = jax.random.categorical(key, scaled, axis=-1)
+  chosen = jnp.take_along_axis(logp, tokens[:, None], axis=-1)[:, 0]
+  return tokens.astype(jnp.int32), chosen
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Left-pads to [B, P]; returns (tokens, lengths)."""
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise ValueError("generate: every prompt needs at least one token")
+  lengths = np.array([len(p) for p in prompts], np.int32)
+  width = int(lengths.max())
+  tokens = np.zeros((len(prompts), width), np.int32)
+  for i, p in enumerate(prompts):
+    tokens[i, width - len(p):] = np.asarray(p, np.int32)
+  return tokens, lengths
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_p", "eos_id"))
+def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array, key: Array, *,
+                    max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                    eos_id: Optional[int] = None) -> tuple[Array, Array, Array]:
+  """Jitted core of `generate` on left-padded prompts [B, P] with true `lengths` [B].
+
+  Returns (new_tokens [B, N], logprobs [B, N], num_new [B]); entries past a row's EOS are 0.
+  """
+  module = build(cfg)
+  batch, width = tokens.shape
+  pad = width - lengths
+  col = jnp.arange(width, dtype=jnp.int32)[None, :]
+  segment = (col >= pad[:, None]).astype(jnp.int32)
+  positions = jnp.maximum(col - pad[:, None], 0)
+  cache = init_cache(cfg, batch, width + max_new_tokens)
+  logits, cache = module.apply(variables, tokens, segment_ids=segment, positions=positions, cache=cache)
+  last = logits[:, -1]
+
+  out_tok = jnp.zeros((batch, max_new_tokens), jnp.int32)
+  out_logp = jnp.zeros((batch, max_new_tokens), jnp.float32)
+  done = jnp.zeros((batch,), bool)
+  num_new = jnp.zeros((batch,), jnp.int32)
+
+  def cond(state):
+    step, _, _, _, _, done, _ = state
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(state):
+    step, cache, last, out_tok, out_logp, done, num_new = state
+    tok, logp = sample_logits(last, jax.random.fold_in(key, step), temperature, top_p)
+    tok = jnp.where(done, 0, tok)
+    logp = jnp.where(done, 0.0, logp)
+    out_tok = out_tok.at[:, step].set(tok)
+    out_logp = out_logp.at[:, step].set(logp)
+    num_new = num_new + (~done).astype(jnp.int32)
+    if eos_id is not None:
+      done = done | (tok == eos_id)
+    pos = (lengths + step)[:, None]
+    logits, cache = module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
+                                 positions=pos, cache=cache)
+    return step + 1, cache, logits[:, -1], out_tok, out_logp, done, num_new
+
+  state = (jnp.zeros((), jnp.int32), cache, last, out_tok, out_logp, done, num_new)
+  _, _, _, out_tok, out_logp, _, num_new = jax.lax.while_loop(cond, body, state)
+  return out_tok, out_logp, num_new
+
+
+def generate(cfg: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+             *, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             eos_id: Optional[int] = None) -> list[list[int]]:
+  """Each prompt's new tokens (up to and including `eos_id` when it appears).
+
+  temperature 0 is greedy; otherwise softmax(logits / temperature) restricted to the top-p
+  nucleus, with the key for step i = fold_in(PRNGKey(seed), i) (deterministic per seed).
+  """
+  if max_new_tokens <= 0:
+    return [[] for _ in prompts]
+  tokens, lengths = pad_prompts(prompts)
+  out, _, num_new = generate_arrays(
+      cfg, variables, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.key(seed),
+      max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+      eos_id=None if eos_id is None else int(eos_id))
+  out, num_new = np.asarray(out), np.asarray(num_new)
+  return [out[i, :num_new[i]].tolist() for i in range(len(prompts))]
