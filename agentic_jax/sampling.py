@@ -46,6 +46,14 @@ def sample_logits(logits: Array, key: Array, temperature: float, top_p: float) -
   return tokens.astype(jnp.int32), chosen
 
 
+def decode_config(cfg: ModelConfig) -> ModelConfig:
+  """The config decoding runs with: MoE capacity buffers sized for a few tokens per step
+  would drop slots, so decoding switches `capacity` to the exact `dropless` dispatch."""
+  if cfg.is_moe and cfg.moe_dispatch == "capacity":
+    return cfg.replace(moe_dispatch="dropless")
+  return cfg
+
+
 def pad_prompts(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
   """Left-pads to [B, P]; returns (tokens, lengths)."""
   if not prompts or any(len(p) == 0 for p in prompts):
@@ -66,7 +74,7 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
 
   Returns (new_tokens [B, N], logprobs [B, N], num_new [B]); entries past a row's EOS are 0.
   """
-  module = build(cfg)
+  module = build(decode_config(cfg))
   batch, width = tokens.shape
   pad = width - lengths
   col = jnp.arange(width, dtype=jnp.int32)[None, :]
