@@ -52,7 +52,7 @@ class ModelConfig:
   v_head_dim: int = 16
   mla_scale_q_lora: bool = False  # LongCat: q *= sqrt(d / q_lora_rank)
   mla_scale_kv_lora: bool = False  # LongCat: latent *= sqrt(d / kv_lora_rank)
-  attention_bias: bool = False  # bias on q_a_proj (or q_proj), kv_a_proj_with_mqa, o_proj
+  attention_bias: bool = False  # bias on q_a_proj, kv_a_proj_with_mqa and o_proj (never q_proj)
   attention_impl: str = "xla"
   attention_chunk_size: int = 512  # key block for attention_impl="chunked"
 
