@@ -1,0 +1,184 @@
+"""Trajectory schema (versioned) for agent-native mid-training data (daVinci-Dev).
+
+Two sample kinds, one JSON object per line:
+
+  contextually-native   {"schema_version": "1.0", "kind": "context", "id": str, "source": str,
+                         "spans": [{"kind": "context"|"file"|"summary"|"edit", "text": str,
+                                    "path": str (optional; file snapshot / edited file)}, ...]}
+  environmentally-native {"schema_version": "1.0", "kind": "env", "id": str, "source": str,
+                         "turns": [{"role": "system"|"user"|"assistant"|"tool_call"|"observation",
+                                    "content": str, "name": str (tool name; tool_call/observation),
+                                    "error": bool (tool_call whose call failed; default false)}, ...],
+                         "reward": float | null (verifiable outcome)}
+
+Spans and turns are in causal order. `parse_record` validates one decoded JSON object and
+raises `RecordError` naming file, line, field and what was expected; nothing is coerced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional, Union
+
+SCHEMA_VERSION = "1.0"
+SUPPORTED_VERSIONS = ("1.0",)
+SPAN_KINDS = ("context", "file", "summary", "edit")
+ROLES = ("system", "user", "assistant", "tool_call", "observation")
+SAMPLE_KINDS = ("context", "env")
+
+
+class RecordError(ValueError):
+  """A malformed record: `FILE:LINE: field: reason`."""
+
+  def __init__(self, file: str, line: int, field: str, reason: str):
+    self.file, self.line, self.field, self.reason = file, line, field, reason
+    super().__init__(f"{file}:{line}: {field}: {reason}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+  kind: str
+  text: str
+  path: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+  role: str
+  content: str
+  name: Optional[str] = None
+  error: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextSample:
+  id: str
+  source: str
+  spans: tuple[Span, ...]
+  kind: str = "context"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSample:
+  id: str
+  source: str
+  turns: tuple[Turn, ...]
+  reward: Optional[float] = None
+  kind: str = "env"
+
+
+Sample = Union[ContextSample, EnvSample]
+
+
+def to_record(sample: Sample) -> dict:
+  """The JSON object of a sample (inverse of parse_record); optional fields left out when unset."""
+  out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": sample.kind, "id": sample.id,
+                         "source": sample.source}
+  if isinstance(sample, ContextSample):
+    out["spans"] = [{k: v for k, v in dataclasses.asdict(s).items() if v is not None}
+                    for s in sample.spans]
+  else:
+    out["turns"] = [{k: v for k, v in dataclasses.asdict(t).items()
+                     if v is not None and not (k == "error" and v is False)} for t in sample.turns]
+    out["reward"] = sample.reward
+  return out
+
+
+def _get(obj: dict, key: str, types, where: str, file: str, line: int, required=True,
+         expected: str = ""):
+  if key not in obj:
+    if required:
+      raise RecordError(file, line, f"{where}{key}", f"missing; expected {expected or _names(types)}")
+    return None
+  value = obj[key]
+  # bool is an int subclass: never accept it where a number or string is expected
+  if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+    raise RecordError(file, line, f"{where}{key}",
+                      f"expected {expected or _names(types)}, got {type(value).__name__} {value!r:.60}")
+  if isinstance(value, str):
+    # JSON allows "\ud800" escapes; such a string cannot be UTF-8 encoded (tokenized) later
+    try:
+      value.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise RecordError(file, line, f"{where}{key}",
+                        f"invalid text: lone surrogate at character {e.start}") from None
+  return value
+
+
+def _tuple(types):
+  return types if isinstance(types, tuple) else (types,)
+
+
+def _names(types) -> str:
+  names = [{"str": "a string", "list": "a list", "bool": "true/false", "dict": "an object",
+            "int": "a number", "float": "a number", "NoneType": "null"}.get(t.__name__, t.__name__)
+           for t in _tuple(types)]
+  return " or ".join(dict.fromkeys(names))  # (int, float) reads "a number", not "a number or a number"
+
+
+def _unknown(obj: dict, allowed: set, where: str, file: str, line: int):
+  extra = sorted(set(obj) - allowed)
+  if extra:
+    raise RecordError(file, line, f"{where}{extra[0]}", f"unknown field; allowed: {sorted(allowed)}")
+
+
+def parse_record(obj: Any, *, file: str = "<memory>", line: int = 0) -> Sample:
+  """Validates one decoded JSON object and returns the sample."""
+  if not isinstance(obj, dict):
+    raise RecordError(file, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
+  version = _get(obj, "schema_version", str, "", file, line)
+  if version not in SUPPORTED_VERSIONS:
+    raise RecordError(file, line, "schema_version", f"unsupported version {version!r}; "
+                      f"supported: {list(SUPPORTED_VERSIONS)}")
+  kind = _get(obj, "kind", str, "", file, line, expected=f"one of {list(SAMPLE_KINDS)}")
+  if kind not in SAMPLE_KINDS:
+    raise RecordError(file, line, "kind", f"expected one of {list(SAMPLE_KINDS)}, got {kind!r}")
+  sid = _get(obj, "id", str, "", file, line)
+  if not sid:
+    raise RecordError(file, line, "id", "expected a non-empty string")
+  source = _get(obj, "source", str, "", file, line)
+  if not source:
+    raise RecordError(file, line, "source", "expected a non-empty string")
+  common = {"schema_version", "kind", "id", "source"}
+  if kind == "context":
+    _unknown(obj, common | {"spans"}, "", file, line)
+    raw = _get(obj, "spans", list, "", file, line)
+    if not raw:
+      raise RecordError(file, line, "spans", "expected at least one span")
+    spans = []
+    for i, s in enumerate(raw):
+      where = f"spans[{i}]."
+      if not isinstance(s, dict):
+        raise RecordError(file, line, f"spans[{i}]", f"expected an object, got {type(s).__name__}")
+      _unknown(s, {"kind", "text", "path"}, where, file, line)
+      skind = _get(s, "kind", str, where, file, line, expected=f"one of {list(SPAN_KINDS)}")
+      if skind not in SPAN_KINDS:
+        raise RecordError(file, line, f"{where}kind", f"expected one of {list(SPAN_KINDS)}, got {skind!r}")
+      spans.append(Span(skind, _get(s, "text", str, where, file, line),
+                        _get(s, "path", str, where, file, line, required=False)))
+    return ContextSample(sid, source, tuple(spans))
+  _unknown(obj, common | {"turns", "reward"}, "", file, line)
+  raw = _get(obj, "turns", list, "", file, line)
+  if not raw:
+    raise RecordError(file, line, "turns", "expected at least one turn")
+  turns = []
+  for i, t in enumerate(raw):
+    where = f"turns[{i}]."
+    if not isinstance(t, dict):
+      raise RecordError(file, line, f"turns[{i}]", f"expected an object, got {type(t).__name__}")
+    _unknown(t, {"role", "content", "name", "error"}, where, file, line)
+    role = _get(t, "role", str, where, file, line, expected=f"one of {list(ROLES)}")
+    if role not in ROLES:
+      raise RecordError(file, line, f"{where}role", f"expected one of {list(ROLES)}, got {role!r}")
+    name = _get(t, "name", str, where, file, line, required=False)
+    if role in ("tool_call", "observation") and not name:
+      raise RecordError(file, line, f"{where}name", f"a {role} turn needs the tool name")
+    error = _get(t, "error", bool, where, file, line, required=False) or False
+    turns.append(Turn(role, _get(t, "content", str, where, file, line), name, error))
+  reward = obj.get("reward")
+  if reward is not None and (isinstance(reward, bool) or not isinstance(reward, (int, float))):
+    raise RecordError(file, line, "reward", f"expected a number or null, got {type(reward).__name__}")
+  if reward is not None and not math.isfinite(reward):  # json.loads accepts NaN / Infinity
+    raise RecordError(file, line, "reward", f"expected a finite number, got {reward!r}")
+  return EnvSample(sid, source, tuple(turns), None if reward is None else float(reward))
