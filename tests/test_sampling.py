@@ -22,7 +22,7 @@ def test_batched_left_padded_equals_each_prompt_alone(longcat):
   batched = sampling.generate(cfg, variables, PROMPTS, 6)
   assert [len(o) for o in batched] == [6, 6, 6]
   for prompt, out in zip(PROMPTS, batched):
-    assert sampling.generate(cfg, variables, [prompt], 6) == out
+    assert sampling.generate(cfg, variables, [prompt], 6) == [out]
 
 
 def test_eos_stops_each_row_and_is_included(longcat):
