@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 LAYER_TYPES = ("scmoe", "deepseek", "dense")
 SCORING_FUNCS = ("softmax", "sigmoid")
-MOE_DISPATCH = ("dense", "capacity", "dropless")
+MOE_DISPATCH = ("dense", "capacity", "dropless", "expert_parallel")
 DROPLESS_BACKENDS = ("blocked", "ragged_dot")
 ATTENTION_IMPLS = ("xla", "chunked")
 ROPE_TYPES = ("default", "yarn")
@@ -88,6 +88,10 @@ class ModelConfig:
   dropless_backend: str = "blocked"
   capacity_factor: float = 2.0
   dropless_block_size: int = 128
+  # expert_parallel dispatch (moe_expert_parallel): mesh axis the experts are split over, and
+  # the mesh axes the token rows are split over (must include expert_axis).
+  expert_axis: str = "expert"
+  ep_token_axes: tuple[str, ...] = ("data", "fsdp", "expert")
 
   # --- execution
   scan_layers: bool = False
@@ -207,6 +211,9 @@ class ModelConfig:
       fail("capacity_factor", "must be > 0")
     if self.dropless_block_size <= 0:
       fail("dropless_block_size", "must be positive")
+    if self.moe_dispatch == "expert_parallel" and self.expert_axis not in self.ep_token_axes:
+      fail("ep_token_axes", f"must include expert_axis {self.expert_axis!r}: each expert-axis "
+           "device brings its own tokens to the exchange")
     if self.layer_type == "deepseek" and not 0 <= self.first_k_dense_replace <= self.num_layers:
       fail("first_k_dense_replace", f"must be in [0, num_layers={self.num_layers}]")
     if self.layer_type == "scmoe" and self.n_shared_experts:

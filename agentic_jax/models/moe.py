@@ -117,7 +117,8 @@ class MoE(nn.Module):
 
   Slot e < N is SwiGLU expert e, slot e >= N is the identity (output g*x, no matmul).
   Expert matmuls run in cfg.dtype, the combine in float32. Dispatch: cfg.moe_dispatch
-  ("dense" | "capacity" | "dropless" with cfg.dropless_backend "blocked" | "ragged_dot");
+  ("dense" | "capacity" | "dropless" with cfg.dropless_backend "blocked" | "ragged_dot" |
+  "expert_parallel": experts split over a mesh axis, see moe_expert_parallel);
   all give the same result when capacity drops nothing (see moe_dispatch).
   """
 

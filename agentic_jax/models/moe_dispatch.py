@@ -302,6 +302,9 @@ def ragged_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
 def dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
              wd: Array) -> tuple[Array, dict]:
   """Routes to the path chosen by cfg.moe_dispatch / cfg.dropless_backend."""
+  if cfg.moe_dispatch == "expert_parallel":
+    from agentic_jax.models import moe_expert_parallel  # pylint: disable=import-outside-toplevel  (cycle)
+    return moe_expert_parallel.expert_parallel_dispatch(cfg, x, idx, gates, wg, wu, wd)
   if cfg.moe_dispatch == "dense":
     return dense_dispatch(x, idx, gates, wg, wu, wd)
   if cfg.moe_dispatch == "capacity":

@@ -1,0 +1,115 @@
+"""Multi-controller setup (`jax.distributed`) and per-process batch feeding.
+
+Every process of a multi-host job runs the same program. Call `initialize_distributed`
+FIRST: `jax.distributed.initialize` must run before anything touches a JAX backend
+(`jax.devices()`, `jax.default_backend()`, creating an array), including at import time.
+
+    info = initialize_distributed()                                   # single host: no-op
+    info = initialize_distributed("10.0.0.1:1234", num_processes=4, process_id=2)
+
+With no arguments it joins a cluster only when one is detected, and then lets jax's own
+cluster detection fill in coordinator, process count and id:
+  * AGENTIC_JAX_DISTRIBUTED=auto in the environment (launch/tpu_pod.sh sets it);
+  * JAX_COORDINATOR_ADDRESS set (jax reads the rest from JAX_* variables);
+  * a Cloud TPU VM (a Google PCI device, as jax checks; the TPU metadata server names the
+    workers) or a GKE TPU pod (several TPU_WORKER_HOSTNAMES);
+  * a SLURM job step with more than one task.
+Otherwise (a laptop, one GPU box) it does nothing.
+
+Each process then loads only its own rows of the global batch and assembles the global
+array with `host_local_batch_to_global` (jax.make_array_from_process_local_data): process p
+holds the rows of its addressable devices, in device order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Any, Optional
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedInfo:
+  process_id: int
+  num_processes: int
+  initialized: bool  # True when jax.distributed.initialize ran (here or before)
+  method: str  # "single_host" | "explicit" | "already" | a detect_cluster() name
+
+
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+
+
+def on_cloud_tpu_vm(pci_root: str = "/sys/bus/pci/devices") -> bool:
+  """A TPU chip is attached (the check jax.distributed's Cloud TPU detection starts from)."""
+  for vendor in glob.glob(os.path.join(pci_root, "*", "vendor")):
+    try:
+      with open(vendor) as f:
+        if f.read().strip() == _GOOGLE_PCI_VENDOR:
+          return True
+    except OSError:
+      continue
+  return False
+
+
+def detect_cluster(environ: Optional[dict] = None, *,
+                   pci_root: str = "/sys/bus/pci/devices") -> Optional[str]:
+  """Which multi-process launcher started us, from the environment and hardware alone
+  (touches no JAX backend)."""
+  env = os.environ if environ is None else environ
+  if env.get("AGENTIC_JAX_DISTRIBUTED", "").lower() in ("1", "auto", "true"):
+    return "requested"
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "env"
+  hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+  if len(hosts) > 1 or on_cloud_tpu_vm(pci_root):
+    return "cloud_tpu"
+  if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1) > 1:
+    return "slurm"
+  return None
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None,
+                           num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, *,
+                           cpu_collectives: str = "gloo",
+                           initialization_timeout: int = 300) -> DistributedInfo:
+  """Joins the job's processes via jax.distributed.initialize (see module docstring).
+
+  `num_processes=1` or no arguments outside a detected cluster: no-op. `cpu_collectives`
+  selects the CPU backend's cross-process collectives (multi-process CPU runs, e.g. tests)."""
+  if jax.distributed.is_initialized():
+    return DistributedInfo(jax.process_index(), jax.process_count(), True, "already")
+  explicit = (coordinator_address, num_processes, process_id)
+  if num_processes == 1:
+    if process_id not in (None, 0):
+      raise ValueError(f"process_id={process_id} with num_processes=1: must be 0")
+    return DistributedInfo(0, 1, False, "single_host")
+  if all(v is None for v in explicit):
+    method = detect_cluster()
+    if method is None:
+      return DistributedInfo(0, 1, False, "single_host")
+  else:
+    method = "explicit"
+    if num_processes is not None and num_processes < 1:
+      raise ValueError(f"num_processes must be >= 1, got {num_processes}")
+    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+      raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+  # Only affects the CPU client; harmless on accelerator hosts.
+  jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id, initialization_timeout=initialization_timeout)
+  return DistributedInfo(jax.process_index(), jax.process_count(), True, method)
+
+
+def host_local_batch_to_global(batch: Any, sharding: Any) -> Any:
+  """Per-process rows -> one global jax.Array per leaf (jax.make_array_from_process_local_data).
+
+  `sharding` is one sharding for every leaf or a tree matching `batch`. Each process passes
+  its own [B_local, ...] rows; the global batch has B_local * (number of processes that hold
+  distinct rows) rows. On one process this is a plain sharded device_put."""
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, sharding)

@@ -1,0 +1,141 @@
+"""Memory planner: bytes per device of a training step on a mesh, from shapes only.
+
+    python launch/plan.py --config=configs/midtrain.py:longcat_flash --mesh=data:8,fsdp:32,expert:16 \
+        --per_device_batch=1
+    python launch/plan.py --model=deepseek_v3 --mesh=fsdp:64,tensor:4,expert:16 --batch=1024 \
+        --seq_len=4096 --device_memory_gib=95
+    python launch/plan.py --model=longcat_flash --mesh=fsdp:-1,expert:16 --num_devices=512 \
+        --per_device_batch=1 --config.model.remat_policy=dots   # (with --config) any model field
+
+Prints params, AdamW state, gradients (exact: every array's bytes over the mesh axes its
+sharding rule splits it by) and an activation estimate (formula and remat policies in
+agentic_jax/parallel/memory.py), then whether the total fits the device memory minus a
+reserve. Nothing is allocated: it runs for the 560B LongCat-Flash on a laptop in seconds.
+
+Defaults come from --config when given (model, mesh, data.batch_size, data.seq_len,
+optim.grad_accum); --model picks a preset instead. --batch is the GLOBAL batch (rows per
+optimizer step); the per-device micro-batch is batch / (grad_accum * data * fsdp * expert).
+Exit status 0 (fits or no device memory given), 1 (does not fit), 2 (bad arguments).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# Planning needs no accelerator: never grab (or wait for) the TPU/GPU of the host it runs on.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Training config path.py[:variant]; optional if --model is given.",
+    lock_config=True)
+_MODEL = flags.DEFINE_string("model", None, "Model preset name (instead of --config).")
+_MESH = flags.DEFINE_string("mesh", None, "Mesh sizes NAME:SIZE,... over data/fsdp/tensor/expert "
+                            "(one may be -1 with --num_devices); default: the config's mesh.")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", None, "Device count, to resolve a -1 axis.")
+_BATCH = flags.DEFINE_integer("batch", None, "Global batch rows per optimizer step.")
+_PER_DEVICE = flags.DEFINE_integer("per_device_batch", None, "Rows per device per micro-batch "
+                                   "(overrides --batch).")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Tokens per row (default: config or 4096).")
+_GRAD_ACCUM = flags.DEFINE_integer("grad_accum", None, "Micro-batches per step (default: config or 1).")
+_DEVICE_GIB = flags.DEFINE_float("device_memory_gib", 80.0, "Memory of one device in GiB; 0 = skip "
+                                 "the fit check.")
+_RESERVE = flags.DEFINE_float("reserve", 0.1, "Share of device memory kept free for XLA "
+                              "temporaries, collectives and fragmentation.")
+_RULES = flags.DEFINE_string("rules", "default", "Logical-axis rules table (parallel.rules).")
+_JSON = flags.DEFINE_bool("json", False, "Print the plan as JSON instead of a table.")
+
+
+def _config_get(config, dotted: str, default):
+  node = config
+  for part in dotted.split("."):
+    if node is None or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from agentic_jax import models  # pylint: disable=import-outside-toplevel  (fast --help)
+  from agentic_jax.parallel import memory, mesh as mesh_lib, rules as rules_lib  # pylint: disable=import-outside-toplevel
+
+  config = _CONFIG.value
+  if config is None and _MODEL.value is None:
+    raise app.UsageError("give --config=FILE.py[:variant] or --model=PRESET")
+  if _MODEL.value is not None:
+    cfg = models.presets.get(_MODEL.value)
+  else:
+    section = dict(config.model.to_dict())
+    section.pop("preset", None)
+    cfg = models.ModelConfig(**section)
+
+  if _MESH.value is not None:
+    mesh_cfg = mesh_lib.parse_mesh_spec(_MESH.value)
+    prefix = "--mesh"
+  elif config is not None and "mesh" in config:
+    mesh_cfg = config.mesh.to_dict()
+    prefix = "config.mesh"
+  else:
+    raise app.UsageError("give --mesh=NAME:SIZE,... (no config mesh to default to)")
+  if -1 in mesh_cfg.values():
+    if _NUM_DEVICES.value is None:
+      raise app.UsageError(f"{prefix} has a -1 (fill) axis: give --num_devices")
+    num_devices = _NUM_DEVICES.value
+  else:
+    num_devices = _NUM_DEVICES.value
+    if num_devices is None:
+      num_devices = 1
+      for v in mesh_cfg.values():
+        num_devices *= v
+  sizes = mesh_lib.mesh_sizes(mesh_cfg, num_devices, prefix=prefix)
+  rules = rules_lib.get_rules(_RULES.value)
+
+  seq_len = _SEQ_LEN.value or _config_get(config, "data.seq_len", 4096)
+  grad_accum = _GRAD_ACCUM.value or _config_get(config, "optim.grad_accum", 1)
+  if _PER_DEVICE.value is not None:
+    per_device = _PER_DEVICE.value
+  else:
+    global_batch = _BATCH.value or _config_get(config, "data.batch_size", None)
+    if global_batch is None:
+      raise app.UsageError("give --batch (global rows) or --per_device_batch")
+    try:
+      per_device = memory.per_device_batch(global_batch, sizes, grad_accum, rules)
+    except ValueError as e:
+      if _BATCH.value is not None:
+        raise
+      # The config's batch was written for another mesh: plan one row per device, loudly.
+      per_device = 1
+      print(f"note: config data.batch_size={global_batch}: {e}; planning for "
+            f"--per_device_batch=1 instead (pass --batch or --per_device_batch to choose)")
+
+  plan = memory.plan_memory(cfg, sizes, rules, batch_per_device=per_device, seq_len=seq_len,
+                            grad_accum=grad_accum, device_memory_gib=_DEVICE_GIB.value or None,
+                            reserve=_RESERVE.value)
+  if _JSON.value:
+    print(json.dumps({"mesh": sizes, "per_device_batch": per_device, "seq_len": seq_len,
+                      "bytes": {n: b for n, b, _ in plan.rows}, "total": plan.total,
+                      "device_bytes": plan.device_bytes, "fits": plan.fits}, indent=1))
+  else:
+    print(f"model: {_MODEL.value or config.model.get('preset', '?')} "
+          f"({models.count_params(cfg):,} params); per device: {per_device} rows x "
+          f"{seq_len} tokens, grad_accum {grad_accum}")
+    print(plan.table())
+  return 1 if plan.fits is False else 0
+
+
+def _run(argv: list[str]) -> None:
+  try:
+    sys.exit(main(argv))
+  except (ValueError, app.UsageError) as e:  # bad mesh / batch / rule / flags: one line, exit 2
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(_run)
