@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "chex==0.1.92",
     "absl-py==2.5.1",
     "numpy==2.4.6",
+    "matplotlib==3.11.2",  # loss curves (agentic_jax.train.metrics)
 ]
 
 # torch must come from the local CPU wheel: .ci/run installs torch==2.13.0 before this extra,

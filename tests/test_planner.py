@@ -114,8 +114,6 @@ def test_cli_full_preset_json():
   assert out["fits"] is True
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "configs", "midtrain.py")),
-                    reason="configs/midtrain.py not present")
 def test_cli_with_training_config():
   r = _plan("--config=configs/midtrain.py:longcat_flash", "--mesh=data:8,fsdp:32,expert:16")
   assert r.returncode == 0, r.stderr

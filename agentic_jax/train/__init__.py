@@ -1,0 +1,17 @@
+"""Mid-training: pure train step, optimizer, checkpoints, metrics, data input, run loop.
+
+    from agentic_jax.train import config as config_lib, loop
+    config = config_lib.load_config("configs/midtrain.py:tiny")
+    result = loop.run(config, "/tmp/run")          # or: python launch/train.py ...
+
+Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
+  state       TrainState (step, params, opt_state, router_state, rng, nan_skips)
+  optim       AdamW chain, "wsd" / "cosine" schedules, weight-decay mask
+  step        make_train_step(model_cfg, config, ...) -> pure train_step(state, batch)
+  flops       model FLOPs per step for MFU (activated experts only)
+  checkpoint  Checkpointer: orbax async keep-N of {state, data iterator, meta}, corrupt fallback
+  input       build_input(config, workdir, ...): built-in / JSONL / synthetic sources
+  metrics     progress bar, metrics.jsonl, TensorBoard (tensorboard.py), summary.json, loss.png
+  config      model_section / model_config / load_config / check_required
+  loop        run(config, workdir): resume, SIGTERM, NaN policy, final summary
+"""

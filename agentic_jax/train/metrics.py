@@ -1,0 +1,247 @@
+"""What a run reports: progress bar, WORKDIR/metrics.jsonl, TensorBoard events, summary.json,
+and a PNG of the loss curves.
+
+Every `log_every` steps one record is written (JSONL line and TensorBoard scalars). Values
+are over the steps since the previous record (the "window"): `loss`, `accuracy`,
+`grad_norm` and the MoE statistics are means over the window's non-skipped steps;
+`loss/kind/<k>` and `loss/source/<s>` are weight-summed over the window (kinds or sources
+without weight in the window are left out); `tokens_per_s` and `mfu` are window tokens and
+model FLOPs over the window's wall time (compilation is timed separately and excluded);
+`lr` is the last step's; `skipped` counts skipped steps in the window and `nan_skips` the
+run total. Non-finite values are written as null (JSON has no NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from agentic_jax.train.flops import FlopModel, executed_ffn_experts_per_token
+from agentic_jax.train.tensorboard import EventWriter
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "loss.png"
+_MEAN_KEYS = ("grad_norm", "accuracy", "objective", "balance_loss", "router_z_loss")
+
+
+def _clean(x: Any) -> Any:
+  """JSON-safe: numpy -> python, non-finite floats -> None."""
+  if isinstance(x, dict):
+    return {k: _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _clean(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    x = float(x)
+    return x if math.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = max(0, int(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drops records with step > last_step (written after the checkpoint a run resumes from);
+  returns how many were dropped."""
+  if not os.path.exists(path):
+    return 0
+  keep, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      if line.strip() and json.loads(line).get("step", 0) > last_step:
+        dropped += 1
+      elif line.strip():
+        keep.append(line)
+  if dropped:
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+  return dropped
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsLogger:
+  """Collects per-step host metrics and writes a record every `log_every` steps."""
+
+  def __init__(self, workdir: str, *, kind_names: Sequence[str], source_names: Sequence[str],
+               flop_model: FlopModel, seq_len: int, peak_flops: float, num_steps: int,
+               log_every: int, start_step: int = 0, progress: bool = True,
+               tensorboard: bool = True):
+    self.workdir = workdir
+    self.kinds, self.sources = list(kind_names), list(source_names)
+    self.flop_model, self.seq_len, self.peak = flop_model, seq_len, peak_flops
+    self.num_steps, self.log_every = num_steps, max(1, log_every)
+    self.progress = progress
+    self.tty = progress and sys.stderr.isatty()
+    os.makedirs(workdir, exist_ok=True)
+    self.jsonl_path = os.path.join(workdir, METRICS_FILE)
+    truncate_jsonl(self.jsonl_path, start_step)
+    self._jsonl = open(self.jsonl_path, "a")
+    self._tb = EventWriter(os.path.join(workdir, "tb")) if tensorboard else None
+    self._window: list[tuple[int, dict, float]] = []
+    self.start_step = start_step
+    self.total_tokens = 0
+    self.total_seconds = 0.0
+    self.total_flops = 0.0
+    self.records: list[dict] = []
+
+  def step(self, step: int, metrics: Mapping[str, Any], seconds: float) -> Optional[dict]:
+    """Adds step `step` (1-based: steps completed); returns the record if one was written."""
+    self._window.append((step, dict(metrics), seconds))
+    if step % self.log_every == 0 or step == self.num_steps:
+      return self.flush()
+    return None
+
+  def _step_flops(self, m: Mapping[str, Any]) -> float:
+    tokens = int(m["tokens"])
+    ffn = executed_ffn_experts_per_token(m, tokens)
+    return self.flop_model.step_flops(batch=tokens // self.seq_len, seq_len=self.seq_len,
+                                      ffn_experts_per_token=ffn)
+
+  def flush(self) -> Optional[dict]:
+    if not self._window:
+      return None
+    win, self._window = self._window, []
+    step = win[-1][0]
+    good = [m for _, m, _ in win if not int(m["skipped"])]
+    secs = sum(s for _, _, s in win)
+    tokens = sum(int(m["tokens"]) for _, m, _ in win)
+    flops = sum(self._step_flops(m) for _, m, _ in win if not int(m["skipped"]))
+    self.total_tokens += tokens
+    self.total_seconds += secs
+    self.total_flops += flops
+    rec: dict[str, Any] = {"step": step}
+    rec["loss"] = float(np.mean([float(m["loss"]) for m in good])) if good else float("nan")
+    for k in _MEAN_KEYS:
+      if good and k in good[0]:
+        rec[k] = float(np.mean([float(m[k]) for m in good]))
+    last = win[-1][1]
+    rec["lr"] = float(last["lr"])
+    rec["tokens_per_s"] = tokens / secs if secs > 0 else float("nan")
+    rec["mfu"] = flops / secs / self.peak if secs > 0 and self.peak else float("nan")
+    rec["step_seconds"] = secs / len(win)
+    rec["skipped"] = sum(int(m["skipped"]) for _, m, _ in win)
+    rec["nan_skips"] = int(last["nan_skips"])
+    for prefix, names in (("kind", self.kinds), ("source", self.sources)):
+      if good and f"{prefix}_ce_sum" in good[0]:
+        num = np.sum([np.asarray(m[f"{prefix}_ce_sum"]) for m in good], axis=0)
+        den = np.sum([np.asarray(m[f"{prefix}_weight"]) for m in good], axis=0)
+        for i, name in enumerate(names[:len(num)]):
+          if den[i] > 0:
+            rec[f"loss/{prefix}/{name}"] = float(num[i] / den[i])
+        unassigned = sum(float(m[f"{prefix}_unassigned_weight"]) for m in good)
+        if unassigned:
+          rec[f"{prefix}_unassigned_weight"] = unassigned
+    moe_keys = sorted(k for k in (good[0] if good else {}) if k.startswith("moe/"))
+    for k in moe_keys:
+      vals = np.asarray([np.asarray(m[k], np.float64) for m in good])
+      if k in ("moe/dropped_slots", "moe/expert_rows"):
+        rec[k] = float(vals.sum())
+      elif vals.ndim == 1:
+        rec[k] = float(vals.mean())
+      else:
+        rec[k] = vals.mean(0).round(5).tolist()
+    rec = _clean(rec)
+    self._jsonl.write(json.dumps(rec) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.scalars(step, {k: v for k, v in rec.items()
+                              if k != "step" and isinstance(v, (int, float))})
+    self.records.append(rec)
+    self._progress(rec)
+    return rec
+
+  def _progress(self, rec: dict) -> None:
+    if not self.progress:
+      return
+    step = rec["step"]
+    done = step - self.start_step
+    eta = (self.num_steps - step) * (self.total_seconds / done) if done > 0 else 0.0
+    width = 20
+    filled = int(width * step / max(self.num_steps, 1))
+    bar = "=" * filled + ">" * (filled < width) + " " * (width - filled - 1)
+    loss = rec["loss"]
+    mfu = rec.get("mfu")
+    loss_s = f"{loss:.4f}" if loss is not None else "nan"
+    line = f"[{bar}] step {step}/{self.num_steps} | loss {loss_s}"
+    line += (f" | {rec['tokens_per_s'] or 0:,.0f} tok/s"
+             + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
+             + f" | ETA {_fmt_time(eta)}")
+    if rec["skipped"]:
+      line += f" | skipped {rec['skipped']}"
+    if self.tty:
+      sys.stderr.write("\r" + line + " " * 4)
+      if step >= self.num_steps:
+        sys.stderr.write("\n")
+    else:
+      sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+  def close(self) -> None:
+    self.flush()
+    if self.tty:
+      sys.stderr.write("\n")
+    self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def write_summary(workdir: str, summary: Mapping[str, Any]) -> str:
+  path = os.path.join(workdir, SUMMARY_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(_clean(dict(summary)), f, indent=2)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+def plot_losses(workdir: str, title: str = "") -> Optional[str]:
+  """loss.png from metrics.jsonl: overall and per-source loss (left), per mask kind (right).
+  Returns the path, or None when there is nothing to plot."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  recs = read_jsonl(path)
+  if not recs:
+    return None
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+  panels = ((axes[0], "loss/source/", "overall and per source"), (axes[1], "loss/kind/", "per mask kind"))
+  for ax, prefix, label in panels:
+    if prefix == "loss/source/":
+      xs = [r["step"] for r in recs if r.get("loss") is not None]
+      ax.plot(xs, [r["loss"] for r in recs if r.get("loss") is not None], "k-", lw=2, label="loss")
+    keys = sorted({k for r in recs for k in r if k.startswith(prefix)})
+    for k in keys:
+      pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=k[len(prefix):])
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(label)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  out = os.path.join(workdir, PLOT_FILE)
+  fig.savefig(out)
+  plt.close(fig)
+  return out

@@ -1,0 +1,57 @@
+"""TrainState: everything a training step reads and writes, as one pytree.
+
+A flax struct dataclass, so it passes through jit/scan/orbax unchanged and a later issue
+can give it shardings leaf by leaf. `rng` is the BASE key as raw uint32 key data (what
+orbax stores without special handling); the step derives its key as fold_in(rng, step), so
+the randomness of step s does not depend on how the run got to s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from agentic_jax import models
+from agentic_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array  # int32 []: optimizer steps taken, skipped ones included
+  params: Any  # float32 (cfg.param_dtype) parameters
+  opt_state: Any  # optax state of the gradient transformation
+  router_state: Any  # MoE router correction biases ({} for dense models); not trained
+  rng: Array  # uint32 [2] base key data
+  nan_skips: Array  # int32 []: updates skipped because loss or gradient was not finite
+
+
+def step_key(state: TrainState) -> Array:
+  """The key of the step about to run: fold_in(base, step)."""
+  return jax.random.fold_in(state.rng, state.step)
+
+
+def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """Fresh state: params from fold_in(key(seed), 0), step key base from fold_in(key(seed), 1).
+
+  Jittable (and `jax.eval_shape`-able for an abstract state of any size)."""
+  base = jax.random.PRNGKey(seed)
+  variables = models.init_variables(model_cfg, jax.random.fold_in(base, 0))
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      router_state=variables.get("router_state", {}),
+      rng=jax.random.fold_in(base, 1),
+      nan_skips=jnp.zeros((), jnp.int32))
+
+
+def abstract_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int = 0) -> TrainState:
+  """ShapeDtypeStructs of `init_state` (no allocation): restore targets, FLOP counts, tests."""
+  return jax.eval_shape(lambda: init_state(model_cfg, tx, seed))

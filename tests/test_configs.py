@@ -1,0 +1,99 @@
+"""configs/midtrain.py: required keys, locking, and a one-step smoke run of every variant
+(tiny for real on the built-in data; the full-size ones through jax.eval_shape only, so
+nothing of their 2B-671B parameters is allocated)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agentic_jax import models
+from agentic_jax.train import config as config_lib
+from agentic_jax.train import loop
+from agentic_jax.train import optim as optim_lib
+from agentic_jax.train import state as state_lib
+from agentic_jax.train import step as step_lib
+from tests.train_fixtures import MIDTRAIN
+
+VARIANTS = ("tiny", "longcat_flash", "deepseek_v3", "youtu_llm")
+FULL = VARIANTS[1:]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_required_keys_and_model(variant):
+  config = config_lib.load_config(f"{MIDTRAIN}:{variant}")
+  config_lib.check_required(config)
+  for axis in ("data", "fsdp", "tensor", "expert"):
+    assert isinstance(config.mesh[axis], int)
+  assert isinstance(config.seed, int) and config.train.num_steps > 0
+  assert config.checkpoint.every > 0 and config.train.log_every > 0
+  model_cfg = config_lib.model_config(config.model)
+  assert model_cfg == models.presets.get(config.model.preset).replace(
+      **{k: v for k, v in config.model.items() if k != "preset"})
+  assert len(config.data.source_weights) == len(config.data.sources) == len(config.data.loss_weights)
+
+
+def test_locked_config_rejects_typos_and_checks_types():
+  config = config_lib.load_config(f"{MIDTRAIN}:tiny")
+  with pytest.raises(AttributeError, match="lrr"):
+    config.optim.lrr = 1.0
+  with pytest.raises(TypeError):
+    config.train.num_steps = "many"
+  config.optim.lr = 1e-3  # existing keys stay writable
+  config.model.q_lora_rank = 48  # the Optional field is a typed placeholder, still settable
+  assert config_lib.model_config(config.model).q_lora_rank == 48
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    config_lib.load_config(f"{MIDTRAIN}:huge")
+  with pytest.raises(ValueError, match=r"ModelConfig.num_experts_per_tok"):
+    config.model.num_experts_per_tok = 100
+    config_lib.model_config(config.model)
+
+
+@pytest.mark.parametrize("variant", FULL)
+def test_full_size_step_shapes_via_eval_shape(variant):
+  config = config_lib.load_config(f"{MIDTRAIN}:{variant}")
+  model_cfg = config_lib.model_config(config.model)
+  tx = optim_lib.make_optimizer(config.optim)
+  abstract = state_lib.abstract_state(model_cfg, tx, config.seed)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  assert n_params == models.count_params(model_cfg)
+  assert n_params > 1.9e9  # the smallest of them, Youtu-LLM, has 1.96B
+  b, t = config.data.batch_size, config.data.seq_len
+  batch = {k: jax.ShapeDtypeStruct((b, t), jnp.float32 if k == "weights" else jnp.int32)
+           for k in ("inputs", "targets", "weights", "segment_ids", "positions", "target_kind",
+                     "source_id")}
+  step_fn = step_lib.make_train_step(model_cfg, config, num_kinds=10,
+                                     num_sources=len(config.data.sources))
+  new_state, metrics = jax.eval_shape(step_fn, abstract, batch)
+  assert jax.tree.structure(new_state) == jax.tree.structure(abstract)
+  jax.tree.map(lambda a, c: (a.shape, a.dtype) == (c.shape, c.dtype) or pytest.fail(f"{a} != {c}"),
+               new_state, abstract)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_state.params))
+  assert metrics["loss"].shape == () and metrics["kind_ce_sum"].shape == (10,)
+  if model_cfg.is_moe:
+    assert metrics["moe/expert_load"].shape == (model_cfg.num_slots,)
+    assert jax.tree.leaves(new_state.router_state)  # correction biases are carried
+  else:
+    assert not jax.tree.leaves(new_state.router_state)
+
+
+def test_tiny_one_step_on_builtin_data(tmp_path):
+  config = config_lib.load_config(f"{MIDTRAIN}:tiny")
+  config.unlock()
+  config.data.num_samples = (24, 8, 16)
+  config.train.num_steps, config.optim.warmup_steps, config.train.progress = 1, 0, False
+  config.lock()
+  result = loop.run(config, str(tmp_path), handle_signals=False)
+  assert result["status"] == "completed" and result["final_step"] == 1
+  (step, loss), = result["losses"]
+  # A fresh model predicts roughly uniformly over the 1024-token vocabulary.
+  assert step == 1 and abs(float(loss) - math.log(1024)) < 0.3
+  rec = result["final_record"]
+  assert set(config.data.sources) == {k.split("/")[-1] for k in rec if k.startswith("loss/source/")}
+  assert rec["loss/kind/observation"] > 0 and rec["loss/kind/tool_call"] > 0
+  assert result["data"]["tokenizer"]["trained"] and result["pipeline"]["batches"] >= 1
+  np.testing.assert_allclose(sum(rec["moe/expert_load"]), 1.0, rtol=1e-4)

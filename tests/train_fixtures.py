@@ -1,0 +1,40 @@
+"""Small training configs shared by the train/checkpoint/loop tests (compile in seconds)."""
+
+from __future__ import annotations
+
+import os
+
+from agentic_jax.train import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIDTRAIN = os.path.join(ROOT, "configs", "midtrain.py")
+
+# A 1-layer LongCat-style ScMoE model: 4 FFN experts + 2 zero experts, top-2.
+SMALL_MODEL = dict(vocab_size=128, hidden_size=32, num_layers=1, num_attention_heads=2,
+                   q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8,
+                   v_head_dim=8, intermediate_size=64, n_routed_experts=4, zero_expert_num=2,
+                   num_experts_per_tok=2, moe_intermediate_size=16, max_position_embeddings=64,
+                   moe_dispatch="dropless", dropless_block_size=16)
+
+
+def small_config(**sections):
+  """configs/midtrain.py:tiny shrunk: synthetic data (batch 4 x 32), the model above, 6
+  steps, a record and a checkpoint every 2 steps, no progress bar. `sections` override
+  dotted keys, e.g. small_config(**{"optim.grad_accum": 2})."""
+  config = config_lib.load_config(MIDTRAIN + ":tiny")
+  config.unlock()
+  for k, v in SMALL_MODEL.items():
+    config.model[k] = v
+  config.data.sources = ("synthetic",)
+  config.data.batch_size, config.data.seq_len = 4, 32
+  config.train.num_steps, config.train.log_every, config.train.progress = 6, 2, False
+  config.optim.warmup_steps = 2
+  config.checkpoint.every = 2
+  for dotted, value in sections.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.lock()
+  return config
