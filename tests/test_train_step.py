@@ -23,21 +23,27 @@ from tests.train_fixtures import small_config
 
 
 @pytest.fixture(scope="module")
-def env():
-  """One compiled step shared by the tests below (compilation dominates their cost)."""
+def base():
+  """Config, model and the initial state, shared: initialising and compiling dominate the
+  cost of these tests. The variants below only change what the state does not depend on."""
   config = small_config(**{"moe.bias_rate": 0.5, "moe.target_ffn_per_token": 1.5})
-  model_cfg, _, state, it = _setup(config)
-  step = jax.jit(step_lib.make_train_step(model_cfg, config, num_kinds=1, num_sources=1))
-  return model_cfg, state, it, step
-
-
-def _setup(config):
   model_cfg = config_lib.model_config(config.model)
   tx = optim_lib.make_optimizer(config.optim)
-  state = state_lib.init_state(model_cfg, tx, config.seed)
-  it = SyntheticIterator(batch_size=config.data.batch_size, seq_len=config.data.seq_len,
-                         vocab_size=model_cfg.vocab_size, seed=3)
-  return model_cfg, tx, state, it
+  state = jax.jit(lambda: state_lib.init_state(model_cfg, tx, config.seed))()
+  return config, model_cfg, state
+
+
+def _batches(config, model_cfg):
+  return SyntheticIterator(batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+                           vocab_size=model_cfg.vocab_size, seed=3)
+
+
+@pytest.fixture(scope="module")
+def env(base):
+  """One compiled step shared by the tests that use it."""
+  config, model_cfg, state = base
+  step = jax.jit(step_lib.make_train_step(model_cfg, config, num_kinds=1, num_sources=1))
+  return model_cfg, state, _batches(config, model_cfg), step
 
 
 def test_wsd_schedule_by_hand():
@@ -83,11 +89,10 @@ def test_optimizer_equals_optax_adamw():
   assert optim_lib.decay_mask(params) == {"dense": {"kernel": True}, "norm": {"weight": False}}
 
 
-def test_gradient_accumulation_equals_big_batch():
-  big = small_config()
-  acc = small_config(**{"optim.grad_accum": 2})
-  model_cfg, _, state, it = _setup(big)
-  batch = jax.tree.map(jnp.asarray, next(it))
+def test_gradient_accumulation_equals_big_batch(base):
+  big, model_cfg, state = base
+  acc = small_config(**{"optim.grad_accum": 2, "moe.bias_rate": 0.5, "moe.target_ffn_per_token": 1.5})
+  batch = jax.tree.map(jnp.asarray, next(_batches(big, model_cfg)))
   key = jax.random.key(0)
   g1 = step_lib.make_gradient_fn(model_cfg, big, num_kinds=1, num_sources=1)
   g2 = step_lib.make_gradient_fn(model_cfg, acc, num_kinds=1, num_sources=1)
@@ -149,13 +154,21 @@ def test_step_is_deterministic_and_keys_fold_in_step(env):
   np.testing.assert_array_equal(state_lib.step_key(a), jax.random.fold_in(state.rng, 1))
 
 
-def test_bfloat16_compute_keeps_float32_params():
+def test_bfloat16_compute_keeps_float32_params_and_grads(base):
+  _, _, state = base  # float32 params; only the compute dtype changes
   config = small_config(**{"model.dtype": "bfloat16"})
-  model_cfg, _, state, it = _setup(config)
-  step = jax.jit(step_lib.make_train_step(model_cfg, config, num_kinds=1, num_sources=1))
-  new, m = step(state, next(it))
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.params))
-  assert np.isfinite(float(m["loss"])) and abs(float(m["loss"]) - math.log(128)) < 0.5
+  model_cfg = config_lib.model_config(config.model)
+  grads_fn = jax.jit(step_lib.make_gradient_fn(model_cfg, config, num_kinds=1, num_sources=1))
+  loss, grads, _ = grads_fn(state.params, state.router_state, next(_batches(config, model_cfg)),
+                            jax.random.key(0))
+  # Gradients come back in the params' float32 (what AdamW then applies to float32 masters).
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert np.isfinite(float(loss)) and abs(float(loss) - math.log(128)) < 0.5
+  # The matmuls really run in bfloat16 (the lowered program has bf16 dot_generals).
+  batch = next(_batches(config, model_cfg))
+  text = grads_fn.lower(state.params, state.router_state, batch, jax.random.key(0)).as_text()
+  assert any("dot_general" in line and "bf16" in line for line in text.splitlines())
 
 
 def test_flops_match_cpu_calibration_doc():
