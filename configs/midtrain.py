@@ -39,6 +39,10 @@ def _base() -> ml_collections.ConfigDict:
   d.source_weights = (1.0, 1.0, 1.0)  # mixture: probability of drawing from each source
   d.loss_weights = (1.0, 1.0, 1.0)  # per-source multiplier of the token loss weights
   d.num_samples = (512, 256, 512)  # samples generated per built-in source
+  # Held-out eval samples per source (agentic_jax.train.input): built-in sources generate them
+  # from seed + 1000003; a file source gives up its LAST n records (removed from training).
+  # Eval samples whose tokens equal a training sample's are dropped and counted.
+  d.eval_num_samples = (64, 32, 64)
   d.seq_len = 256
   d.batch_size = 8  # global rows per optimizer step (split over processes, then micro-batches)
   d.mask_policy = "all"  # "all" | "assistant_only" | "error_masked"
@@ -84,6 +88,8 @@ def _base() -> ml_collections.ConfigDict:
   r.nan_policy = "skip"  # "skip": skip the update and count it | "halt": stop, keep last good ckpt
   r.peak_flops = 300e9  # FLOP/s that MFU is measured against (here: XLA f32 matmul on 2 cores)
   r.progress = True  # progress bar on stderr
+  r.eval_every = 80  # held-out eval every n steps and at the end (0 = never); train/eval.py
+  r.eval_batches = 4  # global batches of the fixed held-out set per evaluation
 
   k = c.checkpoint = ml_collections.ConfigDict()
   k.every = 80
@@ -128,6 +134,9 @@ def _full(c: ml_collections.ConfigDict, preset: str) -> None:
   c.train.log_every = 10
   c.train.peak_flops = 989e12  # H100 SXM dense bf16
   c.checkpoint.every = 500
+  c.train.eval_every = 500
+  c.train.eval_batches = 1
+  c.data.eval_num_samples = (500, 500, 500)
   c.mesh.data = 1
   c.mesh.fsdp = -1
   if preset == "longcat_flash":

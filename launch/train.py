@@ -1,17 +1,33 @@
-"""Mid-training entry point.
+"""Training entry point: mid-training (default), RL, or the mid-training -> RL recipe.
 
     python launch/train.py --config=configs/midtrain.py:tiny --workdir=/tmp/mt
     python launch/train.py --config=configs/midtrain.py:tiny --workdir=/tmp/mt --config.optim.lr=3e-4
+
+The job is `config.job` ("midtrain" when the config has no such key): "midtrain" ->
+agentic_jax.train.loop.run, "rl" -> agentic_jax.rl.loop.run, "recipe" ->
+agentic_jax.rl.recipe.run; all take (config, workdir) and return a summary dict.
+
+Multi-process (multi-host, or several processes on one host): every process runs the same
+command plus its own --process_id, e.g. two processes on this machine:
+
+    for i in 0 1; do python launch/train.py --config=... --workdir=/tmp/run \\
+        --coordinator_address=localhost:12355 --num_processes=2 --process_id=$i & done; wait
+
+Without these flags the cluster is auto-detected (Cloud TPU VM / GKE TPU pod, a SLURM step
+with several tasks, JAX_COORDINATOR_ADDRESS, or AGENTIC_JAX_DISTRIBUTED=auto as set by
+launch/tpu_pod.sh); on a plain machine it is a single-process run.
+jax.distributed.initialize runs before anything touches a JAX backend.
 
 Rerunning the same command resumes from the newest checkpoint in WORKDIR/checkpoints (and
 loads the compiled step from the persistent compilation cache, see --compile_cache).
 SIGTERM/SIGINT save a checkpoint and exit 0. Exit status 1 when training halted on a
 non-finite loss (train.nan_policy="halt"), 2 for a bad command line (e.g. an unknown
-config key).
+config key or job).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -21,12 +37,26 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config: path.py[:variant], e.g. configs/midtrain.py:tiny",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots); "
+                               "shared by all processes of a multi-process run.")
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", os.path.join("~", ".cache", "agentic_jax", "xla"),
     "Persistent XLA compilation cache (compiles > 1 s; capped at 2 GB), so a rerun or resume "
     "skips recompiling the step; '' disables. JAX_COMPILATION_CACHE_DIR takes precedence.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs); "
+    "unset: auto-detect a cluster, else run as a single process.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).",
+                                   lower_bound=0)
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", "gloo", "Cross-process collectives of the CPU backend (multi-process CPU "
+    "runs); accelerators use their own.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# job name -> module whose run(config, workdir) -> dict runs it (imported only when chosen)
+JOBS = {"midtrain": "agentic_jax.train.loop", "rl": "agentic_jax.rl.loop",
+        "recipe": "agentic_jax.rl.recipe"}
 
 
 def _parse(argv: list[str]) -> list[str]:
@@ -43,18 +73,55 @@ def _parse(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
+def _job(config) -> str:
+  """config.job (default "midtrain"), or exit 2 naming the known jobs."""
+  job = config.get("job", "midtrain")
+  if job not in JOBS:
+    sys.stderr.write(f"error: config.job={job!r} is not a known job; expected one of "
+                     f"{sorted(JOBS)}\n")
+    sys.exit(2)
+  return job
+
+
+def _job_module(job: str):
+  """Imports the job's module (after jax.distributed is set up: imports may touch JAX)."""
+  try:
+    return importlib.import_module(JOBS[job])
+  except ModuleNotFoundError as e:
+    if e.name and JOBS[job].startswith(e.name):
+      sys.stderr.write(f"error: config.job={job!r} needs {JOBS[job]}, which this checkout "
+                       f"does not have ({e})\n")
+      sys.exit(2)
+    raise
+
+
 def main(argv: list[str]) -> None:
   del argv
   if not flags.FLAGS["verbosity"].present:  # library INFO logs (orbax, jax) only on request
     logging.set_verbosity(logging.WARNING)
+  # Nothing below may touch a JAX backend before initialize_distributed.
+  from agentic_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel  after flag parsing (fast --help)
   jax.config.parse_flags_with_absl()
   if _COMPILE_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILE_CACHE.value))
     jax.config.update("jax_compilation_cache_max_size", 2 << 30)
-  from agentic_jax.train import loop  # pylint: disable=import-outside-toplevel
-  result = loop.run(_CONFIG.value, _WORKDIR.value)
-  sys.exit(1 if result["status"] == "halted" else 0)
+  job = _job(_CONFIG.value)
+  try:
+    info = distributed.initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+        cpu_collectives=_CPU_COLLECTIVES.value)
+  except ValueError as e:  # inconsistent --num_processes / --process_id
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
+  if info.initialized and info.process_id == 0:
+    print(f"[distributed] {info.num_processes} processes ({info.method}); "
+          f"{jax.device_count()} devices, {jax.local_device_count()} per process", flush=True)
+  result = _job_module(job).run(_CONFIG.value, _WORKDIR.value)
+  status = result.get("status") if isinstance(result, dict) else None
+  if info.initialized:
+    jax.distributed.shutdown()
+  sys.exit(1 if status == "halted" else 0)
 
 
 if __name__ == "__main__":

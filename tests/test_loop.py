@@ -213,3 +213,30 @@ def test_config_typo_is_rejected_with_a_clear_message(tmp_path):
   assert 'Did you mean "lr"' in out
   assert "Traceback" not in out
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_launcher_rejects_unknown_job_and_bad_process_flags(tmp_path):
+  """config.job picks the job (midtrain / rl / recipe); anything else, and an inconsistent
+  --process_id, exit 2 with a message before any training or distributed setup."""
+  config_file = tmp_path / "job.py"
+  config_file.write_text(
+      "import sys\n"
+      f"sys.path.insert(0, {ROOT!r})\n"
+      "from tests.train_fixtures import small_config\n"
+      "def get_config():\n"
+      "  c = small_config()\n"
+      "  c.unlock()\n"
+      "  c.job = 'pretrain'\n"
+      "  return c\n")
+  proc = _launch(tmp_path / "run", config_file=config_file)
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 2, out[-2000:]
+  assert "config.job='pretrain' is not a known job" in out and "'recipe'" in out
+  assert "Traceback" not in out and not os.path.exists(tmp_path / "run")
+
+  proc = _launch(tmp_path / "run", "--num_processes=2", "--process_id=2",
+                 "--coordinator_address=localhost:1",
+                 config_file=os.path.join(ROOT, "configs", "midtrain.py") + ":tiny")
+  out = proc.communicate(timeout=120)[0]
+  assert proc.returncode == 2, out[-2000:]
+  assert "process_id must be in [0, 2), got 2" in out and "Traceback" not in out

@@ -13,7 +13,8 @@ ScMoE overlap check and how to verify it in a profile).
 This package imports `agentic_jax.models`, never the reverse.
 """
 
-from agentic_jax.parallel.distributed import host_local_batch_to_global, initialize_distributed
+from agentic_jax.parallel.distributed import (
+    DataShard, any_process, barrier, data_shard, host_local_batch_to_global, initialize_distributed)
 from agentic_jax.parallel.mesh import MESH_AXES, abstract_mesh, make_mesh, mesh_sizes, parse_mesh_spec
 from agentic_jax.parallel.rules import (
     DEFAULT_RULES, REPLICATED_RULES, Rules, ShardingRuleError, activation_names, check_model_rules,
@@ -24,6 +25,7 @@ from agentic_jax.parallel.sharding import (
     shardings_like_params, specs_like_params, variable_shardings, variable_specs)
 
 __all__ = [
+    "DataShard", "any_process", "barrier", "data_shard",
     "DEFAULT_RULES", "MESH_AXES", "REPLICATED_RULES", "Rules", "ShardingRuleError", "abstract_mesh",
     "activation_names", "addressable_bytes", "axis_sizes", "batch_sharding", "batch_shards",
     "batch_spec", "check_model_rules", "check_rules", "flax_rules", "get_rules",

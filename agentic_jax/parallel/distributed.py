@@ -16,9 +16,10 @@ cluster detection fill in coordinator, process count and id:
   * a SLURM job step with more than one task.
 Otherwise (a laptop, one GPU box) it does nothing.
 
-Each process then loads only its own rows of the global batch and assembles the global
-array with `host_local_batch_to_global` (jax.make_array_from_process_local_data): process p
-holds the rows of its addressable devices, in device order.
+Each process then loads only its own rows of the global batch (`data_shard`: the contiguous
+block of rows its addressable devices hold) and assembles the global array with
+`host_local_batch_to_global` (jax.make_array_from_process_local_data). `any_process` and
+`barrier` keep decisions (stop, save) and file hand-offs identical across processes.
 """
 
 from __future__ import annotations
@@ -104,12 +105,70 @@ def initialize_distributed(coordinator_address: Optional[str] = None,
   return DistributedInfo(jax.process_index(), jax.process_count(), True, method)
 
 
-def host_local_batch_to_global(batch: Any, sharding: Any) -> Any:
+@dataclasses.dataclass(frozen=True)
+class DataShard:
+  """Which rows of a [B, ...] global batch this process feeds (`data_shard`).
+
+  `index`/`count` number the DISTINCT row blocks: processes that hold the same rows (the
+  batch replicated over an axis that spans processes) get the same index and must load the
+  same data, so data pipelines shard by (index, count), not by process id."""
+  index: int
+  count: int
+  start: int  # first global row this process feeds
+  stop: int  # one past the last
+
+  @property
+  def rows(self) -> int:
+    return self.stop - self.start
+
+
+def data_shard(sharding: jax.sharding.Sharding, global_rows: int) -> DataShard:
+  """This process's contiguous block of rows of a batch of `global_rows` rows laid out by
+  `sharding` (rows split over the leading dimension). Raises ValueError when the process's
+  devices hold a non-contiguous set of rows (a mesh whose device order interleaves processes
+  along the batch axes), which the per-process data pipelines cannot feed."""
+  index_map = sharding.addressable_devices_indices_map((global_rows,))
+  spans = sorted({idx[0].indices(global_rows)[:2] for idx in index_map.values()})
+  start, stop = spans[0][0], spans[-1][1]
+  covered = sum(b - a for a, b in spans)
+  if covered != stop - start or any(b > c for (_, b), (c, _) in zip(spans, spans[1:])):
+    raise ValueError(f"process {jax.process_index()} holds rows {spans} of the {global_rows}-row "
+                     "batch: not one contiguous block; order the mesh devices by process")
+  rows = stop - start
+  if global_rows % rows or start % rows:
+    raise ValueError(f"process {jax.process_index()} holds rows [{start}:{stop}) of "
+                     f"{global_rows}: blocks of unequal size across processes")
+  return DataShard(start // rows, global_rows // rows, start, stop)
+
+
+def host_local_batch_to_global(batch: Any, sharding: Any, global_rows: Optional[int] = None) -> Any:
   """Per-process rows -> one global jax.Array per leaf (jax.make_array_from_process_local_data).
 
   `sharding` is one sharding for every leaf or a tree matching `batch`. Each process passes
-  its own [B_local, ...] rows; the global batch has B_local * (number of processes that hold
-  distinct rows) rows. On one process this is a plain sharded device_put."""
+  its own [B_local, ...] rows (those of `data_shard`); the global batch has B_local * (number
+  of distinct row blocks) rows, or `global_rows` when given (checked by jax). On one process
+  this is a plain sharded device_put."""
+  def put(x, s):
+    shape = None if global_rows is None else (global_rows,) + tuple(x.shape[1:])
+    return jax.make_array_from_process_local_data(s, x, shape)
   if isinstance(sharding, jax.sharding.Sharding):
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
-  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, sharding)
+    return jax.tree.map(lambda x: put(x, sharding), batch)
+  return jax.tree.map(put, batch, sharding)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is True on any (a collective: every process must call
+  it at the same point). One process: `flag` itself, no communication."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
+  return bool(np.max(flags))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `barrier(name)` (no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)

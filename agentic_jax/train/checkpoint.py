@@ -13,6 +13,11 @@ Corruption. Orbax does not detect every damaged file: a flipped byte inside an a
 restores silently as a wrong value (checked with orbax 0.12.8). So `save` stores a
 fingerprint of the state - per leaf, sum_i bits_i * (odd multiplier of i) mod 2^32 over
 the raw bits, computed on device (works for sharded arrays) - and restore recomputes it.
+Multi-process runs: every process calls `save` and `restore_latest` (orbax writes each
+process's shards; the JSON meta comes from process 0; the data item keeps one iterator state
+per process). Restoring into an abstract state whose leaves carry shardings (train/state.py
+with_shardings) places every array straight into that layout.
+
 Any restore error or fingerprint mismatch makes `restore_latest` warn, move the step
 directory aside to DIR/<step>.corrupt-<unix time> (kept for inspection, out of orbax's way)
 and try the next older step. If every checkpoint is unreadable it raises rather than
@@ -32,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from agentic_jax.parallel import distributed
 from agentic_jax.train.state import TrainState
 
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
@@ -51,10 +57,23 @@ def _leaf_fingerprint(x: jax.Array) -> jax.Array:
   return jnp.sum(bits * mult, dtype=jnp.uint32)
 
 
-@jax.jit
-def _device_fingerprint(tree: Any) -> jax.Array:
+def _device_fingerprint_fn(tree: Any) -> jax.Array:
   leaves = jax.tree_util.tree_leaves(tree)
   return jnp.stack([_leaf_fingerprint(x) for x in leaves]) if leaves else jnp.zeros((0,), jnp.uint32)
+
+
+_device_fingerprint = jax.jit(_device_fingerprint_fn)
+
+
+def _replicated_fingerprint(tree: Any) -> np.ndarray:
+  """The device fingerprint of arrays spread over processes: the result is replicated, so
+  every process reads the same value from its own devices."""
+  mesh = next(x.sharding.mesh for x in jax.tree_util.tree_leaves(tree)
+              if isinstance(getattr(x, "sharding", None), jax.sharding.NamedSharding))
+  out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  with jax.set_mesh(mesh):
+    fp = jax.jit(_device_fingerprint_fn, out_shardings=out)(tree)
+  return np.asarray(fp.addressable_data(0))
 
 
 def _host_leaf_fingerprint(x: Any) -> np.uint32:
@@ -76,11 +95,12 @@ def fingerprint(tree: Any) -> np.ndarray:
   """uint32 [num_leaves]: changes if any bit of any leaf changes (single-bit flips always).
 
   On host (numpy) when every leaf is fully addressable - no compilation for the common
-  single-process case - else jitted on device, where sharded leaves stay sharded."""
+  single-process case - else jitted on device, where sharded leaves stay sharded (a
+  collective in a multi-process run: every process must call it)."""
   leaves = jax.tree_util.tree_leaves(tree)
   if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in leaves):
     return np.asarray([_host_leaf_fingerprint(x) for x in leaves], np.uint32)
-  return np.asarray(jax.device_get(_device_fingerprint(tree)))
+  return _replicated_fingerprint(tree)
 
 
 def _with_default_sharding(abstract: Any) -> Any:
@@ -164,21 +184,30 @@ class Checkpointer:
     errors = []
     for step in steps:
       try:
-        return self._restore_step(step, abstract_state, data_iterator)
-      except Exception as e:  # pylint: disable=broad-except  any failure means unreadable
-        moved = self._quarantine(step)
-        msg = (f"checkpoint step {step} in {self.directory} is unreadable "
-               f"({type(e).__name__}: {str(e)[:300]}); moved it to {moved} and "
-               f"falling back to the previous checkpoint")
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
+        restored, e = self._restore_step(step, abstract_state, data_iterator), None
+      except Exception as exc:  # pylint: disable=broad-except  any failure means unreadable
+        restored, e = None, exc
+      # One verdict for all processes: a step bad for any of them is bad for every one.
+      if not distributed.any_process(e is not None):
+        return restored
+      if e is None:
+        e = CorruptCheckpointError("unreadable on another process")
+      moved = self._quarantine(step)
+      msg = (f"checkpoint step {step} in {self.directory} is unreadable "
+             f"({type(e).__name__}: {str(e)[:300]}); moved it to {moved} and "
+             f"falling back to the previous checkpoint")
+      warnings.warn(msg, RuntimeWarning, stacklevel=2)
+      errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
     raise CorruptCheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
 
   def _quarantine(self, step: int) -> str:
+    """Moves a bad step aside. Multi-process: every process gets here together (the verdict
+    is agreed in restore_latest); process 0 moves the directory, the others wait for it."""
     src = os.path.join(self.directory, str(step))
     dst = f"{src}.corrupt-{int(time.time())}"
-    if os.path.exists(src):
+    if jax.process_index() == 0 and os.path.exists(src):
       os.replace(src, dst)
+    distributed.barrier(f"checkpoint-quarantine-{step}")
     self._mgr.reload()
     return dst
 

@@ -2,10 +2,27 @@
 
     result = run(config, workdir)        # rerunning with the same workdir resumes
 
-Order of a run: data (generation, tokenizer, rendering) -> state (restored from the latest
-readable checkpoint in WORKDIR/checkpoints, else initialised from config.seed) -> the jitted
-step compiled ahead of time (timed apart from training) -> steps until train.num_steps ->
+Order of a run: mesh (config.mesh over all devices of all processes) -> data (generation,
+tokenizer, rendering; each process loads only its rows of every global batch) -> state
+(restored from the latest readable checkpoint in WORKDIR/checkpoints, else initialised from
+config.seed, in both cases directly in its sharded layout) -> the step jitted with explicit
+shardings and donation, compiled ahead of time (timed apart from training) -> steps until
+train.num_steps, with held-out evaluation every train.eval_every steps and at the end ->
 final checkpoint, summary.json, loss.png, a printed summary.
+
+Sharding (agentic_jax.parallel): params, router biases and optimizer moments are laid out by
+the logical-axis rules table (config.sharding_rules if present, else "default"); batches
+are split over data x fsdp x expert. One device is the 1x1x1x1 mesh: same code path.
+
+Multi-process (launch/train.py after jax.distributed.initialize): every process runs this
+same function. Data: process p feeds its contiguous block of global rows
+(parallel.data_shard) and the global batch is assembled with
+jax.make_array_from_process_local_data. Decisions are identical everywhere: the step's
+metrics are global (replicated), a stop signal seen by any process stops all of them at the
+same step (parallel.any_process), and every process calls the checkpoint save/restore
+(orbax coordinates the writes). Only process 0 prints and writes metrics.jsonl,
+TensorBoard events, summary.json and loss.png. WORKDIR must be shared by the processes
+(checkpoints; process 0 trains the tokenizer there unless data.tokenizer.path is set).
 
 Stopping early:
   * SIGTERM (preemption) or SIGINT: the current step finishes, a checkpoint is written,
@@ -20,19 +37,22 @@ Stopping early:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 
-from agentic_jax import models, objectives
+from agentic_jax import models, objectives, parallel
+from agentic_jax.parallel import distributed
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
+from agentic_jax.train import eval as eval_lib
 from agentic_jax.train import flops as flops_lib
 from agentic_jax.train import input as input_lib
 from agentic_jax.train import metrics as metrics_lib
@@ -44,7 +64,8 @@ NAN_POLICIES = ("skip", "halt")
 
 
 def _say(msg: str) -> None:
-  print(msg, flush=True)
+  if jax.process_index() == 0:
+    print(msg, flush=True)
 
 
 class _StopFlag:
@@ -91,12 +112,31 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
     stop.restore()
 
 
+def _eval_settings(config: Any) -> tuple[int, int]:
+  """(train.eval_every, train.eval_batches); 0 / absent eval_every = no evaluation."""
+  every = int(config.train.get("eval_every", 0) or 0)
+  batches = int(config.train.get("eval_batches", 0) or 0)
+  if every < 0:
+    raise ValueError(f"config.train.eval_every must be >= 0 (0 = no evaluation), got {every}")
+  if every and batches < 1:
+    raise ValueError(f"config.train.eval_batches must be >= 1 when train.eval_every > 0, "
+                     f"got {batches}")
+  return every, batches if every else 0
+
+
+def _evaluate(eval_fn: Callable, eval_data: list, inp: input_lib.Input, state: Any) -> dict:
+  return eval_lib.evaluate(eval_fn, state.params, state.router_state, eval_data,
+                           inp.kind_names, inp.source_names)
+
+
 def _run(config: Any, workdir: str, stop: _StopFlag, t_start: float,
          stop_after_steps: Optional[int]) -> dict:
   config_lib.check_required(config)
   if config.train.nan_policy not in NAN_POLICIES:
     raise ValueError(f"config.train.nan_policy must be one of {NAN_POLICIES}, "
                      f"got {config.train.nan_policy!r}")
+  eval_every, eval_batches = _eval_settings(config)
+  primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   model_cfg = config_lib.model_config(config.model)
   num_steps = int(config.train.num_steps)
@@ -106,33 +146,54 @@ def _run(config: Any, workdir: str, stop: _StopFlag, t_start: float,
   step_lib.make_bias_update(model_cfg, config.moe)
   objectives.get_loss(config.objective.name)
 
+  # ---- mesh and this process's rows of every global batch
+  rules = parallel.get_rules(config.get("sharding_rules", "default"))
+  mesh = parallel.make_mesh(config.mesh)
+  global_rows = int(config.data.batch_size)
+  batch_sh = parallel.batch_sharding(mesh, rules, batch_size=global_rows)
+  shard = distributed.data_shard(batch_sh, global_rows)
+
+  def to_global(local: dict) -> dict:
+    return distributed.host_local_batch_to_global(local, batch_sh, global_rows)
+
   # ---- data
+  tok_info: dict = {}
+  if jax.process_count() > 1:  # one tokenizer for all: process 0 trains it, the rest load it
+    if primary:
+      tok_info = input_lib.ensure_tokenizer(config, workdir)
+    distributed.barrier("agentic_jax-tokenizer")
   inp = input_lib.build_input(config, workdir, vocab_limit=model_cfg.vocab_size,
-                              process_index=jax.process_index(), process_count=jax.process_count())
+                              process_index=shard.index, process_count=shard.count,
+                              eval_batches=eval_batches, may_train_tokenizer=primary)
+  if tok_info.get("trained"):  # trained just above, loaded by build_input: report the training
+    inp.report["tokenizer"] = tok_info
   t_data = time.perf_counter() - t_start
   _say(f"[data] sources {list(inp.source_names)} ready in {t_data:.1f}s "
        f"({json.dumps(inp.report.get('tokenizer', {}))})")
+  if jax.process_count() > 1 or mesh.size > 1:
+    _say(f"[mesh] {dict(zip(mesh.axis_names, mesh.axis_sizes))} over {jax.process_count()} "
+         f"process(es); process 0 feeds rows [{shard.start}:{shard.stop}) of {global_rows}")
 
-  # ---- state
+  # ---- state, created or restored in its sharded layout
   step_fn = step_lib.make_train_step(model_cfg, config, num_kinds=len(inp.kind_names),
                                      num_sources=len(inp.source_names))
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                async_save=config.checkpoint.async_save)
   abstract = state_lib.abstract_state(model_cfg, tx, config.seed)
-  restored = ckpt.restore_latest(abstract, inp.iterator)
+  state_sh = state_lib.state_shardings(abstract, model_cfg, mesh, rules)
+  restored = ckpt.restore_latest(state_lib.with_shardings(abstract, state_sh), inp.iterator)
   config_json = _config_json(config)
   if restored is not None:
     state, meta = restored
-    start = int(state.step)
+    start = int(jax.device_get(state.step))
     _say(f"[ckpt] resumed from step {start} ({ckpt.directory}/{start})")
     diff = _config_diff(meta.get("config", {}), config_json)
     if diff:
       _say("[ckpt] config differs from the checkpoint's: " + "; ".join(diff[:10]))
   else:
-    state = jax.jit(lambda: state_lib.init_state(model_cfg, tx, config.seed))()
-    # Committed to the device like a restored state, so a fresh and a resumed run compile
-    # the step to the same program (uncommitted inputs lower without sharding annotations).
-    state = jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    # Created with the same shardings a restore gives, so a fresh and a resumed run compile
+    # the step to the same program.
+    state = state_lib.init_sharded_state(model_cfg, tx, config.seed, state_sh)
     start = 0
   n_params = models.count_params(model_cfg)
   fm = flops_lib.flop_model(model_cfg)
@@ -147,36 +208,59 @@ def _run(config: Any, workdir: str, stop: _StopFlag, t_start: float,
     return result
 
   # ---- compile (timed apart from the steps)
-  batch = next(inp.iterator)
+  batch = to_global(next(inp.iterator))
   t0 = time.perf_counter()
-  compiled = step_lib.jit_train_step(step_fn).lower(state, batch).compile()
+  train_fn = step_lib.jit_train_step(step_fn, mesh=mesh, state_shardings=state_sh,
+                                     batch_sharding=batch_sh, rules=rules)
+  compiled = train_fn.lower(state, batch).compile()
   t_compile = time.perf_counter() - t0
   _say(f"[train] step compiled in {t_compile:.1f}s; steps {start + 1}..{num_steps}, "
        f"batch {config.data.batch_size}x{config.data.seq_len}")
+  evaluator: Optional[Callable[[Any], dict]] = None
+  if eval_every:
+    eval_fn = eval_lib.jit_eval_step(
+        eval_lib.make_eval_step(model_cfg, num_kinds=len(inp.kind_names),
+                                num_sources=len(inp.source_names)),
+        mesh=mesh, params_shardings=state_sh.params, router_shardings=state_sh.router_state,
+        batch_sharding=batch_sh, rules=rules)
+    eval_data = [to_global(b) for b in inp.eval_batches]  # on device once, reused every eval
+    evaluator = functools.partial(_evaluate, eval_fn, eval_data, inp)
 
   logger = metrics_lib.MetricsLogger(
       workdir, kind_names=inp.kind_names, source_names=inp.source_names, flop_model=fm,
       seq_len=config.data.seq_len, peak_flops=config.train.peak_flops, num_steps=num_steps,
-      log_every=config.train.log_every, start_step=start, progress=config.train.progress)
+      log_every=config.train.log_every, start_step=start, progress=config.train.progress,
+      write=primary)
   step = start
   warned_skip = False
+  last_eval: Optional[dict] = None
+  t_eval = 0.0
   t_loop = time.perf_counter()
-  if stop.signal is not None:
+  if distributed.any_process(stop.signal is not None):
     result["status"] = "preempted"
-    _say(f"[train] {stop.signal} during setup: exiting before step {start + 1} (nothing new to save)")
+    _say(f"[train] {stop.signal or 'signal'} during setup: exiting before step {start + 1} "
+         f"(nothing new to save)")
   try:
     while step < num_steps and result["status"] == "completed":
       t0 = time.perf_counter()
       if batch is None:
-        batch = next(inp.iterator)
+        batch = to_global(next(inp.iterator))
       state, m = compiled(state, batch)
       batch = None
-      m = jax.device_get(m)
+      m = jax.device_get(m)  # replicated: every process reads the global values
       step += 1
+      seconds = time.perf_counter() - t0
       result["losses"].append((step, np.float32(m["loss"])))
-      logger.step(step, m, time.perf_counter() - t0)
+      halt = int(m["skipped"]) and config.train.nan_policy == "halt"
+      extra = None
+      if evaluator is not None and not halt and (step % eval_every == 0 or step == num_steps):
+        t1 = time.perf_counter()
+        extra = evaluator(state)
+        last_eval = {"eval_step": step, **extra}
+        t_eval += time.perf_counter() - t1
+      logger.step(step, m, seconds, extra)
       if int(m["skipped"]):
-        if config.train.nan_policy == "halt":
+        if halt:
           logger.flush()
           _say(f"[train] non-finite loss/gradient at step {step}: halting (nan_policy=halt); "
                f"the newest checkpoint is the last good state")
@@ -186,19 +270,21 @@ def _run(config: Any, workdir: str, stop: _StopFlag, t_start: float,
           _say(f"[train] non-finite loss/gradient at step {step}: update skipped "
                f"(nan_policy=skip; further skips are counted in metrics)")
           warned_skip = True
-      stopping = stop.signal is not None or (
-          stop_after_steps is not None and step - start >= stop_after_steps)
+      # The same verdict on every process: a signal that reached any of them stops all.
+      signalled = distributed.any_process(stop.signal is not None)
+      stopping = signalled or (stop_after_steps is not None and step - start >= stop_after_steps)
       if step % config.checkpoint.every == 0 or step == num_steps or stopping:
         ckpt.save(state, inp.iterator, config_json)
       if stopping:
-        result["status"] = "preempted" if stop.signal else "stopped"
-        _say(f"[train] {stop.signal or 'stop_after_steps'}: checkpoint saved at step {step}; "
-             f"rerun the same command to resume")
+        result["status"] = "preempted" if signalled else "stopped"
+        why = (stop.signal or "signal on another process") if signalled else "stop_after_steps"
+        _say(f"[train] {why}: "
+             f"checkpoint saved at step {step}; rerun the same command to resume")
         break
   finally:
     logger.close()
     ckpt.close()
-  t_train = time.perf_counter() - t_loop
+  t_train = time.perf_counter() - t_loop - t_eval
 
   recs = logger.records
   losses = [r["loss"] for r in recs if r.get("loss") is not None]
@@ -206,24 +292,33 @@ def _run(config: Any, workdir: str, stop: _StopFlag, t_start: float,
       "status": result["status"], "start_step": start, "final_step": step, "num_steps": num_steps,
       "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
       "final_record": recs[-1] if recs else None,
+      "eval_loss": last_eval["eval_loss"] if last_eval else None,
+      "eval": last_eval,
       "tokens_per_s": logger.total_tokens / logger.total_seconds if logger.total_seconds else None,
       "mfu": (logger.total_flops / logger.total_seconds / config.train.peak_flops
               if logger.total_seconds else None),
       "peak_flops": config.train.peak_flops,
       "nan_skips": int(jax.device_get(state.nan_skips)),
       "params": n_params,
+      "mesh": {"sizes": dict(zip(mesh.axis_names, mesh.axis_sizes)),
+               "processes": jax.process_count(), "devices": mesh.size},
       "seconds": {"data": round(t_data, 2), "compile": round(t_compile, 2),
-                  "train": round(t_train, 2), "total": round(time.perf_counter() - t_start, 2)},
+                  "train": round(t_train, 2), "eval": round(t_eval, 2),
+                  "total": round(time.perf_counter() - t_start, 2)},
       "data": inp.report, "pipeline": input_lib.pipeline_stats(inp),
       "checkpoints": {"directory": ckpt.directory, "steps": ckpt.all_steps()},
       "outputs": {"metrics": logger.jsonl_path, "tensorboard": os.path.join(workdir, "tb")},
   }
-  png = metrics_lib.plot_losses(workdir, title=f"midtrain {config.get('variant', '')} "
-                                f"({config.model.preset})")
-  summary["outputs"]["loss_png"] = png
-  summary["outputs"]["summary"] = metrics_lib.write_summary(workdir, summary)
+  if primary:
+    png = metrics_lib.plot_losses(workdir, title=f"midtrain {config.get('variant', '')} "
+                                  f"({config.model.preset})")
+    summary["outputs"]["loss_png"] = png
+    summary["outputs"]["summary"] = metrics_lib.write_summary(workdir, summary)
+  else:
+    summary["outputs"]["loss_png"] = summary["outputs"]["summary"] = None
   summary["seconds"]["total"] = round(time.perf_counter() - t_start, 2)
-  _print_summary(summary)
+  if primary:
+    _print_summary(summary)
   result.update(summary)
   return result
 
@@ -238,11 +333,22 @@ def _print_summary(s: dict) -> None:
       f" of {s['peak_flops']:.3g} FLOP/s | NaN skips {s['nan_skips']}",
       f"   time: data {s['seconds']['data']}s, compile {s['seconds']['compile']}s, "
       f"train {s['seconds']['train']}s, total {s['seconds']['total']}s",
+      _eval_line(s),
       _data_line(s),
       f"   outputs: {s['outputs']['summary']}, {s['outputs']['metrics']}, "
       f"{s['outputs']['loss_png']}, {s['outputs']['tensorboard']}/, {s['checkpoints']['directory']}/",
   ]
   _say("\n".join(line for line in lines if line))
+
+
+def _eval_line(s: dict) -> str:
+  ev = s.get("eval")
+  if not ev:
+    return ""
+  kinds = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in ev.items()
+                    if k.startswith("eval_loss/kind/"))
+  return (f"   eval (step {ev['eval_step']}, {ev['eval_batches']} held-out batches): loss "
+          f"{ev['eval_loss']:.4f}, accuracy {ev['eval_accuracy']:.3f}" + (f"; {kinds}" if kinds else ""))
 
 
 def _data_line(s: dict) -> str:

@@ -8,7 +8,13 @@ are over the steps since the previous record (the "window"): `loss`, `accuracy`,
 without weight in the window are left out); `tokens_per_s` and `mfu` are window tokens and
 model FLOPs over the window's wall time (compilation is timed separately and excluded);
 `lr` is the last step's; `skipped` counts skipped steps in the window and `nan_skips` the
-run total. Non-finite values are written as null (JSON has no NaN).
+run total. Non-finite values are written as null (JSON has no NaN). Held-out evaluation
+results (`eval_loss`, `eval_accuracy`, `eval_loss/kind/<k>`, `eval_loss/source/<s>`, ...;
+train/eval.py) join the record of the step they were computed at: a step with an eval
+result always closes a window.
+
+Multi-process runs: every process keeps the records (same numbers: metrics are global), but
+only the one with `write=True` (process 0) writes files and the progress bar.
 """
 
 from __future__ import annotations
@@ -81,29 +87,36 @@ class MetricsLogger:
   def __init__(self, workdir: str, *, kind_names: Sequence[str], source_names: Sequence[str],
                flop_model: FlopModel, seq_len: int, peak_flops: float, num_steps: int,
                log_every: int, start_step: int = 0, progress: bool = True,
-               tensorboard: bool = True):
+               tensorboard: bool = True, write: bool = True):
     self.workdir = workdir
     self.kinds, self.sources = list(kind_names), list(source_names)
     self.flop_model, self.seq_len, self.peak = flop_model, seq_len, peak_flops
     self.num_steps, self.log_every = num_steps, max(1, log_every)
-    self.progress = progress
-    self.tty = progress and sys.stderr.isatty()
-    os.makedirs(workdir, exist_ok=True)
+    self.progress = progress and write
+    self.tty = self.progress and sys.stderr.isatty()
     self.jsonl_path = os.path.join(workdir, METRICS_FILE)
-    truncate_jsonl(self.jsonl_path, start_step)
-    self._jsonl = open(self.jsonl_path, "a")
-    self._tb = EventWriter(os.path.join(workdir, "tb")) if tensorboard else None
+    self._jsonl = self._tb = None
+    if write:
+      os.makedirs(workdir, exist_ok=True)
+      truncate_jsonl(self.jsonl_path, start_step)
+      self._jsonl = open(self.jsonl_path, "a")
+      self._tb = EventWriter(os.path.join(workdir, "tb")) if tensorboard else None
     self._window: list[tuple[int, dict, float]] = []
+    self._extra: dict = {}
     self.start_step = start_step
     self.total_tokens = 0
     self.total_seconds = 0.0
     self.total_flops = 0.0
     self.records: list[dict] = []
 
-  def step(self, step: int, metrics: Mapping[str, Any], seconds: float) -> Optional[dict]:
-    """Adds step `step` (1-based: steps completed); returns the record if one was written."""
+  def step(self, step: int, metrics: Mapping[str, Any], seconds: float,
+           extra: Optional[Mapping[str, Any]] = None) -> Optional[dict]:
+    """Adds step `step` (1-based: steps completed); returns the record if one was written.
+    `extra` (e.g. eval results) goes into this step's record, which it closes."""
     self._window.append((step, dict(metrics), seconds))
-    if step % self.log_every == 0 or step == self.num_steps:
+    if extra:
+      self._extra.update(extra)
+    if step % self.log_every == 0 or step == self.num_steps or extra:
       return self.flush()
     return None
 
@@ -156,9 +169,12 @@ class MetricsLogger:
         rec[k] = float(vals.mean())
       else:
         rec[k] = vals.mean(0).round(5).tolist()
+    rec.update(self._extra)
+    self._extra = {}
     rec = _clean(rec)
-    self._jsonl.write(json.dumps(rec) + "\n")
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps(rec) + "\n")
+      self._jsonl.flush()
     if self._tb is not None:
       self._tb.scalars(step, {k: v for k, v in rec.items()
                               if k != "step" and isinstance(v, (int, float))})
@@ -184,6 +200,8 @@ class MetricsLogger:
              + f" | ETA {_fmt_time(eta)}")
     if rec["skipped"]:
       line += f" | skipped {rec['skipped']}"
+    if rec.get("eval_loss") is not None:
+      line += f" | eval {rec['eval_loss']:.4f}"
     if self.tty:
       sys.stderr.write("\r" + line + " " * 4)
       if step >= self.num_steps:
@@ -196,7 +214,8 @@ class MetricsLogger:
     self.flush()
     if self.tty:
       sys.stderr.write("\n")
-    self._jsonl.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
     if self._tb is not None:
       self._tb.close()
 
@@ -228,6 +247,9 @@ def plot_losses(workdir: str, title: str = "") -> Optional[str]:
     if prefix == "loss/source/":
       xs = [r["step"] for r in recs if r.get("loss") is not None]
       ax.plot(xs, [r["loss"] for r in recs if r.get("loss") is not None], "k-", lw=2, label="loss")
+      ev = [(r["step"], r["eval_loss"]) for r in recs if r.get("eval_loss") is not None]
+      if ev:
+        ax.plot([p[0] for p in ev], [p[1] for p in ev], "ko--", lw=1, ms=4, label="eval loss")
     keys = sorted({k for r in recs for k in r if k.startswith(prefix)})
     for k in keys:
       pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]

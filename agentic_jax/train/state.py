@@ -1,9 +1,14 @@
 """TrainState: everything a training step reads and writes, as one pytree.
 
-A flax struct dataclass, so it passes through jit/scan/orbax unchanged and a later issue
-can give it shardings leaf by leaf. `rng` is the BASE key as raw uint32 key data (what
-orbax stores without special handling); the step derives its key as fold_in(rng, step), so
-the randomness of step s does not depend on how the run got to s.
+A flax struct dataclass, so it passes through jit/scan/orbax unchanged. `rng` is the BASE
+key as raw uint32 key data (what orbax stores without special handling); the step derives
+its key as fold_in(rng, step), so the randomness of step s does not depend on how the run
+got to s.
+
+On a mesh (`state_shardings`) params, router biases and every optimizer moment take their
+variable's PartitionSpec from the logical-axis rules; step, rng and counters are
+replicated. `init_sharded_state` creates the state directly in that layout (it is never
+materialised whole on one device).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agentic_jax import models
+from agentic_jax import models, parallel
 from agentic_jax.models.config import ModelConfig
+from agentic_jax.parallel.rules import DEFAULT_RULES, Rules
 
 Array = jax.Array
 
@@ -55,3 +61,29 @@ def init_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: i
 def abstract_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int = 0) -> TrainState:
   """ShapeDtypeStructs of `init_state` (no allocation): restore targets, FLOP counts, tests."""
   return jax.eval_shape(lambda: init_state(model_cfg, tx, seed))
+
+
+def state_shardings(abstract: TrainState, model_cfg: ModelConfig, mesh: jax.sharding.Mesh,
+                    rules: Rules = DEFAULT_RULES) -> TrainState:
+  """NamedShardings for every leaf of `abstract` (a TrainState of arrays or shapes).
+
+  Each params / router_state / optimizer-moment leaf gets the spec of the variable whose
+  path it ends with; scalars (step, Adam count, nan_skips) and `rng` are replicated; a
+  leaf that matches no variable raises (parallel.ShardingRuleError)."""
+  specs = parallel.variable_specs(model_cfg, mesh, rules)
+  return parallel.shardings_like_params(abstract, specs, mesh, replicate=("rng",))
+
+
+def init_sharded_state(model_cfg: ModelConfig, tx: optax.GradientTransformation, seed: int,
+                       shardings: TrainState) -> TrainState:
+  """`init_state`, jitted with `out_shardings`: every leaf is created in its final layout
+  (the values equal the unsharded init: partitionable threefry)."""
+  mesh = jax.tree.leaves(shardings)[0].mesh
+  with jax.set_mesh(mesh):
+    return jax.jit(lambda: init_state(model_cfg, tx, seed), out_shardings=shardings)()
+
+
+def with_shardings(abstract: TrainState, shardings: TrainState) -> TrainState:
+  """ShapeDtypeStructs carrying their sharding: an orbax restore target in the sharded layout."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings)

@@ -2,7 +2,8 @@
 
 Built once per run by `make_train_step(model_cfg, config, ...)`; the returned function has
 no Python side effects and no host callbacks, so it can be jitted as is
-(`jit_train_step`) or, in a later issue, with `in_shardings`/`out_shardings` for a mesh.
+(`jit_train_step`) or, unchanged, with explicit shardings over a mesh
+(`jit_train_step(..., mesh=, state_shardings=, batch_sharding=)`).
 
 One step:
   1. key = fold_in(state.rng, state.step) (micro-batch i uses fold_in(key, i));
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agentic_jax import models, objectives
+from agentic_jax import models, objectives, parallel
 from agentic_jax.models import balance
 from agentic_jax.models.config import ModelConfig
 from agentic_jax.train import optim as optim_lib
@@ -202,6 +203,31 @@ def _metrics(loss, aux, moe, batch, grad_norm, lr, ok, new_state) -> dict:
   return out
 
 
-def jit_train_step(step_fn: StepFn, *, donate: bool = True) -> StepFn:
-  """Plain single-device jit; the state buffers are donated (updated in place)."""
-  return jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+def jit_train_step(step_fn: StepFn, *, donate: bool = True,
+                   mesh: Optional[jax.sharding.Mesh] = None, state_shardings: Any = None,
+                   batch_sharding: Any = None, rules: Any = None) -> StepFn:
+  """The step jitted with the state buffers donated (updated in place).
+
+  Without `mesh`: plain single-device jit. With `mesh`: explicit in_shardings
+  (state_shardings, batch_sharding) and out_shardings (state_shardings, metrics replicated),
+  traced under the mesh and the logical-axis `rules` so the models' activation constraints
+  apply. Either way the result has `.lower(state, batch)` for ahead-of-time compilation."""
+  if mesh is None:
+    return jax.jit(step_fn, donate_argnums=(0,) if donate else ())
+  if state_shardings is None or batch_sharding is None:
+    raise ValueError("jit_train_step: a mesh needs state_shardings and batch_sharding")
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  fn = parallel.jit_sharded(
+      step_fn, mesh, in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, replicated), rules=rules or parallel.DEFAULT_RULES,
+      donate_argnums=(0,) if donate else ())
+  return _with_lower(fn, mesh)
+
+
+def _with_lower(fn: Any, mesh: jax.sharding.Mesh) -> Any:
+  """Gives a parallel.jit_sharded function a `.lower` that traces under the mesh."""
+  def lower(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn.jitted.lower(*args, **kwargs)
+  fn.lower = lower
+  return fn
