@@ -36,7 +36,7 @@ import numbers
 
 import numpy as np
 
-from agentic_jax.data.schema import ContextSample, EnvSample, Sample
+from agentic_jax.data.schema import ContextSample, EnvSample, Sample, Turn
 from agentic_jax.data.tokenizer import Tokenizer
 
 MASK_KINDS = ("context", "file", "summary", "edit", "system", "user", "assistant", "tool_call",
@@ -94,6 +94,17 @@ def _content_ids(tok: Tokenizer, role: str, content: str) -> list[int]:
   return tok.encode(content)
 
 
+def render_turn(turn: Turn, tokenizer: Tokenizer) -> list[int]:
+  """Token ids of one env turn exactly as `render` writes it inside a sample:
+  <|ROLE|> [name "\\n"] content <|end_turn|> (the RL rollout appends observations with this)."""
+  ids = [tokenizer.special_id(f"<|{turn.role}|>")]
+  if turn.name is not None:
+    ids += tokenizer.encode(turn.name + "\n")
+  ids += _content_ids(tokenizer, turn.role, turn.content)
+  ids.append(tokenizer.special_id(END_TURN))
+  return ids
+
+
 def render(sample: Sample, tokenizer: Tokenizer, policy: str,
            source_weight: float = 1.0) -> Rendered:
   """Tokens, per-target loss weights and mask kinds of one sample (template in the module doc)."""
@@ -107,12 +118,7 @@ def render(sample: Sample, tokenizer: Tokenizer, policy: str,
   b.add([tok.bos_id], "special", 0.0)
   if isinstance(sample, EnvSample):
     for turn, w in zip(sample.turns, _turn_weights(sample, policy)):
-      ids = [tok.special_id(f"<|{turn.role}|>")]
-      if turn.name is not None:
-        ids += tok.encode(turn.name + "\n")
-      ids += _content_ids(tok, turn.role, turn.content)
-      ids.append(tok.special_id(END_TURN))
-      b.add(ids, turn.role, w)
+      b.add(render_turn(turn, tok), turn.role, w)
   elif isinstance(sample, ContextSample):
     for span in sample.spans:
       w = 1.0 if policy != "assistant_only" or span.kind == "edit" else 0.0

@@ -8,6 +8,8 @@ Sources:
   calculator    environmentally-native: a scripted agent solves multi-step word problems with the
                 `calc`/`answer` tools of `calculator.CalculatorEnv` (own expression parser); some
                 episodes contain a failing call and its correction, some end with a wrong answer.
+  calculator_basic  the same agent on one/two-step arithmetic ("What is 12 * 7 - 5?", short word
+                problems; `calculator.make_tasks(..., level="basic")`), the RL recipe's tasks.
   pyrepo        environmentally-native: a scripted agent fixes tiny repositories with a failing
                 unit test through `run_tests`/`cat`/`edit`/`submit` (`pyrepo.PyRepoEnv`); test
                 output comes from real `python -m unittest` runs.
@@ -26,7 +28,8 @@ from typing import Optional
 from agentic_jax.data.builtin import agent, stdlib_edits
 from agentic_jax.data.schema import ContextSample, Sample
 
-SOURCES = ("calculator", "pyrepo", "stdlib_edits")
+SOURCES = ("calculator", "pyrepo", "stdlib_edits")  # the default mixture and tokenizer corpus
+ALL_SOURCES = SOURCES + ("calculator_basic",)  # every name `generate` accepts
 
 # pure-Python stdlib modules whose source goes into the tokenizer corpus
 CORPUS_MODULES = ("argparse", "ast", "bisect", "calendar", "colorsys", "dataclasses", "difflib",
@@ -38,14 +41,16 @@ CORPUS_MODULES = ("argparse", "ast", "bisect", "calendar", "colorsys", "dataclas
 
 def generate(name: str, *, seed: int, num_samples: int, stats: Optional[dict] = None) -> list[Sample]:
   """`num_samples` samples of source `name`; `stats` (if given) receives counts of fallbacks."""
-  if name not in SOURCES:
-    raise ValueError(f"unknown built-in source {name!r}; expected one of {list(SOURCES)}")
+  if name not in ALL_SOURCES:
+    raise ValueError(f"unknown built-in source {name!r}; expected one of {list(ALL_SOURCES)}")
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise TypeError(f"seed must be an int, got {type(seed).__name__}")
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
     raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
   if name == "calculator":
     return [s for _, s in agent.calculator_episodes(seed, num_samples)]
+  if name == "calculator_basic":
+    return [s for _, s in agent.calculator_episodes(seed, num_samples, level="basic")]
   if name == "pyrepo":
     return [s for _, s in agent.pyrepo_episodes(seed, num_samples)]
   return stdlib_edits.stdlib_edit_samples(seed, num_samples, stats)
@@ -59,11 +64,11 @@ def sample_text(sample: Sample) -> str:
 
 
 def corpus_texts(seed: int, *, samples_per_source: int = 100, stdlib_files: int = 12,
-                 max_file_chars: int = 40_000) -> list[str]:
-  """Documents for tokenizer training: the plain text of generated samples of every source, plus
+                 max_file_chars: int = 40_000, sources: tuple[str, ...] = SOURCES) -> list[str]:
+  """Documents for tokenizer training: the plain text of generated samples of `sources`, plus
   the source of `stdlib_files` standard-library modules (each cut at `max_file_chars`). Documents
   are multi-line; a trainer with a sentence-length limit should split them into lines."""
-  texts = [sample_text(s) for name in SOURCES
+  texts = [sample_text(s) for name in sources
            for s in generate(name, seed=seed, num_samples=samples_per_source)]
   modules = random.Random(f"corpus:{seed}").sample(CORPUS_MODULES, min(stdlib_files,
                                                                        len(CORPUS_MODULES)))

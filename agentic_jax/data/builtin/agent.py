@@ -59,6 +59,8 @@ _FIXES = {
     "div0": "I mistyped the divisor as 0; it should be {divisor}.",
     "no_parens": "The tool call needs parentheses around the expression.",
 }
+_NO_TOOL_THOUGHT = "This is easy enough to do in my head."
+_ESTIMATE_ERRORS = (-10, -2, -1, 1, 2, 10)
 _FINAL = ("So the answer is {v}.", "That gives {v}, which answers the question.",
           "The result is {v}.")
 
@@ -118,11 +120,18 @@ def _slip(template: str, rng: random.Random) -> str:
 
 def calculator_policy(problem: calculator.Problem, rng: random.Random, *,
                       error_step: Optional[int] = None,
-                      slip: Optional[tuple[str, int]] = None) -> Policy:
+                      slip: Optional[tuple[str, int]] = None,
+                      no_tool: bool = False) -> Policy:
   """Works through `problem.steps`. error_step=k plants one failing call (a mistake drawn from
   `_error_kinds` of the real expression) before the correct call of step k; slip=("step", k)
   miscomputes step k, ("early", _) answers the second-to-last value, ("round", _) rounds a
-  non-integer answer (the agent does not notice; reward 0)."""
+  non-integer answer (the agent does not notice; reward 0). no_tool=True skips the calculator
+  and answers a mental estimate that is off by a small amount (reward 0): the habit of
+  answering without the tool, which outcome-reward RL should unlearn."""
+  if no_tool:
+    estimate = problem.task.answer + rng.choice(_ESTIMATE_ERRORS)
+    yield _NO_TOOL_THOUGHT, f"answer({arith.format_value(estimate)})"
+    return
   values: list[str] = []
   for k, step in enumerate(problem.steps):
     template = _slip(step.expr, rng) if slip and slip == ("step", k) else step.expr
@@ -156,19 +165,36 @@ def calculator_policy(problem: calculator.Problem, rng: random.Random, *,
   yield rng.choice(_FINAL).format(v=final), f"answer({final})"
 
 
-def calculator_episodes(seed: int, num_samples: int) -> list[tuple[calculator.Problem, EnvSample]]:
+# (source name, episode rng prefix, planted-error rate, slip rate) per calculator level; basic
+# episodes slip less often: they are the examples a tiny model should learn to get right.
+_CALC_LEVELS = {"word": ("calculator", "calculator-episode", CALC_ERROR_RATE, CALC_SLIP_RATE),
+                "basic": ("calculator_basic", "calculator-basic-episode", 0.2, 0.1)}
+
+
+def calculator_episodes(seed: int, num_samples: int, level: str = "word", *,
+                        no_tool_rate: float = 0.0
+                        ) -> list[tuple[calculator.Problem, EnvSample]]:
+  """Scripted episodes of calculator tasks of `level` ("word": source "calculator"; "basic":
+  source "calculator_basic"). A `no_tool_rate` share of them answers without the calculator
+  (one extra draw per episode; at rate 0 the stream is exactly the default one)."""
+  if level not in _CALC_LEVELS:
+    raise ValueError(f"calculator level must be one of {list(_CALC_LEVELS)}, got {level!r}")
+  if not 0.0 <= no_tool_rate <= 1.0:
+    raise ValueError(f"calculator_episodes: no_tool_rate must be in [0, 1], got {no_tool_rate}")
+  source, prefix, error_rate, slip_rate = _CALC_LEVELS[level]
   env, out = calculator.CalculatorEnv(), []
   for i in range(num_samples):
-    problem = calculator.make_problem(seed, i)
-    rng = random.Random(f"calculator-episode:{seed}:{i}")
+    problem = calculator.make_problem(seed, i, level)
+    rng = random.Random(f"{prefix}:{seed}:{i}")
     error_step = slip = None
-    if rng.random() < CALC_ERROR_RATE:
+    if rng.random() < error_rate:
       error_step = rng.randrange(len(problem.steps))
-    if rng.random() < CALC_SLIP_RATE:
+    if rng.random() < slip_rate:
       slip = rng.choice([("step", rng.randrange(len(problem.steps))), ("early", 0), ("round", 0)])
-    policy = calculator_policy(problem, rng, error_step=error_step, slip=slip)
-    out.append((problem, run_episode(env, problem.task, policy, sample_id=f"calculator-{seed}-{i:05d}",
-                                     source="calculator")))
+    no_tool = bool(no_tool_rate) and rng.random() < no_tool_rate
+    policy = calculator_policy(problem, rng, error_step=error_step, slip=slip, no_tool=no_tool)
+    out.append((problem, run_episode(env, problem.task, policy, sample_id=f"{source}-{seed}-{i:05d}",
+                                     source=source)))
   return out
 
 

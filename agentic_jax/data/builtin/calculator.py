@@ -1,10 +1,14 @@
-"""Calculator / tool-use arithmetic environment and its seeded task source.
+"""Calculator / tool-use arithmetic environment and its seeded task sources.
 
-Tasks are multi-step word problems with an exact rational answer. The environment offers
+Tasks have an exact rational answer, at two levels: "word" (multi-step word problems, the
+mid-training source "calculator") and "basic" (one- or two-step arithmetic such as
+"What is 37 + 45?" or "What is 12 * 7 - 5?" and short word problems, easy enough that a tiny
+mid-trained model succeeds sometimes: RL's starting point). The environment offers
 `calc(EXPRESSION)` (evaluated by our own parser, `arith.evaluate`) and `answer(VALUE)` (ends the
 episode, reward 1 if VALUE equals the answer exactly, else 0).
 
-    tasks = make_tasks(seed=0, num_tasks=64)          # for RL
+    tasks = make_tasks(seed=0, num_tasks=64)                  # word problems, for RL
+    tasks = make_tasks(seed=0, num_tasks=64, level="basic")   # one/two-step arithmetic
     env = CalculatorEnv()
     obs = env.reset(tasks[0]); result = env.step("calc(3 * 4)")
 
@@ -253,13 +257,113 @@ TEMPLATES: dict[str, Callable] = {
 }
 
 
-def make_problem(seed: int, index: int) -> Problem:
-  """Problem `index` of the stream for `seed` (independent of how many are drawn)."""
-  rng = random.Random(f"calculator-task:{seed}:{index}")
-  name = rng.choice(sorted(TEMPLATES))
-  question, steps, answer = TEMPLATES[name](rng)
-  return Problem(CalcTask(f"calc-{seed}-{index:05d}", question, Fraction(answer)), tuple(steps), name)
+# ---------------------------------------------------------------------------------------------
+# Basic level: one or two calculator steps, small numbers (digits are one token each, so short
+# numbers keep the calls a tiny model must copy short).
+
+_THINGS = ("apples", "marbles", "stickers", "coins", "cards", "books", "shells", "pencils")
 
 
-def make_tasks(seed: int, num_tasks: int, start: int = 0) -> list[CalcTask]:
-  return [make_problem(seed, i).task for i in range(start, start + num_tasks)]
+def _basic_add(rng):
+  a, b = rng.randint(10, 99), rng.randint(10, 99)
+  return f"What is {a} + {b}?", [Step("Add the two numbers.", f"{a} + {b}")], Fraction(a + b)
+
+
+def _basic_sub(rng):
+  a = rng.randint(20, 99)
+  b = rng.randint(1, a - 1)
+  return (f"What is {a} - {b}?", [Step("Subtract the second number from the first.", f"{a} - {b}")],
+          Fraction(a - b))
+
+
+def _basic_mul(rng):
+  a, b = rng.randint(2, 19), rng.randint(2, 12)
+  return f"What is {a} * {b}?", [Step("Multiply the two numbers.", f"{a} * {b}")], Fraction(a * b)
+
+
+def _basic_div(rng):
+  b, q = rng.randint(2, 12), rng.randint(2, 12)
+  return (f"What is {b * q} / {b}?", [Step("Divide the first number by the second.",
+                                           f"{b * q} / {b}")], Fraction(q))
+
+
+def _basic_mul_sub(rng):
+  a, b = rng.randint(2, 12), rng.randint(2, 12)
+  c = rng.randint(1, a * b - 1)
+  steps = [Step("First the product.", f"{a} * {b}"), Step("Then subtract.", f"{{r0}} - {c}")]
+  return f"What is {a} * {b} - {c}?", steps, Fraction(a * b - c)
+
+
+def _basic_add_mul(rng):
+  a, b, c = rng.randint(2, 30), rng.randint(2, 30), rng.randint(2, 9)
+  steps = [Step("First the sum in parentheses.", f"{a} + {b}"), Step("Then multiply.", f"{{r0}} * {c}")]
+  return f"What is ({a} + {b}) * {c}?", steps, Fraction((a + b) * c)
+
+
+def _basic_gets_more(rng):
+  name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+  a, b = rng.randint(2, 60), rng.randint(2, 40)
+  question = f"{name} has {a} {thing} and gets {b} more. How many {thing} does {name} have now?"
+  return question, [Step(f"Add the new {thing}.", f"{a} + {b}")], Fraction(a + b)
+
+
+def _basic_gives_away(rng):
+  name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+  a = rng.randint(10, 90)
+  b = rng.randint(1, a - 1)
+  question = f"{name} has {a} {thing} and gives away {b}. How many {thing} are left?"
+  return question, [Step(f"Take away the {thing} given away.", f"{a} - {b}")], Fraction(a - b)
+
+
+def _basic_boxes(rng):
+  thing = rng.choice(_THINGS)
+  a, b = rng.randint(2, 12), rng.randint(2, 12)
+  question = f"There are {a} boxes with {b} {thing} in each. How many {thing} are there in total?"
+  return question, [Step("Multiply boxes by the count in each.", f"{a} * {b}")], Fraction(a * b)
+
+
+def _basic_share(rng):
+  thing = rng.choice(_THINGS)
+  b, q = rng.randint(2, 9), rng.randint(2, 12)
+  question = (f"{b * q} {thing} are shared equally among {b} friends. How many {thing} does each "
+              "friend get?")
+  return question, [Step("Divide by the number of friends.", f"{b * q} / {b}")], Fraction(q)
+
+
+def _basic_packs_left(rng):
+  name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+  a, b = rng.randint(2, 9), rng.randint(2, 12)
+  c = rng.randint(1, a * b - 1)
+  question = (f"{name} buys {a} packs of {b} {thing} and gives away {c}. How many {thing} does "
+              f"{name} have left?")
+  steps = [Step(f"First count all the {thing}.", f"{a} * {b}"),
+           Step(f"Then take away the {c} given away.", f"{{r0}} - {c}")]
+  return question, steps, Fraction(a * b - c)
+
+
+BASIC_TEMPLATES: dict[str, Callable] = {
+    "add": _basic_add, "sub": _basic_sub, "mul": _basic_mul, "div": _basic_div,
+    "mul_sub": _basic_mul_sub, "add_mul": _basic_add_mul, "gets_more": _basic_gets_more,
+    "gives_away": _basic_gives_away, "boxes": _basic_boxes, "share": _basic_share,
+    "packs_left": _basic_packs_left,
+}
+LEVELS = ("word", "basic")
+
+
+def make_problem(seed: int, index: int, level: str = "word") -> Problem:
+  """Problem `index` of the stream for (`seed`, `level`) (independent of how many are drawn)."""
+  if level == "word":
+    rng, templates, task_id = (random.Random(f"calculator-task:{seed}:{index}"), TEMPLATES,
+                               f"calc-{seed}-{index:05d}")
+  elif level == "basic":
+    rng, templates, task_id = (random.Random(f"calculator-basic-task:{seed}:{index}"),
+                               BASIC_TEMPLATES, f"calc-basic-{seed}-{index:05d}")
+  else:
+    raise ValueError(f"calculator level must be one of {list(LEVELS)}, got {level!r}")
+  name = rng.choice(sorted(templates))
+  question, steps, answer = templates[name](rng)
+  return Problem(CalcTask(task_id, question, Fraction(answer)), tuple(steps), name)
+
+
+def make_tasks(seed: int, num_tasks: int, start: int = 0, *, level: str = "word") -> list[CalcTask]:
+  return [make_problem(seed, i, level).task for i in range(start, start + num_tasks)]

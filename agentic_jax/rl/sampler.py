@@ -1,0 +1,145 @@
+"""Batched sampling of policy turns on the cached decoder, with bucketed shapes.
+
+    sampler = Sampler(model_cfg, max_new_tokens=64, temperature=1.0)
+    gens = sampler.generate(variables, [context_a, context_b], seed=3)   # list[Generation]
+
+Contexts (1-D int32 token arrays, each starting with <s>) are left-padded to a width rounded up
+to a multiple of `prompt_bucket`, and the batch is padded to a multiple of `batch_bucket` with
+dummy rows that are finished from the start (they emit nothing and never keep the decode loop
+running). The jitted decoder (`sampling.generate_arrays`) therefore compiles once per
+(width bucket, batch bucket) pair; pass batch_bucket = the largest batch to get one batch shape.
+
+A policy turn ends at the <|end_turn|> that closes a <|tool_call|> turn, at </s>, or after
+`max_new_tokens` tokens (then `Generation.truncated` is True); `StopRule` states that rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agentic_jax import sampling
+from agentic_jax.data.tokenizer import EOS_ID, SPECIALS
+from agentic_jax.models import ModelConfig
+
+END_TURN_ID = SPECIALS["<|end_turn|>"][0]
+TOOL_CALL_ID = SPECIALS["<|tool_call|>"][0]
+Seed = Union[int, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+  """A row finishes at `eos_id`, or at a token of `stop_ids` once a token of `arm_ids` was
+  emitted (no arm_ids: every stop id counts). The finishing token is part of the output."""
+  eos_id: Optional[int] = EOS_ID
+  stop_ids: tuple[int, ...] = (END_TURN_ID,)
+  arm_ids: tuple[int, ...] = (TOOL_CALL_ID,)
+
+  def __post_init__(self):
+    sampling.check_stop_rule(tuple(self.stop_ids), tuple(self.arm_ids))
+
+  def finished(self, tokens: Sequence[int]) -> bool:
+    """Whether `tokens` (one row's output) ends with a token that finishes the row."""
+    armed = not self.arm_ids
+    for i, t in enumerate(tokens):
+      t = int(t)
+      if t == self.eos_id or (armed and t in self.stop_ids):
+        return i == len(tokens) - 1
+      armed = armed or t in self.arm_ids
+    return False
+
+
+POLICY_TURN = StopRule()  # <|tool_call|> ... <|end_turn|>, or </s>
+
+
+@dataclasses.dataclass
+class Generation:
+  tokens: np.ndarray     # int32 [n]: sampled tokens, the stop token included
+  logprobs: np.ndarray   # float32 [n]: log-softmax(logits / temperature) at each chosen token
+  truncated: bool        # stopped by max_new_tokens, not by the stop rule
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"Sampler: {name} must be an int >= {minimum}, got {value!r}")
+  return int(value)
+
+
+class Sampler:
+  """Sampler(model_cfg, *, max_new_tokens, temperature=1.0, top_p=1.0, stop=POLICY_TURN,
+  prompt_bucket=64, batch_bucket=8). temperature 0 = greedy."""
+
+  def __init__(self, model_cfg: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
+               top_p: float = 1.0, stop: StopRule = POLICY_TURN, prompt_bucket: int = 64,
+               batch_bucket: int = 8):
+    if not isinstance(model_cfg, ModelConfig):
+      raise TypeError(f"Sampler: model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
+    if not isinstance(stop, StopRule):
+      raise TypeError(f"Sampler: stop must be a StopRule, got {type(stop).__name__}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+      raise ValueError(f"Sampler: temperature must be a finite number >= 0, got {temperature!r}")
+    if not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+      raise ValueError(f"Sampler: top_p must be in (0, 1], got {top_p!r}")
+    self.model_cfg = model_cfg
+    self.max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    self.temperature = float(temperature)
+    self.top_p = float(top_p)
+    self.stop = stop
+    self.prompt_bucket = _check_int("prompt_bucket", prompt_bucket, 1)
+    self.batch_bucket = _check_int("batch_bucket", batch_bucket, 1)
+    self.shapes_used: set[tuple[int, int]] = set()  # (batch, width) of every decoder call
+
+  def replace(self, **changes) -> "Sampler":
+    kw = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+              stop=self.stop, prompt_bucket=self.prompt_bucket, batch_bucket=self.batch_bucket)
+    kw.update(changes)
+    return Sampler(self.model_cfg, **kw)
+
+  def greedy(self) -> "Sampler":
+    return self if self.temperature == 0.0 else self.replace(temperature=0.0)
+
+  def padded_shape(self, lengths: Sequence[int]) -> tuple[int, int]:
+    """(batch, width) the decoder runs for contexts of these lengths."""
+    n, longest = len(lengths), max(lengths)
+    return (-(-n // self.batch_bucket) * self.batch_bucket,
+            -(-longest // self.prompt_bucket) * self.prompt_bucket)
+
+  def generate(self, variables: dict, contexts: Sequence[np.ndarray], seed: Seed) -> list[Generation]:
+    """One Generation per context. Deterministic given `seed` (an int or a jax PRNG key) and the
+    contexts in their order: step i of the decode loop draws with fold_in(key, i)."""
+    if len(contexts) == 0:
+      return []
+    rows = []
+    for i, c in enumerate(contexts):
+      c = np.asarray(c)
+      if c.ndim != 1 or c.size == 0 or not np.issubdtype(c.dtype, np.integer):
+        raise ValueError(f"Sampler.generate: contexts[{i}] must be a non-empty 1-D int array, got "
+                         f"shape {c.shape} dtype {c.dtype}")
+      rows.append(c.astype(np.int32))
+    lengths = [len(c) for c in rows]
+    batch, width = self.padded_shape(lengths)
+    self.shapes_used.add((batch, width))
+    tokens = np.zeros((batch, width), np.int32)
+    lens = np.ones((batch,), np.int32)  # dummy rows: one token (id 0), inactive
+    for i, c in enumerate(rows):
+      tokens[i, width - len(c):] = c
+      lens[i] = len(c)
+    active = np.arange(batch) < len(rows)
+    key = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
+    out, logp, num = sampling.generate_arrays(
+        self.model_cfg, variables, jnp.asarray(tokens), jnp.asarray(lens), key,
+        max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+        eos_id=self.stop.eos_id, stop_ids=tuple(self.stop.stop_ids),
+        arm_ids=tuple(self.stop.arm_ids), active=jnp.asarray(active))
+    out, logp, num = np.asarray(out), np.asarray(logp), np.asarray(num)
+    gens = []
+    for i in range(len(rows)):
+      toks = out[i, :num[i]].astype(np.int32)
+      gens.append(Generation(toks, logp[i, :num[i]].astype(np.float32),
+                             truncated=not self.stop.finished(toks)))
+    return gens
