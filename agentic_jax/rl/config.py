@@ -1,0 +1,205 @@
+"""The shared builder of the RL configs (configs/flow_grpo.py, grpo.py, dapo.py, dr_grpo.py).
+
+    config = rl_config("flow_grpo", "tiny", configs_dir=os.path.dirname(__file__))
+
+Sections (the locked ConfigDict rejects a misspelt key, e.g. --config.rl.group_sise=4):
+  job="rl", variant, seed, init_from ("" = fresh params from seed; else a mid-training WORKDIR:
+  its tokenizer.model and latest checkpoint's params/router_state)
+  model      the mid-training config's model section (configs/midtrain.py, same variant), so a
+             mid-trained checkpoint restores into it; with init_from it must equal that run's
+  tokenizer  path ("" = WORKDIR/tokenizer.model if present, else trained on the built-in
+             corpus; ignored with init_from, which brings its own), vocab_size
+  rl         the RL knobs (RL_KEYS below), rl.loss_options (every objective option as a typed
+             placeholder: None = the loss/preset default), rl.env_options, rl.agentflow
+  optim      AdamW + schedule as mid-training (train/optim.py); schedule counts RL steps
+  train      num_steps (RL steps), log_every, nan_policy, progress
+  checkpoint every, keep, async_save;   mesh  data/fsdp/tensor/expert
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import ml_collections
+from ml_collections import config_dict
+
+from agentic_jax.objectives import rl_losses
+from agentic_jax.train import config as config_lib
+
+LOSSES = ("flow_grpo", "grpo", "dapo", "dr_grpo")
+MODES = ("plain", "agentflow")
+BATCH_MODES = ("turn", "trajectory")
+# The defaults per loss: the preset and how rows are formed. Flow-GRPO trains one row per
+# policy turn (turn broadcast); the GRPO family one row per multi-turn trajectory.
+_LOSS_DEFAULTS = {
+    "flow_grpo": {"preset": "paper", "batch_mode": "turn"},
+    "grpo": {"preset": "deepseekmath", "batch_mode": "trajectory"},
+    "dapo": {"preset": "paper", "batch_mode": "trajectory"},
+    "dr_grpo": {"preset": "paper", "batch_mode": "trajectory"},
+}
+_OPTION_TYPES = {"dual_clip_c": float, "norm_constant": float}
+
+
+def loss_options_section() -> ml_collections.ConfigDict:
+  """Every objective option (rl_losses.BASE_OPTIONS) as a typed placeholder (None = unset)."""
+  s = ml_collections.ConfigDict()
+  for key, default in rl_losses.BASE_OPTIONS.items():
+    tp = _OPTION_TYPES.get(key, type(default))
+    s[key] = config_dict.placeholder(tp)
+  return s
+
+
+def loss_options(config: Any) -> dict:
+  """The options set in config.rl.loss_options (None entries dropped)."""
+  section = config.rl.loss_options
+  values = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+  return {k: v for k, v in values.items() if v is not None}
+
+
+def load_midtrain(configs_dir: str, variant: str = "tiny") -> ml_collections.ConfigDict:
+  """configs/midtrain.py:<variant> (unlocked copy), the single source of the model section."""
+  config = config_lib.load_config(os.path.join(configs_dir, "midtrain.py") + f":{variant}")
+  config.unlock()
+  return config
+
+
+def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
+              preset: Optional[str] = None) -> ml_collections.ConfigDict:
+  """The RL config of `loss` (one of LOSSES) at `variant` ("tiny")."""
+  if loss not in LOSSES:
+    raise ValueError(f"rl config: unknown loss {loss!r}; choose one of {LOSSES}")
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/{loss}.py: unknown variant {variant!r}; choose one of {VARIANTS}")
+  mt = load_midtrain(configs_dir, "tiny")
+  c = ml_collections.ConfigDict()
+  c.job = "rl"
+  c.variant = variant
+  c.seed = 0
+  c.init_from = ""
+  c.model = mt.model
+  t = c.tokenizer = ml_collections.ConfigDict()
+  t.path = ""
+  t.vocab_size = mt.data.tokenizer.vocab_size
+
+  r = c.rl = ml_collections.ConfigDict()
+  r.loss = loss
+  r.preset = preset or _LOSS_DEFAULTS[loss]["preset"]
+  r.loss_options = loss_options_section()
+  r.mode = "plain"  # "plain": multi-turn episodes (rollout); "agentflow": planner/executor/...
+  r.batch_mode = _LOSS_DEFAULTS[loss]["batch_mode"]  # "turn" | "trajectory" rows
+  r.env = "calculator"
+  e = r.env_options = ml_collections.ConfigDict()
+  e.level = "basic"
+  e.allow_unisolated = False  # never run model-written code without the sandbox unless set
+  a = r.agentflow = ml_collections.ConfigDict()
+  a.executor = "scripted"  # "scripted" | "reference" (the frozen reference model)
+  a.verifier = "scripted"
+  a.generator = "scripted"
+  r.group_size = 8  # G rollouts per task
+  r.tasks_per_step = 8  # Q tasks per RL step
+  r.train_tasks = 4096  # size of the training task pool (cycled)
+  r.max_turns = 4
+  r.max_new_tokens = 32  # per policy turn
+  r.max_context_tokens = 416  # an episode stops (token_budget) when its context would exceed this
+  # Packed forward-row width (step.pack_batch): every transcript / turn row must fit, so
+  # seq_len >= max_context_tokens + max_new_tokens; several short ones share a row.
+  r.seq_len = 448
+  r.row_bucket = 4  # forward rows padded to a multiple of this (few shapes to compile)
+  r.sample_bucket = 4  # sample slots per forward row padded to a multiple of this
+  r.temperature = 1.0
+  r.top_p = 1.0
+  r.ppo_epochs = 1
+  r.minibatches = 2
+  r.old_logp = "sampler"  # "sampler" | "recompute"
+  r.old_logp_tolerance = 1e-3  # warn when sampler and recomputed log-probs differ by more
+  r.eval_tasks = 64  # held-out tasks for the greedy success rate before/after
+  r.eval_every = 0  # also every k steps (0 = only before the first and after the last step)
+  r.eval_max_turns = 4
+
+  p = c.optim = ml_collections.ConfigDict()
+  p.lr = 1e-4
+  p.schedule = "wsd"
+  p.warmup_steps = 0
+  p.decay_fraction = 0.0
+  p.min_lr_ratio = 1.0
+  p.weight_decay = 0.0
+  p.b1 = 0.9
+  p.b2 = 0.99
+  p.eps = 1e-8
+  p.clip_norm = 1.0
+  p.grad_accum = 1  # unused by RL (minibatches play that role); kept for the shared optimizer
+
+  tr = c.train = ml_collections.ConfigDict()
+  tr.num_steps = 20
+  tr.log_every = 1
+  tr.nan_policy = "skip"
+  tr.progress = True
+
+  k = c.checkpoint = ml_collections.ConfigDict()
+  k.every = 10
+  k.keep = 2
+  k.async_save = False  # RL checkpoints are small; synchronous saves keep SIGTERM exits simple
+
+  h = c.mesh = ml_collections.ConfigDict()
+  h.data = -1
+  h.fsdp = 1
+  h.tensor = 1
+  h.expert = 1
+
+  if loss == "dapo":
+    # overlong shaping at this scale: L_max = all turns' token budget, buffer = one turn
+    c.rl.loss_options.overlong_max_len = r.max_turns * r.max_new_tokens
+    c.rl.loss_options.overlong_buffer = r.max_new_tokens
+  if loss == "dr_grpo":
+    # a fixed L_const independent of the batch: the policy tokens an episode can generate
+    c.rl.loss_options.norm_constant = float(r.max_turns * r.max_new_tokens)
+  return c
+
+
+VARIANTS = ("tiny",)
+RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_options",
+           "agentflow", "group_size", "tasks_per_step", "train_tasks", "max_turns",
+           "max_new_tokens", "max_context_tokens", "seq_len", "row_bucket", "sample_bucket",
+           "temperature",
+           "top_p", "ppo_epochs", "minibatches", "old_logp", "old_logp_tolerance", "eval_tasks",
+           "eval_every", "eval_max_turns")
+
+
+def check_rl_config(config: Any) -> None:
+  """Value checks the RL loop needs before it spends time; ValueError naming config.rl.KEY."""
+  config_lib.check_required(config)
+  rl = config.rl
+  missing = [k for k in RL_KEYS if k not in rl]
+  if missing:
+    raise KeyError(f"RL config lacks config.rl.{missing[0]}")
+  choices = {"mode": MODES, "batch_mode": BATCH_MODES, "old_logp": ("sampler", "recompute")}
+  for key, allowed in choices.items():
+    if rl[key] not in allowed:
+      raise ValueError(f"config.rl.{key} must be one of {allowed}, got {rl[key]!r}")
+  positive = ("group_size", "tasks_per_step", "train_tasks", "max_turns", "max_new_tokens",
+              "max_context_tokens", "seq_len", "row_bucket", "sample_bucket", "ppo_epochs",
+              "minibatches",
+              "eval_max_turns")
+  for key in positive:
+    if not isinstance(rl[key], int) or rl[key] < 1:
+      raise ValueError(f"config.rl.{key} must be an int >= 1, got {rl[key]!r}")
+  if rl.eval_tasks < 0 or rl.eval_every < 0:
+    raise ValueError("config.rl.eval_tasks and config.rl.eval_every must be >= 0")
+  if rl.row_bucket % rl.minibatches:
+    raise ValueError(f"config.rl.row_bucket={rl.row_bucket} must be a multiple of "
+                     f"config.rl.minibatches={rl.minibatches} (forward rows split into equal "
+                     "minibatches)")
+  if rl.temperature < 0 or not 0 < rl.top_p <= 1:
+    raise ValueError(f"config.rl.temperature must be >= 0 and config.rl.top_p in (0, 1], got "
+                     f"{rl.temperature}, {rl.top_p}")
+  if rl.top_p < 1:
+    raise ValueError("config.rl.top_p < 1 is not supported for training: the sampler's log-probs "
+                     "are of the untruncated distribution, so PPO ratios would be biased")
+  if rl.max_context_tokens + rl.max_new_tokens > rl.seq_len:
+    raise ValueError(f"config.rl.seq_len={rl.seq_len} < config.rl.max_context_tokens + "
+                     f"config.rl.max_new_tokens = {rl.max_context_tokens + rl.max_new_tokens}: "
+                     "an episode's transcript might not fit a packed row")
+  if rl.mode == "agentflow" and rl.batch_mode != "turn":
+    raise ValueError("config.rl.mode='agentflow' needs config.rl.batch_mode='turn' (its planner "
+                     "turns have separate prompts; no single transcript exists)")

@@ -1,0 +1,531 @@
+"""The RL loop: rollouts on the current policy, the jitted RL update, checkpoints, metrics, eval.
+
+    result = run(config, workdir)        # config: configs/flow_grpo.py:tiny etc.; rerun resumes
+
+Order of a run: tokenizer + initial variables (config.init_from: a mid-training WORKDIR's
+tokenizer.model and the params/router_state of its latest checkpoint; "" = fresh from
+config.seed with a tokenizer from config.tokenizer) -> frozen reference variables (a copy of the
+initial ones) -> train state (restored from WORKDIR/checkpoints, else fresh) -> greedy eval on
+config.rl.eval_tasks held-out tasks ("before") -> per RL step s = 1..train.num_steps:
+  tasks  the next tasks_per_step tasks of the seeded training pool (cycled), so step s's tasks
+         depend only on s
+  rollout  config.rl.mode "plain" (rollout.rollout) or "agentflow" (agentflow.run_agentflow),
+         group_size episodes per task, sampling seed = rollout_seed(config.seed, s)
+  batch  rollout.policy_batch(mode=config.rl.batch_mode, rows padded to a multiple of
+         config.rl.row_bucket, rows longer than config.rl.seq_len dropped with their whole
+         trajectory and COUNTED: dropped_rows / dropped_trajectories in metrics)
+  update  step.make_rl_step (ppo_epochs x minibatches AdamW updates), jitted, state donated
+-> greedy eval ("after") -> summary.json.
+
+Everything random is a function of (config.seed, s) or of the state (TrainState.rng folded with
+the step), so a run stopped after step k and resumed equals an uninterrupted one bitwise on CPU.
+Checkpoints (every checkpoint.every steps, at the end, at SIGTERM/SIGINT or stop_after_steps)
+hold the train state; their meta holds the before-eval and the init_from checkpoint step and
+params fingerprint (the reference params are reloaded from there, not saved: they are the
+initial params). MoE router biases stay frozen (see step.py).
+
+WORKDIR: metrics.jsonl (one record per RL step), summary.json (success_rate_before /
+success_rate_after ...), tb/ (TensorBoard scalars), rl.png (reward / success / KL curves),
+checkpoints/, tokenizer.model (when trained here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agentic_jax import models, parallel
+from agentic_jax.rl import config as rl_config
+from agentic_jax.rl import envs as envs_lib
+from agentic_jax.rl import rollout as rollout_lib
+from agentic_jax.rl import step as step_lib
+from agentic_jax.train import checkpoint as ckpt_lib
+from agentic_jax.train import config as config_lib
+from agentic_jax.train import metrics as metrics_lib
+from agentic_jax.train import optim as optim_lib
+from agentic_jax.train import state as state_lib
+from agentic_jax.train.tensorboard import EventWriter
+
+PLOT_FILE = "rl.png"
+# Model fields that change the parameter tree (a mismatch with init_from is an error).
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "q_lora_rank",
+                 "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                 "intermediate_size", "n_routed_experts", "zero_expert_num",
+                 "moe_intermediate_size",
+                 "layer_type", "tie_word_embeddings", "scan_layers")
+
+
+def _say(msg: str) -> None:
+  print(msg, flush=True)
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT; handlers installed only from the main thread, restored after."""
+
+  def __init__(self, install: bool):
+    self.signal: Optional[str] = None
+    self._old = {}
+    if install and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, _frame):
+    self.signal = signal.Signals(signum).name
+
+  def restore(self) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _config_diff(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return out
+
+
+def rollout_seed(seed: int, step: int) -> int:
+  """The sampling seed of RL step `step` (1-based): a function of (seed, step) only."""
+  return int((np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step) * np.uint64(7919))
+             % np.uint64(2**31 - 1))
+
+
+# ------------------------------------------------------------------ initial variables
+
+def _tokenizer(config: Any, workdir: str):
+  from agentic_jax.data import builtin  # pylint: disable=import-outside-toplevel
+  from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
+  if config.init_from:
+    # a mid-training run writes the tokenizer it trained into its WORKDIR; one that was given
+    # a tokenizer file (data.tokenizer.path) does not: then config.tokenizer.path names it
+    theirs = os.path.join(config.init_from, "tokenizer.model")
+    if os.path.exists(theirs):
+      return tok_lib.load_tokenizer(theirs), theirs
+    if not config.tokenizer.path:
+      raise FileNotFoundError(f"config.init_from={config.init_from!r} has no tokenizer.model and "
+                              "config.tokenizer.path is empty: set it to the tokenizer that "
+                              "mid-training used (its data.tokenizer.path)")
+  if config.tokenizer.path:
+    return tok_lib.load_tokenizer(config.tokenizer.path), config.tokenizer.path
+  saved = os.path.join(workdir, "tokenizer.model")
+  if os.path.exists(saved):
+    return tok_lib.load_tokenizer(saved), saved
+  texts = builtin.corpus_texts(config.seed, sources=builtin.ALL_SOURCES)
+  tok = tok_lib.SentencePieceTokenizer.train(texts, int(config.tokenizer.vocab_size),
+                                             seed=config.seed)
+  tok.save(saved)
+  return tok, f"trained -> {saved}"
+
+
+def load_init_from(path: str, model_cfg: models.ModelConfig, model_section: dict,
+                   step: Optional[int] = None) -> tuple[dict, int, dict]:
+  """(variables {"params", "router_state"?}, step, its config) from a mid-training WORKDIR's
+  checkpoint `step` (default: the latest). Shapes must match `model_cfg`; else ValueError naming
+  the differing config.model fields."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = os.path.join(os.path.abspath(path), "checkpoints")
+  steps = (sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+           if os.path.isdir(directory) else [])
+  if not steps:
+    raise FileNotFoundError(f"config.init_from={path!r}: no checkpoints in {directory}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"config.init_from={path!r}: checkpoint step {step} (the reference "
+                            f"this run started from) is gone; found {steps}")
+  with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+    meta = json.load(f)
+  theirs = meta.get("config", {}).get("model", {})
+  model_section = json.loads(json.dumps(dict(model_section), default=str))  # tuples -> lists
+  diff = [f"{k}: {theirs.get(k)!r} (init_from) vs {model_section.get(k)!r} (config.model)"
+          for k in sorted(set(theirs) | set(model_section))
+          if theirs.get(k) != model_section.get(k)]
+  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+  want = models.abstract_variables(model_cfg)
+  got = {"params": restored["params"]}
+  if want.get("router_state"):
+    got["router_state"] = restored["router_state"]
+  shape = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)  # noqa: E731
+  if (jax.tree.structure(shape(got)) != jax.tree.structure(shape(want))
+      or jax.tree.leaves(shape(got)) != jax.tree.leaves(shape(want))):
+    shaping = [d for d in diff if d.split(":")[0] in _SHAPE_FIELDS]
+    raise ValueError(f"config.init_from={path!r}: its parameters do not fit config.model; "
+                     f"differing fields: {'; '.join(shaping or diff) or 'none (tree differs)'}")
+  if diff:
+    _say("[init] config.model differs from init_from's in non-shape fields: " + "; ".join(diff))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  variables = jax.tree.map(lambda x: jax.device_put(np.asarray(x), device), got)
+  return variables, step, meta.get("config", {})
+
+
+def _fresh_variables(model_cfg, seed: int) -> dict:
+  """The params a fresh TrainState would hold (state.init_state's key schedule)."""
+  return jax.jit(lambda: models.init_variables(
+      model_cfg, jax.random.fold_in(jax.random.PRNGKey(seed), 0)))()
+
+
+def _new_state(variables: dict, tx, seed: int, shardings=None) -> state_lib.TrainState:
+  state = state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      opt_state=tx.init(variables["params"]), router_state=variables.get("router_state", {}),
+      rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1), nan_skips=jnp.zeros((), jnp.int32))
+  # committed (to one device, or to the mesh layout) like a restored state, so both compile the
+  # step identically
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.device_put(state, shardings or one)
+
+
+class _Placement:
+  """Where the state, variables and batches live: one device, or config.mesh (single process:
+  params / optimizer moments split by the logical-axis rules, batch rows over the data axes;
+  the rollout decoder runs on the same sharded params, colocated with training)."""
+
+  def __init__(self, config, model_cfg, abstract):
+    self.mesh = parallel.make_mesh(config.mesh)
+    self.sharded = self.mesh.devices.size > 1
+    if not self.sharded:
+      return
+    if jax.process_count() > 1:
+      raise NotImplementedError("RL across processes is not implemented: rollouts and packing "
+                                "run on one host; use a single-process mesh (config.mesh)")
+    shards = parallel.batch_shards(self.mesh)
+    if config.rl.row_bucket % (shards * config.rl.minibatches):
+      raise ValueError(f"config.rl.row_bucket={config.rl.row_bucket} must be a multiple of the "
+                       f"{shards} batch shards x config.rl.minibatches={config.rl.minibatches}")
+    self.state = state_lib.state_shardings(abstract, model_cfg, self.mesh)
+    self.variables = parallel.variable_shardings(model_cfg, self.mesh)
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+  def target(self, abstract):
+    return state_lib.with_shardings(abstract, self.state) if self.sharded else abstract
+
+  def put_variables(self, variables):
+    if not self.sharded:
+      return variables
+    return jax.device_put(variables, {k: self.variables[k] for k in variables})
+
+  def put_batch(self, packed):
+    return parallel.shard_batch(packed, self.mesh) if self.sharded else packed
+
+  def jit(self, step_fn, ref_variables, packed):
+    if not self.sharded:
+      return step_lib.jit_rl_step(step_fn)
+    batch = {k: parallel.batch_sharding(self.mesh, ndim=np.ndim(v)) for k, v in packed.items()}
+    ref = {k: self.variables[k] for k in ref_variables}
+    return parallel.jit_sharded(step_fn, self.mesh, in_shardings=(self.state, ref, batch),
+                                out_shardings=(self.state, self.replicated), donate_argnums=(0,))
+
+
+# ------------------------------------------------------------------ episodes
+
+def _episodes(config, sampler, variables, ref_variables, make_env, tasks, tok, seed):
+  rl = config.rl
+  if rl.mode == "agentflow":
+    from agentic_jax.rl import agentflow  # pylint: disable=import-outside-toplevel
+    a = rl.agentflow
+    return agentflow.run_agentflow(
+        sampler, variables, make_env, tasks, tok, group_size=rl.group_size, seed=seed,
+        max_turns=rl.max_turns, executor=a.executor, verifier=a.verifier, generator=a.generator,
+        reference_variables=ref_variables, max_context_tokens=rl.max_context_tokens)
+  return rollout_lib.rollout(sampler, variables, make_env, tasks, tok, group_size=rl.group_size,
+                             seed=seed, max_turns=rl.max_turns,
+                             max_context_tokens=rl.max_context_tokens)
+
+
+def make_batch(config, episodes) -> tuple[dict, dict]:
+  """The packed batch of `episodes` (step.pack_batch) and its counts. Plain mode: one sequence
+  per episode (its transcript), samples per turn (batch_mode "turn") or per episode
+  ("trajectory"); AgentFlow: one sequence and sample per planner turn. Episodes longer than
+  config.rl.seq_len are dropped whole and counted (dropped_rows, dropped_trajectories)."""
+  rl = config.rl
+  by_turn = rl.batch_mode == "turn"
+  stats: dict = {}
+  batch = rollout_lib.policy_batch(episodes, seq_len=rl.seq_len,
+                                   mode="trajectory" if rl.mode == "plain" else "turn",
+                                   on_overlong="drop", stats=stats)
+  sample_len = rl.max_new_tokens * (1 if by_turn or rl.mode != "plain" else rl.max_turns)
+  packed, pstats = step_lib.pack_batch(
+      batch, seq_len=rl.seq_len, sample_by="turn" if by_turn and rl.mode == "plain" else "row",
+      sample_len=sample_len, row_bucket=rl.row_bucket, sample_bucket=rl.sample_bucket)
+  step_lib.check_packed(packed, minibatches=rl.minibatches)
+  pstats["packing_efficiency"] = pstats["tokens"] / max(pstats["token_slots"], 1)
+  return packed, {"dropped_rows": stats["dropped_rows"],
+                  "dropped_trajectories": stats["dropped_trajectories"], **pstats}
+
+
+def _episode_metrics(episodes) -> dict:
+  n = max(len(episodes), 1)
+  trainable = [t for e in episodes for t in e.turns if t.trainable]
+  out = {"reward_mean": sum(e.reward for e in episodes) / n,
+         "success_rate": sum(bool(e.success) for e in episodes) / n,
+         "turns_per_episode": sum(len(e.turns) for e in episodes) / n,
+         "tokens_generated": int(sum(len(t.response) for e in episodes for t in e.turns)),
+         "truncated_turns": int(sum(bool(t.truncated) for t in trainable)),
+         "tool_errors_per_episode": sum(e.info.get("tool_errors", 0) for e in episodes) / n}
+  for e in episodes:
+    key = f"stop/{e.stop_reason}"
+    out[key] = out.get(key, 0) + 1
+  return out
+
+
+def evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables=None) -> dict:
+  """Greedy success rate on `tasks` (one episode each, `sampler` greedy), in config.rl.mode:
+  plain episodes (rollout.evaluate) or the AgentFlow system with its configured modules."""
+  rl = config.rl
+  if not tasks:
+    return {"success_rate": None, "reward_mean": None, "turns_mean": None, "tasks": 0}
+  t0 = time.perf_counter()
+  if rl.mode == "agentflow":
+    from agentic_jax.rl import agentflow  # pylint: disable=import-outside-toplevel
+    a = rl.agentflow
+    eps = agentflow.run_agentflow(
+        sampler, variables, make_env, tasks, tok, group_size=1, seed=config.seed,
+        max_turns=rl.eval_max_turns, executor=a.executor, verifier=a.verifier,
+        generator=a.generator, reference_variables=ref_variables,
+        max_context_tokens=rl.max_context_tokens)
+    n = len(eps)
+    res = {"success_rate": sum(bool(e.success) for e in eps) / n,
+           "reward_mean": sum(e.reward for e in eps) / n,
+           "turns_mean": sum(len(e.turns) for e in eps) / n}
+  else:
+    res = rollout_lib.evaluate(sampler, variables, make_env, tasks, tok,
+                               max_turns=rl.eval_max_turns,
+                               max_context_tokens=rl.max_context_tokens, seed=config.seed)
+  return {"success_rate": res["success_rate"], "reward_mean": res["reward_mean"],
+          "turns_mean": res["turns_mean"], "tasks": len(tasks),
+          "seconds": round(time.perf_counter() - t0, 2)}
+
+
+# ------------------------------------------------------------------ run
+
+def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
+        handle_signals: bool = True) -> dict:
+  """RL per `config` in `workdir`; returns the summary (status completed | stopped | preempted
+  | halted)."""
+  t_start = time.perf_counter()
+  stop = _StopFlag(handle_signals)
+  try:
+    return _run(config, workdir, stop, t_start, stop_after_steps)
+  finally:
+    stop.restore()
+
+
+def _run(config, workdir, stop, t_start, stop_after_steps):
+  rl_config.check_rl_config(config)
+  rl = config.rl
+  os.makedirs(workdir, exist_ok=True)
+  model_cfg = config_lib.model_config(config.model)
+  num_steps = int(config.train.num_steps)
+  tx = optim_lib.make_optimizer(config.optim)
+  objective = step_lib.objective_from_config(config)
+  step_fn = step_lib.make_rl_step(model_cfg, config, objective)
+  make_env, make_tasks = envs_lib.make_env_factory(rl.env, **rl.env_options.to_dict())
+
+  tok, tok_source = _tokenizer(config, workdir)
+  if tok.vocab_size > model_cfg.vocab_size:
+    raise ValueError(f"tokenizer has {tok.vocab_size} ids but config.model.vocab_size is "
+                     f"{model_cfg.vocab_size}")
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                               async_save=config.checkpoint.async_save)
+  config_json = json.loads(config.to_json_best_effort())
+  abstract = state_lib.abstract_state(model_cfg, tx, config.seed)  # the same tree as _new_state
+  place = _Placement(config, model_cfg, abstract)
+  restored = ckpt.restore_latest(place.target(abstract))
+  meta = restored[1] if restored is not None else {}
+  init = meta.get("init", {})
+  if config.init_from:
+    init_vars, init_step, _ = load_init_from(config.init_from, model_cfg, config.model.to_dict(),
+                                             init.get("step"))
+  else:
+    init_vars, init_step = _fresh_variables(model_cfg, config.seed), None
+  fp = [int(x) for x in ckpt_lib.fingerprint(init_vars)]
+  if init and init.get("fingerprint") != fp:
+    raise ValueError(f"the reference params reloaded from {config.init_from or 'config.seed'} "
+                     "differ from those this run started with (its checkpoint meta fingerprint)")
+  init = {"from": config.init_from or f"seed {config.seed}", "step": init_step, "fingerprint": fp}
+  # a copy: the state's params are donated to the step, the reference must survive
+  init_vars = place.put_variables(init_vars)
+  ref_vars = jax.tree.map(jnp.copy, init_vars)
+  if restored is not None:
+    state, start = restored[0], int(restored[0].step)
+    _say(f"[ckpt] resumed from step {start} ({ckpt.directory}/{start})")
+    diff = _config_diff(meta.get("config", {}), config_json)
+    if diff:
+      _say("[ckpt] config differs from the checkpoint's: " + "; ".join(diff[:10]))
+  else:
+    state, start = _new_state(init_vars, tx, config.seed, place.state if place.sharded else None), 0
+  _say(f"[rl] {rl.loss}/{rl.preset} on {rl.env} ({rl.mode}, {rl.batch_mode} rows), "
+       f"{models.count_params(model_cfg):,} params from {init['from']}"
+       f"{'' if init_step is None else f' step {init_step}'}; tokenizer {tok_source}")
+
+  pool = make_tasks(config.seed, rl.train_tasks, split="train")
+  eval_tasks = make_tasks(config.seed, rl.eval_tasks, split="eval") if rl.eval_tasks else []
+  n_rows = rl.tasks_per_step * rl.group_size
+  sampler = rollout_lib.Sampler(model_cfg, max_new_tokens=rl.max_new_tokens,
+                                temperature=rl.temperature, top_p=rl.top_p, batch_bucket=n_rows)
+  eval_sampler = sampler.replace(temperature=0.0, batch_bucket=max(len(eval_tasks), 1))
+  variables = lambda s: step_lib.variables_of(s.params, s.router_state)  # noqa: E731
+
+  before = meta.get("eval_before")
+  if before is None:
+    before = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
+    _say(f"[eval] before RL: success rate {before['success_rate']} on {before['tasks']} "
+         f"held-out tasks ({before.get('seconds')}s)")
+  extra = {"init": init, "eval_before": before}
+
+  writer = _Writer(workdir, start, progress=config.train.progress, log_every=config.train.log_every,
+                   num_steps=num_steps)
+  jitted = None  # compiled at the first batch (its key set fixes the batch shardings)
+  result: dict[str, Any] = {"status": "completed"}
+  step, warned = start, set()
+  totals = {"rollout_s": 0.0, "train_s": 0.0, "dropped_rows": 0, "dropped_trajectories": 0}
+  if stop.signal is not None:
+    result["status"] = "preempted"
+  try:
+    while step < num_steps and result["status"] == "completed":
+      t0 = time.perf_counter()
+      q = rl.tasks_per_step
+      tasks = [pool[(step * q + i) % len(pool)] for i in range(q)]
+      episodes = _episodes(config, sampler, variables(state), ref_vars, make_env, tasks, tok,
+                           rollout_seed(config.seed, step + 1))
+      packed, stats = make_batch(config, episodes)
+      t1 = time.perf_counter()
+      if jitted is None:
+        jitted = place.jit(step_fn, ref_vars, packed)
+      state, m = jitted(state, ref_vars, place.put_batch(packed))
+      m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
+      t2 = time.perf_counter()
+      step += 1
+      rec = {"step": step, **_episode_metrics(episodes), **m, **stats,
+             "rollout_s": t1 - t0, "train_s": t2 - t1}
+      for k in ("rollout_s", "train_s", "dropped_rows", "dropped_trajectories"):
+        totals[k] += rec[k]
+      if stats["dropped_rows"] and "drop" not in warned:
+        warned.add("drop")
+        _say(f"[rl] step {step}: {stats['dropped_trajectories']} trajectories longer than "
+             f"config.rl.seq_len={rl.seq_len} dropped (counted in metrics: dropped_rows)")
+      if m["old_logp_diff_max"] > rl.old_logp_tolerance and "logp" not in warned:
+        warned.add("logp")
+        _say(f"[rl] step {step}: sampler and recomputed old log-probs differ by up to "
+             f"{m['old_logp_diff_max']:.2e} (mean {m['old_logp_diff_mean']:.2e}) > "
+             f"config.rl.old_logp_tolerance={rl.old_logp_tolerance}")
+      if rl.eval_every and step % rl.eval_every == 0 and step < num_steps:
+        ev = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
+        rec["eval_success_rate"] = ev["success_rate"]
+      writer.write(rec)
+      if m["skipped"]:
+        if config.train.nan_policy == "halt":
+          _say(f"[rl] non-finite loss/gradient at step {step}: halting (nan_policy=halt)")
+          result["status"] = "halted"
+          break
+        if "nan" not in warned:
+          warned.add("nan")
+          _say(f"[rl] step {step}: {m['skipped']} updates skipped (non-finite loss/gradient)")
+      stopping = stop.signal is not None or (
+          stop_after_steps is not None and step - start >= stop_after_steps)
+      if step % config.checkpoint.every == 0 or step == num_steps or stopping:
+        ckpt.save(state, None, config_json, extra)
+      if stopping:
+        result["status"] = "preempted" if stop.signal else "stopped"
+        _say(f"[rl] {stop.signal or 'stop_after_steps'}: checkpoint saved at step {step}; "
+             "rerun the same command to resume")
+  finally:
+    writer.close()
+    ckpt.close()
+
+  after = None
+  if result["status"] == "completed":
+    after = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
+    _say(f"[eval] after RL: success rate {after['success_rate']} (before {before['success_rate']})")
+  recs = metrics_lib.read_jsonl(writer.path) if os.path.exists(writer.path) else []
+  summary = {
+      "status": result["status"], "job": "rl", "loss": rl.loss, "preset": rl.preset,
+      "objective_options": dict(objective.options), "env": rl.env, "mode": rl.mode,
+      "start_step": start, "final_step": step, "num_steps": num_steps, "init": init,
+      "success_rate_before": before["success_rate"],
+      "success_rate_after": after["success_rate"] if after else None,
+      "eval_before": before, "eval_after": after,
+      "train_reward_first": recs[0]["reward_mean"] if recs else None,
+      "train_reward_last": recs[-1]["reward_mean"] if recs else None,
+      "nan_skips": int(jax.device_get(state.nan_skips)),
+      "dropped_rows": totals["dropped_rows"],
+      "dropped_trajectories": totals["dropped_trajectories"],
+      "seconds": {"rollout": round(totals["rollout_s"], 2), "train": round(totals["train_s"], 2),
+                  "total": round(time.perf_counter() - t_start, 2)},
+      "checkpoints": {"directory": ckpt.directory, "steps": ckpt.all_steps()},
+      "outputs": {"metrics": writer.path, "tensorboard": os.path.join(workdir, "tb"),
+                  "plot": plot_rl(workdir)},
+  }
+  summary["outputs"]["summary"] = metrics_lib.write_summary(workdir, summary)
+  _say(f"== {summary['status']}: RL steps {start}->{step} of {num_steps} | success rate "
+       f"{before['success_rate']} -> {summary['success_rate_after']} | rollout "
+       f"{summary['seconds']['rollout']}s, train {summary['seconds']['train']}s, total "
+       f"{summary['seconds']['total']}s")
+  return summary
+
+
+class _Writer:
+  """metrics.jsonl (one record per RL step; records past a resumed checkpoint are dropped),
+  TensorBoard scalars and a progress line every log_every steps."""
+
+  def __init__(self, workdir: str, start: int, *, progress: bool, log_every: int, num_steps: int):
+    self.path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+    metrics_lib.truncate_jsonl(self.path, start)
+    self._f = open(self.path, "a")
+    self._tb = EventWriter(os.path.join(workdir, "tb"))
+    self.progress, self.log_every, self.num_steps = progress, max(1, log_every), num_steps
+
+  def write(self, rec: dict) -> None:
+    rec = metrics_lib._clean(rec)  # pylint: disable=protected-access  (JSON-safe, NaN -> null)
+    self._f.write(json.dumps(rec) + "\n")
+    self._f.flush()
+    self._tb.scalars(rec["step"], {k: v for k, v in rec.items()
+                                   if k != "step" and isinstance(v, (int, float))})
+    if self.progress and (rec["step"] % self.log_every == 0 or rec["step"] == self.num_steps):
+      f = lambda k, spec=".3f": "n/a" if rec.get(k) is None else format(rec[k], spec)  # noqa: E731
+      _say(f"[rl] step {rec['step']}/{self.num_steps} | reward {f('reward_mean')} | success "
+           f"{f('success_rate')} | kl {f('kl', '.4f')} | entropy {f('entropy')} | clip "
+           f"{f('clip_frac')} | turns {f('turns_per_episode', '.2f')} | rollout "
+           f"{f('rollout_s', '.1f')}s train {f('train_s', '.1f')}s")
+
+  def close(self) -> None:
+    self._f.close()
+    self._tb.close()
+
+
+def plot_rl(workdir: str) -> Optional[str]:
+  """rl.png: training reward / success rate and KL / entropy per step; None if no records."""
+  path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+  recs = metrics_lib.read_jsonl(path) if os.path.exists(path) else []
+  if not recs:
+    return None
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+  for ax, keys in ((axes[0], ("reward_mean", "success_rate", "eval_success_rate")),
+                   (axes[1], ("kl", "entropy", "clip_frac"))):
+    for k in keys:
+      pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]
+      if pts:
+        ax.plot(*zip(*pts), marker="." if k.startswith("eval") else None, label=k)
+    ax.set_xlabel("RL step")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=8)
+  fig.tight_layout()
+  out = os.path.join(workdir, PLOT_FILE)
+  fig.savefig(out)
+  plt.close(fig)
+  return out

@@ -1,0 +1,182 @@
+"""The tiny end-to-end recipe (configs/recipe.py): data, mid-training, eval, Flow-GRPO, eval.
+
+    result = run(config, workdir)   # WORKDIR/data, WORKDIR/midtrain, WORKDIR/rl
+
+Stage 0 writes the mid-training episodes (config.recipe_data): `num_samples` scripted
+calculator_basic episodes (agentic_jax.data.builtin, seed `seed`) minus every episode whose
+question is in the RL environment's held-out eval split (envs.calculator_split, counted), as
+two JSONL files in our schema: WORKDIR/data/calculator_basic_sys.jsonl (the first
+`with_system_fraction` of them, as generated) and calculator_basic_nosys.jsonl (the rest, without
+their system turn: the tool prompt is a constant ~180-token prefix, 3/4 of a basic episode, so
+dropping it from most samples puts the mid-training budget on the actions). config.midtrain's
+data.sources may refer to them as "NAME={data}/FILE.jsonl".
+Stage 1 runs agentic_jax.train.loop.run(config.midtrain, WORKDIR/midtrain). Stage 2 runs
+agentic_jax.rl.loop.run on the top-level RL keys with init_from = WORKDIR/midtrain and
+model = config.midtrain.model, in WORKDIR/rl; its greedy evaluations on held-out tasks before the
+first and after the last RL step are the recipe's success_rate_before_rl / success_rate_after_rl.
+Each stage resumes from its own checkpoints, and a completed stage (its summary.json says so) is
+not run again, so rerunning the same command resumes stage by stage. `stop_after_steps` counts
+training steps of this invocation across both stages (tests).
+
+WORKDIR/summary.json: status, success_rate_before_rl, success_rate_after_rl, seconds per stage
+(this invocation) and each stage's summary (abridged).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional
+
+from agentic_jax.train import metrics as metrics_lib
+
+STAGES = ("data", "midtrain", "rl")
+DATA_FILES = ("calculator_basic_sys.jsonl", "calculator_basic_nosys.jsonl")
+_MT_KEYS = ("status", "final_step", "num_steps", "first_loss", "final_loss", "tokens_per_s",
+            "seconds", "nan_skips")
+_RL_KEYS = ("status", "final_step", "num_steps", "success_rate_before", "success_rate_after",
+            "eval_before", "eval_after", "train_reward_first", "train_reward_last",
+            "dropped_rows", "nan_skips", "seconds", "objective_options")
+
+
+def _say(msg: str) -> None:
+  print(msg, flush=True)
+
+
+def _finished(workdir: str, num_steps: int) -> Optional[dict]:
+  """The stage's summary if it completed all `num_steps` steps, else None."""
+  path = os.path.join(workdir, metrics_lib.SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    s = json.load(f)
+  done = s.get("status") == "completed" and s.get("final_step") == num_steps
+  return s if done else None
+
+
+def write_data(config: Any, data_dir: str) -> dict:
+  """Stage 0 (module docstring); returns its counts. Skipped when both files exist."""
+  from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
+  from agentic_jax.data.builtin import agent  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import envs  # pylint: disable=import-outside-toplevel
+  paths = [os.path.join(data_dir, f) for f in DATA_FILES]
+  report_path = os.path.join(data_dir, "report.json")
+  if all(os.path.exists(p) for p in paths + [report_path]):
+    with open(report_path) as f:
+      return json.load(f)
+  d = config.recipe_data
+  if not 0.0 <= d.with_system_fraction <= 1.0:
+    raise ValueError(f"config.recipe_data.with_system_fraction must be in [0, 1], got "
+                     f"{d.with_system_fraction}")
+  if not 0.0 <= d.no_tool_rate <= 1.0:
+    raise ValueError(f"config.recipe_data.no_tool_rate must be in [0, 1], got {d.no_tool_rate}")
+  samples = [s for _, s in agent.calculator_episodes(d.seed, d.num_samples, level="basic",
+                                                      no_tool_rate=d.no_tool_rate)]
+  kept = [s for s in samples
+          if envs.calculator_split(next(t.content for t in s.turns if t.role == "user")) == "train"]
+  n_sys = int(round(d.with_system_fraction * len(kept)))
+  os.makedirs(data_dir, exist_ok=True)
+  for path, part, strip in ((paths[0], kept[:n_sys], False), (paths[1], kept[n_sys:], True)):
+    with open(path + ".tmp", "w") as f:
+      for s in part:
+        if strip:
+          s = dataclasses.replace(s, turns=tuple(t for t in s.turns if t.role != "system"))
+        f.write(json.dumps(schema.to_record(s)) + "\n")
+    os.replace(path + ".tmp", path)
+  no_tool = sum(1 for s in kept if not any(t.role == "tool_call" and t.content.startswith("calc")
+                                          for t in s.turns))
+  report = {"generated": len(samples), "held_out_questions_dropped": len(samples) - len(kept),
+            "no_tool": no_tool,
+            "with_system": n_sys, "without_system": len(kept) - n_sys}
+  with open(report_path, "w") as f:
+    json.dump(report, f)
+  return report
+
+
+def midtrain_stage_config(config: Any, data_dir: str) -> Any:
+  """config.midtrain with "{data}" in its source specs replaced by the data directory."""
+  c = copy.deepcopy(config.midtrain)
+  c.unlock()
+  c.data.sources = tuple(s.replace("{data}", data_dir) for s in c.data.sources)
+  c.lock()
+  return c
+
+
+def rl_stage_config(config: Any, midtrain_dir: str) -> Any:
+  """The RL stage's config: the top-level keys, job "rl", init_from and model from midtrain."""
+  c = copy.deepcopy(config)
+  c.unlock()
+  mt = c.midtrain
+  del c.midtrain
+  if "recipe_data" in c:
+    del c.recipe_data
+  c.job = "rl"
+  c.init_from = midtrain_dir
+  c.model = mt.model
+  # init_from brings WORKDIR/midtrain/tokenizer.model when mid-training trained one, else it
+  # used data.tokenizer.path, which the RL stage then needs too
+  c.tokenizer = copy.deepcopy(mt.data.tokenizer)
+  c.lock()
+  return c
+
+
+def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
+        handle_signals: bool = True) -> dict:
+  """Runs or resumes the recipe; returns the summary written to WORKDIR/summary.json."""
+  from agentic_jax.rl import loop as rl_loop  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import loop as mt_loop  # pylint: disable=import-outside-toplevel
+  os.makedirs(workdir, exist_ok=True)
+  data_dir = os.path.join(workdir, "data")
+  mt_dir, rl_dir = os.path.join(workdir, "midtrain"), os.path.join(workdir, "rl")
+  rl_cfg = rl_stage_config(config, mt_dir)  # validates the layout before any training
+  mt_cfg = midtrain_stage_config(config, data_dir)
+  seconds: dict[str, float] = {}
+  t0 = time.perf_counter()
+  data_report = write_data(config, data_dir)
+  seconds["data"] = round(time.perf_counter() - t0, 2)
+  budget = stop_after_steps
+  summaries: dict[str, dict] = {}
+  status = "completed"
+  for name, cfg, wd, fn in (("midtrain", mt_cfg, mt_dir, mt_loop.run),
+                            ("rl", rl_cfg, rl_dir, rl_loop.run)):
+    done = _finished(wd, int(cfg.train.num_steps))
+    if done is not None:
+      _say(f"[recipe] stage {name}: already completed ({wd})")
+      summaries[name] = done
+      continue
+    if budget is not None and budget <= 0:
+      status = "stopped"
+      break
+    _say(f"[recipe] stage {name} -> {wd}")
+    t0 = time.perf_counter()
+    res = fn(cfg, wd, stop_after_steps=budget, handle_signals=handle_signals)
+    seconds[name] = round(time.perf_counter() - t0, 2)
+    summaries[name] = res
+    if budget is not None:
+      budget -= int(res.get("final_step", 0)) - int(res.get("start_step", 0))
+    if res.get("status") != "completed":
+      status = res.get("status", "failed")
+      break
+
+  rl_sum = summaries.get("rl", {}) if status == "completed" else {}
+  summary = {
+      "status": status, "job": "recipe",
+      "success_rate_before_rl": rl_sum.get("success_rate_before"),
+      "success_rate_after_rl": rl_sum.get("success_rate_after"),
+      "seconds": {**seconds, "total_this_run": round(sum(seconds.values()), 2)},
+      "stages": {"midtrain": {k: summaries.get("midtrain", {}).get(k) for k in _MT_KEYS},
+                 "rl": {k: rl_sum.get(k) for k in _RL_KEYS} if rl_sum else None},
+      "data": data_report,
+      "workdirs": {"data": data_dir, "midtrain": mt_dir, "rl": rl_dir},
+  }
+  metrics_lib.write_summary(workdir, summary)
+  if status == "completed":
+    _say(f"== recipe: success rate before RL {summary['success_rate_before_rl']} -> after RL "
+         f"{summary['success_rate_after_rl']} ({summary['stages']['rl']['eval_after']['tasks']} "
+         f"held-out tasks) | seconds {summary['seconds']}")
+  else:
+    _say(f"== recipe {status}: rerun the same command to resume")
+  return summary

@@ -1,0 +1,27 @@
+"""Flow-GRPO (AgentFlow) RL configs: one row per policy turn, the trajectory's outcome advantage
+broadcast to every turn (objectives-spec §1).
+
+    python launch/train.py --config=configs/flow_grpo.py:tiny --workdir=/tmp/rl \
+        [--config.init_from=MIDTRAIN_WORKDIR] [--config.rl.preset=code]
+
+Variants: tiny (preset "paper": trajectory-level group statistics, (1/G)(1/T_i)(1/|a|)
+weighting) and tiny_code (preset "code": the released code's turn-sample statistics,
+token-mean, clip 0.2/0.3, dual clip 3). Keys: agentic_jax/rl/config.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+from agentic_jax.rl.config import rl_config
+
+_PRESETS = {"tiny": "paper", "tiny_code": "code"}
+
+
+def get_config(arg: str = "tiny"):
+  if arg not in _PRESETS:
+    raise ValueError(f"configs/flow_grpo.py: unknown variant {arg!r}; choose one of {tuple(_PRESETS)}")
+  c = rl_config("flow_grpo", "tiny", configs_dir=os.path.dirname(os.path.abspath(__file__)),
+                preset=_PRESETS[arg])
+  c.variant = arg
+  return c
