@@ -24,9 +24,9 @@ Tokens/s = 16 * 64 / seconds. Greedy agreement = share of rows whose 64 greedy t
 RL step share: a plain multi-turn rollout (rl.rollout.rollout, calculator level "basic",
 configs/flow_grpo.py:tiny's Q x G, max_new_tokens, max_turns, max_context_tokens; sentencepiece
 tokenizer trained on the built-in corpus) followed by the RL update (agentic_jax.rl.step
-.make_rl_step on the policy_batch rows); both timed after a warm-up of the same shapes, taking
-turns, median of --rl_reps (3). If the
-RL step cannot be built, a next-token train step on rows of the same shape stands in (reported).
+.make_rl_step on the RL loop's packed batch, rl.loop.make_batch: reference forward, PPO epochs x
+minibatches); both timed after a warm-up of the same shapes, taking turns, median of
+--rl_reps (3). --torch_device=cuda runs transformers on the GPU (JAX takes its default device).
 A random-init policy never stops early, so every turn runs to max_new_tokens and every episode
 to max_turns or the token budget: the rollout share is the upper end of what a trained policy sees.
 Writes benchmarks/results/rollout.json.
@@ -109,10 +109,11 @@ def decode_bench(cfg, variables, args) -> tuple[list[dict], dict]:
   b, p, n = args.batch, args.prompt_len, args.new_tokens
   prompts = np.random.default_rng(0).integers(16, cfg.vocab_size, size=(b, p)).astype(np.int32)
   lengths = np.full((b,), p, np.int32)
-  hf = hf_model(cfg, variables)
+  dev = torch.device(args.torch_device)
+  hf = hf_model(cfg, variables).to(dev)
   ours_logits = np.asarray(models.build(cfg).apply(variables, jnp.asarray(prompts)))
   with torch.no_grad():
-    hf_logits = hf(torch.from_numpy(prompts.astype(np.int64))).logits.numpy()
+    hf_logits = hf(torch.from_numpy(prompts.astype(np.int64)).to(dev)).logits.float().cpu().numpy()
   logit_diff = float(np.abs(ours_logits - hf_logits).max())
 
   def ours_greedy():
@@ -130,18 +131,19 @@ def decode_bench(cfg, variables, args) -> tuple[list[dict], dict]:
     assert sum(len(g.tokens) for g in gens) == b * n
     return gens
 
-  ids = torch.from_numpy(prompts.astype(np.int64))
+  ids = torch.from_numpy(prompts.astype(np.int64)).to(dev)
   mask = torch.ones_like(ids)
   common = dict(attention_mask=mask, max_new_tokens=n, min_new_tokens=n, use_cache=True,
                 pad_token_id=0, eos_token_id=None)
 
   def hf_greedy():
     with torch.no_grad():
-      return hf.generate(ids, do_sample=False, **common)[:, p:].numpy()
+      return hf.generate(ids, do_sample=False, **common)[:, p:].cpu().numpy()
 
   def hf_sampled():
     with torch.no_grad():
-      return hf.generate(ids, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, **common)
+      out = hf.generate(ids, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, **common)
+      return out.cpu()  # waits for the device
 
   engines = {"ours greedy": ours_greedy, "ours sampled (Sampler)": ours_sampled,
              "hf greedy": hf_greedy, "hf sampled": hf_sampled}
@@ -168,7 +170,8 @@ def decode_bench(cfg, variables, args) -> tuple[list[dict], dict]:
     kind = "greedy" if "greedy" in r["engine"] else "sampled"
     r["vs_hf"] = round(r["tokens_per_s"] / base[kind], 2)
   info = {"logit_max_abs_diff": logit_diff, "greedy_rows_equal": agree,
-          "torch_threads": torch.get_num_threads()}
+          "torch_threads": torch.get_num_threads(), "torch_device": str(dev),
+          "jax_device": str(jax.devices()[0])}
   return rows, info
 
 
@@ -197,32 +200,26 @@ def rl_share(cfg, variables, args) -> dict:
   t0 = time.perf_counter()
   episodes = run_rollout()
   warm_rollout = time.perf_counter() - t0
-  stats = {}
-  batch = R.policy_batch(episodes, seq_len=int(rl.seq_len), mode=rl.batch_mode,
-                         pad_rows_to=int(rl.row_bucket), on_overlong="drop", stats=stats)
+  from agentic_jax.rl import loop as rl_loop  # pylint: disable=import-outside-toplevel
+  packed, stats = rl_loop.make_batch(config, episodes)  # the RL loop's own packing
   gen_tokens = sum(len(t.response) for e in episodes for t in e.turns)
   out = {"tasks": q, "group_size": g, "episodes": len(episodes),
          "turns": sum(len(e.turns) for e in episodes), "generated_tokens": gen_tokens,
-         "rows": int(batch["inputs"].shape[0]), "seq_len": int(rl.seq_len), "batch_stats": stats,
+         "rows": int(packed["inputs"].shape[0]), "seq_len": int(rl.seq_len), "batch_stats": stats,
          "rollout_first_call_s": round(warm_rollout, 2),
          "decoder_shapes": sorted(sampler.shapes_used),
          "stop_reasons": {r: sum(e.stop_reason == r for e in episodes)
                           for r in sorted({e.stop_reason for e in episodes})}}
-  try:
-    from agentic_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
-    from agentic_jax.train import optim as optim_lib  # pylint: disable=import-outside-toplevel
-    from agentic_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
-    tx = optim_lib.make_optimizer(config.optim)
-    state = state_lib.init_state(cfg, tx, 0)
-    fn = jax.jit(step_lib.make_rl_step(cfg, config))
-    train_kind = f"rl_step ({rl.loss}/{rl.preset}, {rl.batch_mode} rows)"
-    call = lambda: fn(state, variables, batch)  # noqa: E731
-    call()
-  except Exception as e:  # noqa: BLE001  (the stand-in is reported, never silent)
-    print(f"[rollout bench] RL step unavailable ({type(e).__name__}: {e}); timing a next-token "
-          "train step of the same [N, T] instead", flush=True)
-    call, train_kind = _next_token_stand_in(cfg, batch)
-    call()
+  from agentic_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import optim as optim_lib  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  tx = optim_lib.make_optimizer(config.optim)
+  state = state_lib.init_state(cfg, tx, 0)
+  fn = step_lib.jit_rl_step(step_lib.make_rl_step(cfg, config), donate=False)  # state reused
+  train_kind = (f"rl_step ({rl.loss}/{rl.preset}, {rl.batch_mode} samples, "
+                f"{rl.ppo_epochs} epoch x {rl.minibatches} minibatches, reference forward)")
+  call = lambda: fn(state, variables, packed)  # noqa: E731
+  jax.block_until_ready(call())
   times = {"rollout": [], "train": []}
   for _ in range(args.rl_reps):  # alternate, so load hits both alike
     t0 = time.perf_counter()
@@ -238,23 +235,6 @@ def rl_share(cfg, variables, args) -> dict:
   return out
 
 
-def _next_token_stand_in(cfg, batch):
-  """A mid-training step (train/step.py) on batch-shaped synthetic rows: the stand-in for an RL
-  update (one forward + backward + AdamW over the same tokens; no reference forward)."""
-  # pylint: disable=import-outside-toplevel
-  from agentic_jax.train import optim as optim_lib
-  from agentic_jax.train import state as state_lib
-  from agentic_jax.train import step as train_step_lib
-  from agentic_jax.train.input import SyntheticIterator
-  config = config_lib.load_config(os.path.join(ROOT, "configs/midtrain.py") + ":tiny")
-  n, t = batch["inputs"].shape
-  tx = optim_lib.make_optimizer(config.optim)
-  state = state_lib.init_state(cfg, tx, 0)
-  rows = next(SyntheticIterator(batch_size=n, seq_len=t, vocab_size=cfg.vocab_size, seed=0))
-  fn = jax.jit(train_step_lib.make_train_step(cfg, config, num_kinds=1, num_sources=1))
-  return (lambda: fn(state, rows)), f"next-token train step (stand-in), {n} x {t}"
-
-
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
@@ -264,6 +244,7 @@ def main():
   ap.add_argument("--reps", type=int, default=None)
   ap.add_argument("--rl_reps", type=int, default=None)
   ap.add_argument("--skip_rl", action="store_true")
+  ap.add_argument("--torch_device", default="cpu", help="transformers' device (cpu | cuda)")
   ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/rollout.json"))
   args = ap.parse_args()
   args.reps = args.reps or (2 if args.quick else 5)

@@ -112,3 +112,40 @@ def test_builtin_source_calculator_basic():
   tok = ByteTokenizer()
   lengths = [len(render(s, tok, "all")) for s in samples]
   assert max(lengths) < 1024  # short episodes (system prompt included) for a tiny model
+
+
+def _calls(sample) -> list[str]:
+  return [t.content for t in sample.turns if t.role == "tool_call"]
+
+
+def test_no_tool_episodes_skip_the_calculator_and_are_wrong():
+  default = agent.calculator_episodes(3, 40, level="basic")
+  assert [s for _, s in agent.calculator_episodes(3, 40, level="basic", no_tool_rate=0.0)] == [
+      s for _, s in default]  # rate 0: exactly the default stream
+  for problem, sample in agent.calculator_episodes(3, 40, level="basic", no_tool_rate=1.0):
+    calls = _calls(sample)
+    assert len(calls) == 1 and calls[0].startswith("answer(")
+    value = arith.parse_number(calls[0][len("answer("):-1])
+    assert value != problem.task.answer and value > 0  # a mental estimate, off by a little
+    assert abs(value - problem.task.answer) <= 10
+    assert sample.turns[-1].content == "incorrect" and sample.reward == 0.0
+  mixed = agent.calculator_episodes(3, 400, level="basic", no_tool_rate=0.3)
+  share = sum(not any(c.startswith("calc(") for c in _calls(s)) for _, s in mixed) / 400
+  assert 0.2 < share < 0.4
+  with pytest.raises(ValueError, match="no_tool_rate"):
+    agent.calculator_episodes(3, 1, level="basic", no_tool_rate=1.5)
+
+
+def test_basic_level_uses_its_one_line_system_prompt_in_data_and_environment():
+  from agentic_jax.rl import envs  # pylint: disable=import-outside-toplevel
+  make_env, _ = envs.make_env_factory("calculator", level="basic")
+  assert make_env().system_prompt == calculator.BASIC_SYSTEM_PROMPT
+  make_word, _ = envs.make_env_factory("calculator", level="word")
+  assert make_word().system_prompt == calculator.SYSTEM_PROMPT
+  _, sample = agent.calculator_episodes(0, 1, level="basic")[0]
+  assert sample.turns[0].role == "system"
+  assert sample.turns[0].content == calculator.BASIC_SYSTEM_PROMPT
+  _, word = agent.calculator_episodes(0, 1)[0]
+  assert word.turns[0].content == calculator.SYSTEM_PROMPT
+  with pytest.raises(ValueError, match="level"):
+    calculator.CalculatorEnv(level="hard")

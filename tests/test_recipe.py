@@ -35,8 +35,7 @@ def small_recipe(tokenizer_path):
   for k, v in {**SMALL_MODEL, "vocab_size": 400}.items():
     mt.model[k] = v
   config.recipe_data.num_samples = 120  # -> WORKDIR/data/*.jsonl, mt.data.sources read them
-  if "eval_num_samples" in mt.data:
-    mt.data.eval_num_samples = (4, 4)
+  mt.data.eval_num_samples = (4,)
   mt.data.tokenizer.path = tokenizer_path
   mt.data.batch_size, mt.data.seq_len = 2, 128
   mt.train.num_steps, mt.train.log_every, mt.train.progress = 4, 2, False
@@ -44,7 +43,7 @@ def small_recipe(tokenizer_path):
   mt.checkpoint.every = 2
   r = config.rl
   r.tasks_per_step, r.group_size, r.max_turns, r.eval_max_turns, r.eval_tasks = 2, 2, 1, 1, 4
-  r.max_new_tokens, r.max_context_tokens, r.seq_len = 12, 308, 320
+  r.max_new_tokens, r.max_context_tokens, r.seq_len = 12, 116, 128
   r.row_bucket, r.sample_bucket, r.minibatches = 4, 2, 1
   config.train.num_steps, config.train.progress = 2, False
   config.lock()
@@ -74,9 +73,14 @@ def test_recipe_runs_resumes_stage_by_stage_and_writes_the_summary(tokenizer_pat
   assert not os.path.exists(os.path.join(workdir, "rl"))
   data = first["data"]  # stage 0: held-out eval questions never reach mid-training
   assert data["generated"] == 120 and data["held_out_questions_dropped"] > 0
-  assert data["with_system"] + data["without_system"] == 120 - data["held_out_questions_dropped"]
-  with open(os.path.join(workdir, "data", "calculator_basic_nosys.jsonl")) as f:
-    assert all('"role": "system"' not in line for line in f)
+  assert data["written"] == 120 - data["held_out_questions_dropped"]
+  with open(os.path.join(workdir, "data", "calculator_basic.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == data["written"]
+  no_tool = [r for r in records if not any(t["role"] == "tool_call" and t["content"].startswith(
+      "calc(") for t in r["turns"])]
+  assert len(no_tool) == data["no_tool"] and 0.3 < len(no_tool) / len(records) < 0.7
+  assert all(r["turns"][-1]["content"] == "incorrect" for r in no_tool)  # estimates are off
 
   second = recipe.run(config, workdir, handle_signals=False)
   assert second["status"] == "completed"
@@ -87,6 +91,9 @@ def test_recipe_runs_resumes_stage_by_stage_and_writes_the_summary(tokenizer_pat
   for key in ("success_rate_before_rl", "success_rate_after_rl"):
     assert 0.0 <= summary[key] <= 1.0
   assert summary["stages"]["rl"]["eval_after"]["tasks"] == 4
+  # the recipe's eval samples config.rl.eval_samples episodes per task at the eval temperature
+  assert summary["stages"]["rl"]["eval_after"]["episodes"] == 4 * config.rl.eval_samples
+  assert summary["stages"]["rl"]["eval_after"]["temperature"] == config.rl.eval_temperature > 0
   with open(os.path.join(workdir, "rl", "summary.json")) as f:
     rl_summary = json.load(f)
   assert rl_summary["init"]["from"] == os.path.join(workdir, "midtrain")

@@ -225,6 +225,10 @@ def test_typos_and_bad_values_are_rejected():
   config.rl.seq_len = 100
   with pytest.raises(ValueError, match="config.rl.seq_len=100"):
     rl_config.check_rl_config(config)
+  config.rl.seq_len = 448
+  config.rl.eval_samples = 4  # several greedy episodes per task would all be the same
+  with pytest.raises(ValueError, match="config.rl.eval_samples=4 needs config.rl.eval_temperature"):
+    rl_config.check_rl_config(config)
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     config_lib.load_config(os.path.join(ROOT, "configs", "grpo.py:huge"))
 

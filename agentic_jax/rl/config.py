@@ -113,7 +113,9 @@ def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
   r.minibatches = 2
   r.old_logp = "sampler"  # "sampler" | "recompute"
   r.old_logp_tolerance = 1e-3  # warn when sampler and recomputed log-probs differ by more
-  r.eval_tasks = 64  # held-out tasks for the greedy success rate before/after
+  r.eval_tasks = 64  # held-out tasks for the success rate before/after
+  r.eval_temperature = 0.0  # 0 = greedy (one episode per task); > 0 = sampled at this temperature
+  r.eval_samples = 1  # episodes per task when sampled (a fixed seed, the same before and after)
   r.eval_every = 0  # also every k steps (0 = only before the first and after the last step)
   r.eval_max_turns = 4
 
@@ -163,7 +165,7 @@ RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_o
            "max_new_tokens", "max_context_tokens", "seq_len", "row_bucket", "sample_bucket",
            "temperature",
            "top_p", "ppo_epochs", "minibatches", "old_logp", "old_logp_tolerance", "eval_tasks",
-           "eval_every", "eval_max_turns")
+           "eval_every", "eval_max_turns", "eval_temperature", "eval_samples")
 
 
 def check_rl_config(config: Any) -> None:
@@ -180,10 +182,16 @@ def check_rl_config(config: Any) -> None:
   positive = ("group_size", "tasks_per_step", "train_tasks", "max_turns", "max_new_tokens",
               "max_context_tokens", "seq_len", "row_bucket", "sample_bucket", "ppo_epochs",
               "minibatches",
-              "eval_max_turns")
+              "eval_max_turns", "eval_samples")
   for key in positive:
     if not isinstance(rl[key], int) or rl[key] < 1:
       raise ValueError(f"config.rl.{key} must be an int >= 1, got {rl[key]!r}")
+  if rl.eval_temperature < 0:
+    raise ValueError(f"config.rl.eval_temperature must be >= 0 (0 = greedy), got "
+                     f"{rl.eval_temperature}")
+  if rl.eval_temperature == 0 and rl.eval_samples != 1:
+    raise ValueError(f"config.rl.eval_samples={rl.eval_samples} needs config.rl.eval_temperature "
+                     "> 0: greedy episodes are deterministic, so one per task is the measure")
   if rl.eval_tasks < 0 or rl.eval_every < 0:
     raise ValueError("config.rl.eval_tasks and config.rl.eval_every must be >= 0")
   if rl.row_bucket % rl.minibatches:

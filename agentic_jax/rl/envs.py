@@ -121,7 +121,7 @@ def _calculator(options: dict) -> tuple[MakeEnv, MakeTasks]:
       i += 1
     return out
 
-  return (lambda: CalculatorEnv(max_steps=o["max_steps"])), make_tasks
+  return (lambda: CalculatorEnv(max_steps=o["max_steps"], level=o["level"])), make_tasks
 
 
 _CODE_OPTIONS = {"timeout_s": 5.0, "memory_mb": 512, "max_steps": 8, "allow_unisolated": False}

@@ -5,8 +5,9 @@
 Order of a run: tokenizer + initial variables (config.init_from: a mid-training WORKDIR's
 tokenizer.model and the params/router_state of its latest checkpoint; "" = fresh from
 config.seed with a tokenizer from config.tokenizer) -> frozen reference variables (a copy of the
-initial ones) -> train state (restored from WORKDIR/checkpoints, else fresh) -> greedy eval on
-config.rl.eval_tasks held-out tasks ("before") -> per RL step s = 1..train.num_steps:
+initial ones) -> train state (restored from WORKDIR/checkpoints, else fresh) -> eval on
+config.rl.eval_tasks held-out tasks ("before"; greedy, or rl.eval_samples episodes per task at
+rl.eval_temperature) -> per RL step s = 1..train.num_steps:
   tasks  the next tasks_per_step tasks of the seeded training pool (cycled), so step s's tasks
          depend only on s
   rollout  config.rl.mode "plain" (rollout.rollout) or "agentflow" (agentflow.run_agentflow),
@@ -15,7 +16,7 @@ config.rl.eval_tasks held-out tasks ("before") -> per RL step s = 1..train.num_s
          config.rl.row_bucket, rows longer than config.rl.seq_len dropped with their whole
          trajectory and COUNTED: dropped_rows / dropped_trajectories in metrics)
   update  step.make_rl_step (ppo_epochs x minibatches AdamW updates), jitted, state donated
--> greedy eval ("after") -> summary.json.
+-> the same eval ("after") -> summary.json.
 
 Everything random is a function of (config.seed, s) or of the state (TrainState.rng folded with
 the step), so a run stopped after step k and resumed equals an uninterrupted one bitwise on CPU.
@@ -279,31 +280,37 @@ def _episode_metrics(episodes) -> dict:
   return out
 
 
+EVAL_SEED = 7_777_777  # eval rollouts' sampling seed: the same before and after RL (paired)
+
+
 def evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables=None) -> dict:
-  """Greedy success rate on `tasks` (one episode each, `sampler` greedy), in config.rl.mode:
-  plain episodes (rollout.evaluate) or the AgentFlow system with its configured modules."""
+  """Success rate on `tasks` in config.rl.mode (plain episodes or the AgentFlow system with its
+  configured modules): greedy with config.rl.eval_temperature 0 (one episode per task), else
+  config.rl.eval_samples sampled episodes per task at that temperature (fixed seed, so "before"
+  and "after" draw the same random numbers). `sampler` has the eval temperature already."""
   rl = config.rl
   if not tasks:
     return {"success_rate": None, "reward_mean": None, "turns_mean": None, "tasks": 0}
   t0 = time.perf_counter()
+  greedy = rl.eval_temperature == 0
+  samples = 1 if greedy else rl.eval_samples
   if rl.mode == "agentflow":
     from agentic_jax.rl import agentflow  # pylint: disable=import-outside-toplevel
     a = rl.agentflow
     eps = agentflow.run_agentflow(
-        sampler, variables, make_env, tasks, tok, group_size=1, seed=config.seed,
+        sampler, variables, make_env, tasks, tok, group_size=samples, seed=EVAL_SEED,
         max_turns=rl.eval_max_turns, executor=a.executor, verifier=a.verifier,
         generator=a.generator, reference_variables=ref_variables,
         max_context_tokens=rl.max_context_tokens)
-    n = len(eps)
-    res = {"success_rate": sum(bool(e.success) for e in eps) / n,
-           "reward_mean": sum(e.reward for e in eps) / n,
-           "turns_mean": sum(len(e.turns) for e in eps) / n}
   else:
-    res = rollout_lib.evaluate(sampler, variables, make_env, tasks, tok,
-                               max_turns=rl.eval_max_turns,
-                               max_context_tokens=rl.max_context_tokens, seed=config.seed)
-  return {"success_rate": res["success_rate"], "reward_mean": res["reward_mean"],
-          "turns_mean": res["turns_mean"], "tasks": len(tasks),
+    eps = rollout_lib.rollout(sampler.greedy() if greedy else sampler, variables, make_env, tasks,
+                              tok, group_size=samples, seed=EVAL_SEED,
+                              max_turns=rl.eval_max_turns, max_context_tokens=rl.max_context_tokens)
+  n = max(len(eps), 1)
+  return {"success_rate": sum(bool(e.success) for e in eps) / n,
+          "reward_mean": sum(e.reward for e in eps) / n,
+          "turns_mean": sum(len(e.turns) for e in eps) / n, "tasks": len(tasks),
+          "episodes": len(eps), "temperature": float(rl.eval_temperature),
           "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -374,7 +381,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   n_rows = rl.tasks_per_step * rl.group_size
   sampler = rollout_lib.Sampler(model_cfg, max_new_tokens=rl.max_new_tokens,
                                 temperature=rl.temperature, top_p=rl.top_p, batch_bucket=n_rows)
-  eval_sampler = sampler.replace(temperature=0.0, batch_bucket=max(len(eval_tasks), 1))
+  n_eval = len(eval_tasks) * (1 if rl.eval_temperature == 0 else rl.eval_samples)
+  eval_sampler = sampler.replace(temperature=rl.eval_temperature, batch_bucket=max(n_eval, 1))
   variables = lambda s: step_lib.variables_of(s.params, s.router_state)  # noqa: E731
 
   before = meta.get("eval_before")

@@ -3,16 +3,14 @@
     result = run(config, workdir)   # WORKDIR/data, WORKDIR/midtrain, WORKDIR/rl
 
 Stage 0 writes the mid-training episodes (config.recipe_data): `num_samples` scripted
-calculator_basic episodes (agentic_jax.data.builtin, seed `seed`) minus every episode whose
-question is in the RL environment's held-out eval split (envs.calculator_split, counted), as
-two JSONL files in our schema: WORKDIR/data/calculator_basic_sys.jsonl (the first
-`with_system_fraction` of them, as generated) and calculator_basic_nosys.jsonl (the rest, without
-their system turn: the tool prompt is a constant ~180-token prefix, 3/4 of a basic episode, so
-dropping it from most samples puts the mid-training budget on the actions). config.midtrain's
-data.sources may refer to them as "NAME={data}/FILE.jsonl".
+calculator_basic episodes (agentic_jax.data.builtin.agent, seed `seed`, a `no_tool_rate` share
+of them answering without the calculator) minus every episode whose question is in the RL
+environment's held-out eval split (envs.calculator_split, counted), as one JSONL file in our
+schema, WORKDIR/data/calculator_basic.jsonl; config.midtrain's data.sources refers to it as
+"NAME={data}/calculator_basic.jsonl".
 Stage 1 runs agentic_jax.train.loop.run(config.midtrain, WORKDIR/midtrain). Stage 2 runs
 agentic_jax.rl.loop.run on the top-level RL keys with init_from = WORKDIR/midtrain and
-model = config.midtrain.model, in WORKDIR/rl; its greedy evaluations on held-out tasks before the
+model = config.midtrain.model, in WORKDIR/rl; its evaluations on held-out tasks before the
 first and after the last RL step are the recipe's success_rate_before_rl / success_rate_after_rl.
 Each stage resumes from its own checkpoints, and a completed stage (its summary.json says so) is
 not run again, so rerunning the same command resumes stage by stage. `stop_after_steps` counts
@@ -25,7 +23,6 @@ WORKDIR/summary.json: status, success_rate_before_rl, success_rate_after_rl, sec
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import time
@@ -34,7 +31,7 @@ from typing import Any, Optional
 from agentic_jax.train import metrics as metrics_lib
 
 STAGES = ("data", "midtrain", "rl")
-DATA_FILES = ("calculator_basic_sys.jsonl", "calculator_basic_nosys.jsonl")
+DATA_FILE = "calculator_basic.jsonl"
 _MT_KEYS = ("status", "final_step", "num_steps", "first_loss", "final_loss", "tokens_per_s",
             "seconds", "nan_skips")
 _RL_KEYS = ("status", "final_step", "num_steps", "success_rate_before", "success_rate_after",
@@ -58,39 +55,31 @@ def _finished(workdir: str, num_steps: int) -> Optional[dict]:
 
 
 def write_data(config: Any, data_dir: str) -> dict:
-  """Stage 0 (module docstring); returns its counts. Skipped when both files exist."""
+  """Stage 0 (module docstring); returns its counts. Skipped when its files exist."""
   from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
   from agentic_jax.data.builtin import agent  # pylint: disable=import-outside-toplevel
   from agentic_jax.rl import envs  # pylint: disable=import-outside-toplevel
-  paths = [os.path.join(data_dir, f) for f in DATA_FILES]
+  path = os.path.join(data_dir, DATA_FILE)
   report_path = os.path.join(data_dir, "report.json")
-  if all(os.path.exists(p) for p in paths + [report_path]):
+  if os.path.exists(path) and os.path.exists(report_path):
     with open(report_path) as f:
       return json.load(f)
   d = config.recipe_data
-  if not 0.0 <= d.with_system_fraction <= 1.0:
-    raise ValueError(f"config.recipe_data.with_system_fraction must be in [0, 1], got "
-                     f"{d.with_system_fraction}")
   if not 0.0 <= d.no_tool_rate <= 1.0:
     raise ValueError(f"config.recipe_data.no_tool_rate must be in [0, 1], got {d.no_tool_rate}")
   samples = [s for _, s in agent.calculator_episodes(d.seed, d.num_samples, level="basic",
                                                       no_tool_rate=d.no_tool_rate)]
   kept = [s for s in samples
           if envs.calculator_split(next(t.content for t in s.turns if t.role == "user")) == "train"]
-  n_sys = int(round(d.with_system_fraction * len(kept)))
   os.makedirs(data_dir, exist_ok=True)
-  for path, part, strip in ((paths[0], kept[:n_sys], False), (paths[1], kept[n_sys:], True)):
-    with open(path + ".tmp", "w") as f:
-      for s in part:
-        if strip:
-          s = dataclasses.replace(s, turns=tuple(t for t in s.turns if t.role != "system"))
-        f.write(json.dumps(schema.to_record(s)) + "\n")
-    os.replace(path + ".tmp", path)
+  with open(path + ".tmp", "w") as f:
+    for s in kept:
+      f.write(json.dumps(schema.to_record(s)) + "\n")
+  os.replace(path + ".tmp", path)
   no_tool = sum(1 for s in kept if not any(t.role == "tool_call" and t.content.startswith("calc")
                                           for t in s.turns))
   report = {"generated": len(samples), "held_out_questions_dropped": len(samples) - len(kept),
-            "no_tool": no_tool,
-            "with_system": n_sys, "without_system": len(kept) - n_sys}
+            "written": len(kept), "no_tool": no_tool}
   with open(report_path, "w") as f:
     json.dump(report, f)
   return report

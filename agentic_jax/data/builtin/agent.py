@@ -129,7 +129,8 @@ def calculator_policy(problem: calculator.Problem, rng: random.Random, *,
   and answers a mental estimate that is off by a small amount (reward 0): the habit of
   answering without the tool, which outcome-reward RL should unlearn."""
   if no_tool:
-    estimate = problem.task.answer + rng.choice(_ESTIMATE_ERRORS)
+    delta = rng.choice(_ESTIMATE_ERRORS)
+    estimate = problem.task.answer + (delta if problem.task.answer + delta > 0 else abs(delta))
     yield _NO_TOOL_THOUGHT, f"answer({arith.format_value(estimate)})"
     return
   values: list[str] = []
@@ -182,7 +183,7 @@ def calculator_episodes(seed: int, num_samples: int, level: str = "word", *,
   if not 0.0 <= no_tool_rate <= 1.0:
     raise ValueError(f"calculator_episodes: no_tool_rate must be in [0, 1], got {no_tool_rate}")
   source, prefix, error_rate, slip_rate = _CALC_LEVELS[level]
-  env, out = calculator.CalculatorEnv(), []
+  env, out = calculator.CalculatorEnv(level=level), []
   for i in range(num_samples):
     problem = calculator.make_problem(seed, i, level)
     rng = random.Random(f"{prefix}:{seed}:{i}")
