@@ -95,7 +95,7 @@ def test_builtin_source_calculator_basic():
   for s, task in zip(samples, tasks):
     assert s.source == "calculator_basic" and s.id.startswith("calculator_basic-0-")
     assert [t.role for t in s.turns[:2]] == ["system", "user"]
-    assert s.turns[0].content == calculator.SYSTEM_PROMPT and s.turns[1].content == task.question
+    assert s.turns[0].content == calculator.BASIC_SYSTEM_PROMPT and s.turns[1].content == task.question
     # every observation is what the calculator really answers to that call
     env.reset(task)
     for k, t in enumerate(s.turns):

@@ -69,7 +69,8 @@ class CalculatorEnv:
     if level not in LEVELS:
       raise ValueError(f"calculator level must be one of {list(LEVELS)}, got {level!r}")
     self.max_steps = max_steps
-    self.system_prompt = BASIC_SYSTEM_PROMPT if level == "basic" else SYSTEM_PROMPT
+    if level == "basic":  # else the class attribute (subclasses may override it)
+      self.system_prompt = BASIC_SYSTEM_PROMPT
     self._task: Optional[CalcTask] = None
     self._steps = 0
     self._done = True
