@@ -90,7 +90,9 @@ def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
   r.batch_mode = _LOSS_DEFAULTS[loss]["batch_mode"]  # "turn" | "trajectory" rows
   r.env = "calculator"
   e = r.env_options = ml_collections.ConfigDict()
-  e.level = "basic"
+  # options of config.rl.env; None = that environment's default (an option another env does not
+  # have must stay None): calculator level "basic" (default) | "word"
+  e.level = config_dict.placeholder(str)
   e.allow_unisolated = False  # never run model-written code without the sandbox unless set
   a = r.agentflow = ml_collections.ConfigDict()
   a.executor = "scripted"  # "scripted" | "reference" (the frozen reference model)
