@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 from typing import Any, Optional
 
@@ -52,6 +50,7 @@ from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import metrics as metrics_lib
 from agentic_jax.train import optim as optim_lib
+from agentic_jax.train import runtime
 from agentic_jax.train import state as state_lib
 from agentic_jax.train.tensorboard import EventWriter
 
@@ -66,35 +65,6 @@ _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_attention_heads
 
 def _say(msg: str) -> None:
   print(msg, flush=True)
-
-
-class _StopFlag:
-  """Set by SIGTERM/SIGINT; handlers installed only from the main thread, restored after."""
-
-  def __init__(self, install: bool):
-    self.signal: Optional[str] = None
-    self._old = {}
-    if install and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, _frame):
-    self.signal = signal.Signals(signum).name
-
-  def restore(self) -> None:
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-  out = []
-  for k in sorted(set(old) | set(new)):
-    a, b = old.get(k), new.get(k)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _config_diff(a, b, f"{prefix}{k}.")
-    elif a != b:
-      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-  return out
 
 
 def rollout_seed(seed: int, step: int) -> int:
@@ -321,7 +291,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   """RL per `config` in `workdir`; returns the summary (status completed | stopped | preempted
   | halted)."""
   t_start = time.perf_counter()
-  stop = _StopFlag(handle_signals)
+  stop = runtime.StopFlag(handle_signals)
   try:
     return _run(config, workdir, stop, t_start, stop_after_steps)
   finally:
@@ -367,7 +337,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   if restored is not None:
     state, start = restored[0], int(restored[0].step)
     _say(f"[ckpt] resumed from step {start} ({ckpt.directory}/{start})")
-    diff = _config_diff(meta.get("config", {}), config_json)
+    diff = runtime.config_diff(meta.get("config", {}), config_json)
     if diff:
       _say("[ckpt] config differs from the checkpoint's: " + "; ".join(diff[:10]))
   else:

@@ -11,6 +11,7 @@ Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
   flops       model FLOPs per step for MFU (activated experts only)
   checkpoint  Checkpointer: orbax async keep-N of {state, data iterator, meta}, corrupt fallback
   input       build_input(config, workdir, ...): built-in / JSONL / synthetic sources
+  runtime     StopFlag (SIGTERM/SIGINT), config_diff: shared by the run loops (also rl/loop.py)
   eval        make_eval_step / evaluate: held-out loss on a fixed eval set (data seed + 1000003)
   metrics     progress bar, metrics.jsonl, TensorBoard (tensorboard.py), summary.json, loss.png
   config      model_section / model_config / load_config / check_required

@@ -40,8 +40,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable, Optional
 
@@ -57,6 +55,7 @@ from agentic_jax.train import flops as flops_lib
 from agentic_jax.train import input as input_lib
 from agentic_jax.train import metrics as metrics_lib
 from agentic_jax.train import optim as optim_lib
+from agentic_jax.train import runtime
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import step as step_lib
 
@@ -68,44 +67,16 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-class _StopFlag:
-  """Set by SIGTERM/SIGINT; handlers installed only from the main thread, restored after."""
-
-  def __init__(self, install: bool):
-    self.signal: Optional[str] = None
-    self._old = {}
-    if install and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._old[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, _frame):
-    self.signal = signal.Signals(signum).name
-
-  def restore(self) -> None:
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-
 def _config_json(config: Any) -> dict:
   return json.loads(config.to_json_best_effort())
-
-
-def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
-  out = []
-  for k in sorted(set(old) | set(new)):
-    a, b = old.get(k), new.get(k)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _config_diff(a, b, f"{prefix}{k}.")
-    elif a != b:
-      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-  return out
 
 
 def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
         handle_signals: bool = True) -> dict:
   """Trains per `config` in `workdir`; returns the summary plus per-step `losses`."""
   t_start = time.perf_counter()
-  stop = _StopFlag(handle_signals)  # from the start: a signal during setup stops before step 1
+  # from the start: a signal during setup stops before step 1
+  stop = runtime.StopFlag(handle_signals)
   try:
     return _run(config, workdir, stop, t_start, stop_after_steps)
   finally:
@@ -129,7 +100,7 @@ def _evaluate(eval_fn: Callable, eval_data: list, inp: input_lib.Input, state: A
                            inp.kind_names, inp.source_names)
 
 
-def _run(config: Any, workdir: str, stop: _StopFlag, t_start: float,
+def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
          stop_after_steps: Optional[int]) -> dict:
   config_lib.check_required(config)
   if config.train.nan_policy not in NAN_POLICIES:
@@ -187,7 +158,7 @@ def _run(config: Any, workdir: str, stop: _StopFlag, t_start: float,
     state, meta = restored
     start = int(jax.device_get(state.step))
     _say(f"[ckpt] resumed from step {start} ({ckpt.directory}/{start})")
-    diff = _config_diff(meta.get("config", {}), config_json)
+    diff = runtime.config_diff(meta.get("config", {}), config_json)
     if diff:
       _say("[ckpt] config differs from the checkpoint's: " + "; ".join(diff[:10]))
   else:
