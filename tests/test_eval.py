@@ -23,30 +23,15 @@ from agentic_jax.train import loop
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import step as step_lib
-from tests.train_fixtures import MIDTRAIN, small_config
+from tests.train_fixtures import MIDTRAIN, persistent_compile_cache, small_config
 
 
 @pytest.fixture(scope="module", autouse=True)
 def compile_cache(tmp_path_factory):
   """A persistent compilation cache for this module (as in test_loop.py): the state init
   compiled for `setup` and the step compiled by the first run are loaded by the later runs."""
-  cache_dir = str(tmp_path_factory.mktemp("jax_cache"))
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  try:
-    from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    compilation_cache = None
-  for n, v in zip(names, (cache_dir, 0.0, 0)):
-    jax.config.update(n, v)
-  if compilation_cache is not None:
-    compilation_cache.reset_cache()
-  yield cache_dir
-  for n, v in old.items():
-    jax.config.update(n, v)
-  if compilation_cache is not None:
-    compilation_cache.reset_cache()
+  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as cache_dir:
+    yield cache_dir
 
 
 @pytest.fixture(scope="module")

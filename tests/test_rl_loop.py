@@ -25,7 +25,7 @@ from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
-from tests.train_fixtures import ROOT, SMALL_MODEL
+from tests.train_fixtures import ROOT, SMALL_MODEL, persistent_compile_cache, set_dotted
 
 CONFIGS = {"flow_grpo": ("tiny", "tiny_code"), "grpo": ("tiny",), "dapo": ("tiny",),
            "dr_grpo": ("tiny",)}
@@ -36,22 +36,8 @@ _TIMING = ("rollout_s", "train_s")
 def compile_cache(tmp_path_factory):
   """Persistent compilation cache for the module: the resumed runs load the step compiled by
   the first run (only speed is at stake)."""
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  try:
-    from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    compilation_cache = None
-  for n, v in zip(names, (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)):
-    jax.config.update(n, v)
-  if compilation_cache is not None:
-    compilation_cache.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  if compilation_cache is not None:
-    compilation_cache.reset_cache()
+  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as cache_dir:
+    yield cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +62,7 @@ def small_rl_config(tokenizer_path, loss="flow_grpo", variant="tiny", **over):
   config.train.num_steps, config.train.progress = 4, False
   config.checkpoint.every = 100
   config.optim.lr = 1e-3
-  for dotted, value in over.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_dotted(config, over)
   config.lock()
   return config
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,7 +17,7 @@ from agentic_jax.rl import step as step_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
-from tests.train_fixtures import ROOT, SMALL_MODEL
+from tests.train_fixtures import ROOT, SMALL_MODEL, set_dotted
 
 T = 8
 VOCAB = SMALL_MODEL["vocab_size"]
@@ -34,12 +33,7 @@ def rl_test_config(loss="grpo", variant="tiny", **over):
   config.model.layer_type = "dense"
   config.rl.ppo_epochs, config.rl.minibatches = 1, 1
   config.optim.lr = 1e-3
-  for dotted, value in over.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  set_dotted(config, over)
   config.lock()
   return config
 

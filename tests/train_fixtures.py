@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Iterator, Mapping
+
+import jax
 
 from agentic_jax.train import config as config_lib
 
@@ -30,11 +34,42 @@ def small_config(**sections):
   config.train.num_steps, config.train.log_every, config.train.progress = 6, 2, False
   config.optim.warmup_steps = 2
   config.checkpoint.every = 2
-  for dotted, value in sections.items():
+  set_dotted(config, sections)
+  config.lock()
+  return config
+
+
+def set_dotted(config: Any, overrides: Mapping[str, Any]) -> None:
+  """config["a.b.c"] = value for every dotted key of `overrides` (the config must be unlocked
+  where a key is new)."""
+  for dotted, value in overrides.items():
     node = config
     *parents, leaf = dotted.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value
-  config.lock()
-  return config
+
+
+@contextlib.contextmanager
+def persistent_compile_cache(cache_dir: str) -> Iterator[str]:
+  """JAX's persistent compilation cache in `cache_dir` for the duration (module fixtures): runs
+  that rebuild the same jitted graphs (resumed runs, repeated setups) load them from disk. Only
+  speed is at stake: if the private reset hook is missing, everything still compiles."""
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  old = {n: getattr(jax.config, n) for n in names}
+  try:
+    from jax._src import compilation_cache  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    compilation_cache = None
+  for n, v in zip(names, (cache_dir, 0.0, 0)):
+    jax.config.update(n, v)
+  if compilation_cache is not None:
+    compilation_cache.reset_cache()
+  try:
+    yield cache_dir
+  finally:
+    for n, v in old.items():
+      jax.config.update(n, v)
+    if compilation_cache is not None:
+      compilation_cache.reset_cache()
