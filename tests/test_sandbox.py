@@ -217,13 +217,17 @@ def test_memory_bomb_is_stopped():
 
 def test_memory_bomb_across_processes_hits_the_cgroup():
   # Each child stays under RLIMIT_AS (per process); together they exceed the sandbox's 256 MiB.
+  # Each holds its memory for a while before exiting, so the children coexist however the
+  # scheduler orders them (without the hold, a loaded 2-core machine could run them one after
+  # another, never over the limit: seen once in CI).
   code = _code("""
-      import os
+      import os, time
       for _ in range(4):
           if os.fork() == 0:
               b = bytearray(150 << 20)
               for i in range(0, len(b), 4096):
                   b[i] = 1
+              time.sleep(3)
               os._exit(0)
       codes = [os.wait()[1] for _ in range(4)]
       print(sorted(codes))
