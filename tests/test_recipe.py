@@ -10,22 +10,12 @@ import os
 
 import pytest
 
-from agentic_jax.data import builtin
-from agentic_jax.data import tokenizer as tok_lib
 from agentic_jax.rl import config as rl_config
 from agentic_jax.rl import recipe
 from agentic_jax.train import config as config_lib
-from tests.test_rl_loop import compile_cache  # noqa: F401  (module fixture: shared compile cache)
+# module fixtures shared with the RL loop tests: the compile cache and a small tokenizer
+from tests.test_rl_loop import compile_cache, tokenizer_path  # noqa: F401
 from tests.train_fixtures import ROOT, SMALL_MODEL
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  texts = builtin.corpus_texts(0, sources=("calculator_basic",), samples_per_source=200,
-                               stdlib_files=0)
-  path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
-  tok_lib.SentencePieceTokenizer.train(texts, 400, seed=0).save(path)
-  return path
 
 
 def small_recipe(tokenizer_path):

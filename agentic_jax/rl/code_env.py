@@ -35,7 +35,7 @@ import textwrap
 from typing import Optional, Sequence
 
 from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool,
-                                           error_result, parse_action, tools_help)
+                                           error_result, limited_step, parse_action, tools_help)
 from agentic_jax.rl import sandbox
 
 TOOLS = {
@@ -270,17 +270,8 @@ class CodeEnv:
             f"final version with submit().\n\n{task.prompt}")
 
   def step(self, action: str) -> StepResult:
-    if self._task is None or self._done:
-      return error_result("the episode is over; call reset(task) to start a new one", None,
-                          done=True)
-    self._steps += 1
-    result = self._dispatch(action)
-    if not result.done and self._steps >= self.max_steps:
-      result = dataclasses.replace(result, done=True, reward=0.0, info={**result.info,
-                                   "step_limit": True}, observation=result.observation +
-                                   "\nstep limit reached; the task ends without a submission")
-    self._done = result.done
-    return result
+    return limited_step(self, action,
+                        limit_note="step limit reached; the task ends without a submission")
 
   def _dispatch(self, action: str) -> StepResult:
     try:

@@ -24,7 +24,7 @@ from typing import Callable, Optional
 
 from agentic_jax.data.builtin import arith
 from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool,
-                                           error_result, parse_action, tools_help)
+                                           error_result, limited_step, parse_action, tools_help)
 
 TOOLS = {
     "calc": Tool("calc", "calc(EXPRESSION)",
@@ -82,17 +82,7 @@ class CalculatorEnv:
     return task.question
 
   def step(self, action: str) -> StepResult:
-    if self._task is None or self._done:
-      return error_result("the episode is over; call reset(task) to start a new one", None, done=True)
-    self._steps += 1
-    result = self._dispatch(action)
-    if not result.done and self._steps >= self.max_steps:
-      self._done = True
-      return dataclasses.replace(result, done=True, reward=0.0,
-                                 observation=result.observation + "\nstep limit reached; no answer "
-                                 "was given", info={**result.info, "step_limit": True})
-    self._done = result.done
-    return result
+    return limited_step(self, action, limit_note="step limit reached; no answer was given")
 
   def _dispatch(self, action: str) -> StepResult:
     try:

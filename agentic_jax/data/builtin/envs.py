@@ -113,3 +113,20 @@ def _expected(tools: Mapping[str, Tool]) -> str:
 
 def error_result(message: str, tool: Optional[str], *, done: bool = False, **info) -> StepResult:
   return StepResult(f"error: {message}", done, 0.0, {INFO_TOOL: tool, INFO_ERROR: True, **info})
+
+
+def limited_step(env, action: str, *, limit_note: str) -> StepResult:
+  """The step protocol every built-in environment shares: refuse a finished episode, count the
+  call, `env._dispatch(action)`, and end the episode (reward 0, `step_limit` in info,
+  `limit_note` appended to the observation) when `env.max_steps` calls were made without an
+  ending. Uses env._task, env._done, env._steps."""
+  if env._task is None or env._done:  # pylint: disable=protected-access
+    return error_result("the episode is over; call reset(task) to start a new one", None, done=True)
+  env._steps += 1  # pylint: disable=protected-access
+  result = env._dispatch(action)  # pylint: disable=protected-access
+  if not result.done and env._steps >= env.max_steps:  # pylint: disable=protected-access
+    result = dataclasses.replace(result, done=True, reward=0.0,
+                                 observation=result.observation + "\n" + limit_note,
+                                 info={**result.info, "step_limit": True})
+  env._done = result.done  # pylint: disable=protected-access
+  return result

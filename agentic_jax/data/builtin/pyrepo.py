@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Optional
 
 from agentic_jax.data.builtin import edit_blocks, testrun
 from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool,
-                                           error_result, parse_action, tools_help)
+                                           error_result, limited_step, parse_action, tools_help)
 from agentic_jax.data.builtin.pyrepo_templates import TEMPLATES, RepoSpec
 
 VARIANTS = 4  # distinct repositories per template and seed (bounds the number of test runs)
@@ -87,16 +87,8 @@ class PyRepoEnv:
     return f"{task.statement}\n\nRepository files:\n{self._listing()}"
 
   def step(self, action: str) -> StepResult:
-    if self._task is None or self._done:
-      return error_result("the episode is over; call reset(task) to start a new one", None, done=True)
-    self._steps += 1
-    result = self._dispatch(action)
-    if not result.done and self._steps >= self.max_steps:
-      result = dataclasses.replace(result, done=True, reward=0.0, info={**result.info,
-                                   "step_limit": True}, observation=result.observation +
-                                   "\nstep limit reached; the task ends without a submission")
-    self._done = result.done
-    return result
+    return limited_step(self, action,
+                        limit_note="step limit reached; the task ends without a submission")
 
   def _listing(self) -> str:
     return "\n".join(f"  {p}" for p in sorted(self.files))
