@@ -1,4 +1,5 @@
-"""ADP 1.x import: conversion of good trajectories, exact errors for bad ones, the error rule."""
+"""ADP 1.0.0-1.5.0 import: conversion of good trajectories (one per version, and the JSON-array
+layout ADP publishes), exact errors for bad ones, the per-version rules, the error rule."""
 
 import collections
 import json
@@ -75,23 +76,24 @@ def test_missing_version_is_counted_and_source_override():
   sample = adp.parse_adp_record(_lines(GOOD)[3], source="mine", notes=notes)
   assert sample == EnvSample("adp-noversion", "mine", (
       Turn("user", "hello"), Turn("assistant", "<|think|>greet back<|end_think|>hi")))
-  assert notes == {"schema_version missing (read as 1.2.0)": 1}
+  assert notes == {"schema_version missing (read as 1.5.0)": 1}
 
 
 BAD_EXPECTED = [
     "content[1].class_: unknown class 'ApiAction'; expected one of ['api_action', 'code_action', "
     "'message_action', 'text_observation', 'image_observation', 'web_observation']",
-    "schema_version: unsupported ADP version '2.0.0'; supported: ['1.0.0', '1.1.0', '1.2.0']",
+    "schema_version: unsupported ADP version '2.0.0'; supported: ['1.0.0', '1.1.0', '1.2.0', "
+    "'1.3.0', '1.4.0', '1.5.0']",
     "content[0].thoughts: unknown field; allowed: ['class_', 'content', 'description', "
     "'reasoning_content', 'reward', 'tool_call_id']",
     "content[0].source: expected one of ['user', 'agent', 'environment'], got 'user_msg'",
     "content[2].tool_call_id: 'c9' does not match any preceding action's tool_call_id",
-    "content[1].kwargs: expected an object, got list [1, 2]",
+    "content[1].kwargs: expected an object, got an array of 2 items",
     "content[0].annotations[0].bounding_box.x: missing; expected a number",
     "content: expected at least one action or observation",
     "content[1].class_: missing; expected one of ['api_action', 'code_action', 'message_action', "
     "'text_observation', 'image_observation', 'web_observation']",
-    "content[1].reward: expected a number or null, got bool True",
+    "content[1].reward: expected a number or null, got true",
 ]
 
 
@@ -121,13 +123,20 @@ def _obs(call_id, text="ok"):
      "content[0].tool_call_id: a message_action is not a tool call and cannot have a tool_call_id"),
     ([{"class_": "text_observation", "content": "x\ud800", "source": "user"}],
      "content[0].content: invalid text: lone surrogate at character 1"),
-    ([_call("a", reward=float("nan"))], "content[0].reward: expected a finite number, got nan"),
+    ([_call("a", reward=float("nan")), _obs("a")],
+     "content[0].reward: expected a finite number, got number nan"),
+    ([_call("a", reward=10**400), _obs("a")],
+     "content[0].reward: expected a finite number, got an integer of about 401 digits"),
+    ([_call("a"), _obs("a"), _call("b")], "content[2].tool_call_id: 'b' has no observation with "
+     "the same tool_call_id"),
+    ([{"class_": "api_action", "function": "run\nfake", "kwargs": {}}],
+     "content[0].function: unprintable character '\\n' at 3; a name must be one printable line"),
     ([{"class_": "code_action", "language": "", "content": "x"}],
      "content[0].language: expected a non-empty string"),
     ([{"class_": "image_observation", "content": "a.png", "source": "environment"}],
      "content: no representable text in any item (images only?)"),
     ([{"class_": "web_observation", "viewport_size": [1, 2, 3]}],
-     "content[0].viewport_size: expected [width, height] integers or null, got [1, 2, 3]"),
+     "content[0].viewport_size: expected [width, height] integers or null, got an array of 3 items"),
     ([{"class_": "web_observation", "image_observation": {"content": "a.png", "source": "robot"}}],
      "content[0].image_observation.source: expected one of ['user', 'agent', 'environment'], "
      "got 'robot'"),
@@ -140,11 +149,12 @@ def test_more_bad_records(content, message):
 
 def test_top_level_fields():
   base = {"id": "x", "content": [{"class_": "message_action", "content": "hi"}]}
-  with pytest.raises(RecordError, match=r"^<memory>:0: extra: unknown field; allowed: \['available_apis'"):
+  with pytest.raises(RecordError, match=r"^<memory>:0: extra: unknown field in ADP 1.5.0; allowed: "
+                     r"\['available_code_languages', 'available_custom_tools', 'content', 'details'"):
     adp.parse_adp_record({**base, "extra": 1})
-  with pytest.raises(RecordError, match=r"available_code_languages\[1\]: expected a string, got int"):
+  with pytest.raises(RecordError, match=r"available_code_languages\[1\]: expected a string, got number 3"):
     adp.parse_adp_record({**base, "available_code_languages": ["python", 3]})
-  with pytest.raises(RecordError, match="<record>: expected a JSON object, got list"):
+  with pytest.raises(RecordError, match="<record>: expected a JSON object, got an array of 1 item"):
     adp.parse_adp_record([base])
 
 

@@ -1,4 +1,6 @@
-"""JSONL reading: raise / skip with counts, blank lines, bad bytes, and the check_data CLI."""
+"""JSONL reading: raise / skip with counts, blank lines, bad bytes, and the check_data CLI.
+
+The issue-10 cases and the adversarial round are in test_reader_adversarial.py."""
 
 import os
 import subprocess
@@ -22,12 +24,12 @@ MIXED_PROBLEMS = [
     "'observation'], got 'robot'",
     f"{MIXED}:5: turns[0].name: a tool_call turn needs the tool name",
     f"{MIXED}:8: id: duplicate id 'e1' (first on line 1)",
-    f"{MIXED}:9: <json>: invalid JSON: non-standard JSON constant NaN",
-    f"{MIXED}:10: <record>: expected a JSON object, got list",
+    f"{MIXED}:9: reward: NaN is not valid JSON (a non-standard constant)",
+    f"{MIXED}:10: <record>: expected a JSON object, got an array of 2 items",
     f"{MIXED}:11: schema_version: unsupported version '2.0'; supported: ['1.0']",
 ]
-MIXED_SUMMARY = (f"{MIXED}: 9 records, 2 kept, 7 skipped (<json>: 2, <record>: 1, id: 1, "
-                 "schema_version: 1, turns[*].name: 1, turns[*].role: 1), 2 blank lines")
+MIXED_SUMMARY = (f"{MIXED}: 9 records, 2 kept, 7 skipped (<json>: 1, <record>: 1, id: 1, "
+                 "reward: 1, schema_version: 1, turns[*].name: 1, turns[*].role: 1), 2 blank lines")
 
 
 @pytest.fixture(autouse=True)
@@ -70,11 +72,14 @@ def test_adp_files():
   samples, report = reader.read_samples(ADP_GOOD, format="adp", source="adp_toy")
   assert [s.id for s in samples] == ["adp-1", "adp-2", "adp-web", "adp-noversion"]
   assert {s.source for s in samples} == {"adp_toy"}
-  assert report.notes == {"schema_version missing (read as 1.2.0)": 1,
+  assert report.notes == {"schema_version missing (read as 1.5.0)": 1,
                           "web_observation: html not used (axtree kept)": 1,
                           "image_observation: image pixels not represented": 2,
                           "image_observation: no text to represent (item dropped)": 1}
-  _, bad = reader.read_samples(ADP_BAD, format="adp", on_bad_record="skip")
+  with pytest.raises(reader.FileError) as e:  # nothing kept: an error even under "skip"
+    reader.read_samples(ADP_BAD, format="adp", on_bad_record="skip")
+  assert str(e.value) == f"{ADP_BAD}: no records kept: all 10 records were skipped"
+  bad = e.value.report
   assert (bad.records, bad.kept, bad.skipped) == (10, 0, 10)
   assert [p.line for p in bad.problems] == list(range(1, 11))
   assert bad.skipped_by_field == {"content[*].class_": 2, "schema_version": 1,
@@ -124,7 +129,7 @@ def test_check_data_cli_good_files():
   assert proc.stdout.splitlines() == [
       f"{ADP_GOOD}: 4 records, 4 kept, 0 skipped, 0 blank lines; notes: image_observation: image "
       "pixels not represented x2, image_observation: no text to represent (item dropped) x1, "
-      "schema_version missing (read as 1.2.0) x1, web_observation: html not used (axtree kept) x1"]
+      "schema_version missing (read as 1.5.0) x1, web_observation: html not used (axtree kept) x1"]
 
 
 def test_check_data_cli_several_files_and_missing_file():
@@ -133,8 +138,8 @@ def test_check_data_cli_several_files_and_missing_file():
   assert proc.stdout.splitlines() == (
       [f"{GOOD}: 2 records, 2 kept, 0 skipped, 0 blank lines"] + MIXED_PROBLEMS + [MIXED_SUMMARY]
       + ["tests/data/nope.jsonl: cannot read: No such file or directory",
-         "total: 11 records, 4 kept, 7 skipped (<json>: 2, <record>: 1, id: 1, schema_version: 1, "
-         "turns[*].name: 1, turns[*].role: 1), 2 blank lines"])
+         "total: 11 records, 4 kept, 7 skipped (<json>: 1, <record>: 1, id: 1, reward: 1, "
+         "schema_version: 1, turns[*].name: 1, turns[*].role: 1), 2 blank lines"])
 
 
 def test_check_data_cli_usage_errors():
@@ -155,5 +160,5 @@ def test_schema_rejects_what_cannot_be_trained_on(tmp_path):
   from agentic_jax.data.schema import parse_record
   rec = {"schema_version": "1.0", "kind": "env", "id": "s", "source": "s",
          "turns": [{"role": "user", "content": "x"}], "reward": float("inf")}
-  with pytest.raises(RecordError, match=r"^<memory>:0: reward: expected a finite number, got inf$"):
+  with pytest.raises(RecordError, match=r"^<memory>:0: reward: expected a finite number, got number inf$"):
     parse_record(rec)

@@ -1,12 +1,30 @@
-"""Import of Agent Data Protocol (ADP 1.0.0 / 1.1.0 / 1.2.0, neulab/agent-data-protocol) trajectories.
+"""Import of Agent Data Protocol trajectories (ADP 1.0.0 to 1.5.0, neulab/agent-data-protocol).
 
-One ADP `Trajectory` JSON object per line: `{schema_version, id, content: [action | observation],
-details, available_apis?, available_custom_tools?, available_code_languages?}`. Validation follows
-ADP's pydantic models (extra fields forbidden on trajectory, actions and observations) and raises
-`RecordError` with the exact field path, e.g. `content[3].class_`. Differences, on purpose:
-a missing `schema_version` is read as 1.2.0 (as ADP does) and counted in `notes`; `description` is
-optional everywhere; `CodeAction.language` is any non-empty string (ADP's ~300-name list is not
-copied); TextObservation `source` is pinned to the current values {user, agent, environment}.
+One ADP `Trajectory` object per record: `{schema_version, id, content: [action | observation],
+details, available_custom_tools?, available_code_languages?, available_apis? (before 1.5.0)}`.
+Validation follows ADP's pydantic models (extra fields forbidden on trajectory, actions and
+observations) and raises `RecordError` with the exact field path, e.g. `content[3].class_`.
+
+What the versions change (read from ADP's schema/SCHEMA.md and schema/trajectory.py; each version
+still accepts the data of the ones before it):
+
+  1.0.0-1.2.0  actions and observations may carry `tool_call_id`; an observation's id must match an
+               earlier action's, each id is used by one action and answered by exactly one
+               observation; an unlinked observation belongs to the action right before it
+  1.3.0        a tool action (api_action / code_action) directly followed by an observation must
+               carry a tool_call_id (adjacency alone no longer links them)
+  1.4.0        `available_code_languages`: when present, exactly the set of code_action languages
+  1.5.0        `available_apis` is renamed `available_custom_tools` (tools are declared per dataset
+               in metadata.json, which is not part of a record)
+
+ADP's current model accepts `available_custom_tools` and `available_code_languages` whatever a
+record's version, and so does this importer (a converter stamping an older version still imports);
+the rules above that forbid or require something apply from their version on. Differences, on
+purpose: a missing `schema_version` is read as the current 1.5.0 (as ADP does) and counted in
+`notes`; `description` is optional everywhere; `CodeAction.language` is any printable non-empty
+string (ADP's ~300-name list is not copied); TextObservation `source` is pinned to the current
+values {user, agent, environment}; a `json_observation` class seen on one ADP commit is not part of
+any released Trajectory and is rejected as an unknown class.
 
 Mapping to an `EnvSample` (turn order = content order):
 
@@ -39,20 +57,23 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import re
 from typing import Any, Optional
 
-from agentic_jax.data.schema import EnvSample, RecordError, Turn, _get, _unknown
+from agentic_jax.data.schema import (EnvSample, RecordError, Turn, _get, _name, _number, _unknown,
+                                     describe)
 
-ADP_VERSIONS = ("1.0.0", "1.1.0", "1.2.0")
-ADP_DEFAULT_VERSION = "1.2.0"
+ADP_VERSIONS = ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0")
+ADP_DEFAULT_VERSION = "1.5.0"   # ADP reads a record without schema_version as its current version
+LINKS_REQUIRED_FROM = (1, 3, 0)   # an action directly followed by an observation needs a tool_call_id
+CUSTOM_TOOLS_FROM = (1, 5, 0)     # available_apis renamed available_custom_tools
 ACTION_CLASSES = ("api_action", "code_action", "message_action")
 OBSERVATION_CLASSES = ("text_observation", "image_observation", "web_observation")
 CLASSES = ACTION_CLASSES + OBSERVATION_CLASSES
 SOURCES = ("user", "agent", "environment")
-_TOP_FIELDS = {"schema_version", "id", "content", "details", "available_apis",
-               "available_custom_tools", "available_code_languages"}
+_TOP_FIELDS = {"schema_version", "id", "content", "details", "available_custom_tools",
+               "available_code_languages"}
+_OLD_TOP_FIELDS = _TOP_FIELDS | {"available_apis"}   # versions before CUSTOM_TOOLS_FROM
 _ACTION_BASE = {"class_", "reasoning_content", "reward", "tool_call_id"}
 _OBS_BASE = {"class_", "tool_call_id", "reward"}
 _FIELDS = {
@@ -77,7 +98,8 @@ def observation_failed(text: str) -> bool:
   """The documented error rule for a tool's output (module doc)."""
   if _TRACEBACK.search(text):
     return True
-  if any(int(m.group(1)) != 0 for m in _EXIT.finditer(text)):
+  # compared as text: int() refuses numbers over 4,300 digits, and "-0" / "000" are still 0
+  if any(m.group(1).lstrip("-").strip("0") for m in _EXIT.finditer(text)):
     return True
   first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
   return bool(_ERROR_PREFIX.match(first))
@@ -105,7 +127,7 @@ def _annotation_lines(obj: dict, where: str, file: str, line: int) -> list[str]:
   for j, a in enumerate(anns):
     aw = f"{where}annotations[{j}]"
     if not isinstance(a, dict):
-      raise RecordError(file, line, aw, f"expected an object, got {type(a).__name__}")
+      raise RecordError(file, line, aw, f"expected an object, got {describe(a)}")
     etype = _get(a, "element_type", str, aw + ".", file, line)
     box = _get(a, "bounding_box", dict, aw + ".", file, line)
     for k in ("x", "y", "width", "height"):
@@ -142,7 +164,7 @@ def _web_text(obj: dict, where: str, file: str, line: int, notes) -> str:
   if size is not None and (len(size) != 2 or not all(
       isinstance(v, int) and not isinstance(v, bool) for v in size)):
     raise RecordError(file, line, f"{where}viewport_size", f"expected [width, height] integers or "
-                      f"null, got {size!r:.60}")
+                      f"null, got {describe(size)}")
   parts = [f"URL: {url}"] if url else []
   if axtree:
     parts.append(axtree)
@@ -157,6 +179,64 @@ def _web_text(obj: dict, where: str, file: str, line: int, notes) -> str:
   return "\n".join(parts)
 
 
+def _version(obj: dict, file: str, line: int, notes) -> tuple[str, tuple[int, ...]]:
+  version = _get(obj, "schema_version", str, "", file, line, required=False)
+  if version is None:
+    notes[f"schema_version missing (read as {ADP_DEFAULT_VERSION})"] += 1
+    version = ADP_DEFAULT_VERSION
+  elif version not in ADP_VERSIONS:
+    raise RecordError(file, line, "schema_version",
+                      f"unsupported ADP version {version!r}; supported: {list(ADP_VERSIONS)}")
+  return version, tuple(int(x) for x in version.split("."))
+
+
+def _top_level(obj: dict, version: str, vt: tuple, file: str, line: int) -> dict:
+  """Checks the trajectory's own fields; returns `details`."""
+  if vt >= CUSTOM_TOOLS_FROM and "available_apis" in obj:
+    raise RecordError(file, line, "available_apis", f"renamed available_custom_tools in ADP "
+                      f"{'.'.join(map(str, CUSTOM_TOOLS_FROM))} (this record: {version})")
+  _unknown(obj, _TOP_FIELDS if vt >= CUSTOM_TOOLS_FROM else _OLD_TOP_FIELDS, "", file, line,
+           f" in ADP {version}")
+  details = _get(obj, "details", dict, "", file, line, required=False) or {}
+  for key in ("available_apis", "available_custom_tools", "available_code_languages"):
+    names = _get(obj, key, (list, _NONE), "", file, line, required=False) or []
+    for j, n in enumerate(names):
+      if not isinstance(n, str):
+        raise RecordError(file, line, f"{key}[{j}]", f"expected a string, got {describe(n)}")
+  return details
+
+
+def _check_links(content: list, calls: dict, answered: dict, vt: tuple, version: str, file: str,
+                 line: int) -> None:
+  """The tool_call_id rules that need the whole trajectory (module doc)."""
+  if vt >= LINKS_REQUIRED_FROM:
+    for i in range(len(content) - 1):
+      item, nxt = content[i], content[i + 1]
+      if (item.get("class_") in ("api_action", "code_action") and item.get("tool_call_id") is None
+          and nxt.get("class_") in OBSERVATION_CLASSES):
+        raise RecordError(file, line, f"content[{i}].tool_call_id", "missing; a tool action "
+                          f"followed by its observation needs one from ADP 1.3.0 on (this record: "
+                          f"{version}; older versions linked by adjacency)")
+  for call_id, (i, _, _) in calls.items():
+    if call_id not in answered:
+      raise RecordError(file, line, f"content[{i}].tool_call_id", f"{call_id!r} has no observation "
+                        "with the same tool_call_id")
+
+
+def _check_languages(obj: dict, content: list, file: str, line: int) -> None:
+  listed = obj.get("available_code_languages")
+  if listed is None:
+    return
+  used = {item["language"] for item in content if item.get("class_") == "code_action"}
+  missing, unused = sorted(used - set(listed)), sorted(set(listed) - used)
+  if missing:
+    raise RecordError(file, line, "available_code_languages", f"lacks {missing}, used by "
+                      "code_action items (it must list exactly the languages used)")
+  if unused:
+    raise RecordError(file, line, "available_code_languages", f"lists {unused}, used by no "
+                      "code_action item (it must list exactly the languages used)")
+
+
 def parse_adp_record(obj: Any, *, file: str = "<memory>", line: int = 0,
                      source: Optional[str] = None,
                      notes: Optional[collections.Counter] = None) -> EnvSample:
@@ -164,29 +244,16 @@ def parse_adp_record(obj: Any, *, file: str = "<memory>", line: int = 0,
   sample's source (default: `details.dataset`, else "adp"); `notes` counts what was not represented."""
   notes = notes if notes is not None else collections.Counter()
   if not isinstance(obj, dict):
-    raise RecordError(file, line, "<record>", f"expected a JSON object, got {type(obj).__name__}")
-  _unknown(obj, _TOP_FIELDS, "", file, line)
-  version = _get(obj, "schema_version", str, "", file, line, required=False)
-  if version is None:
-    notes[f"schema_version missing (read as {ADP_DEFAULT_VERSION})"] += 1
-  elif version not in ADP_VERSIONS:
-    raise RecordError(file, line, "schema_version",
-                      f"unsupported ADP version {version!r}; supported: {list(ADP_VERSIONS)}")
-  sid = _get(obj, "id", str, "", file, line)
-  if not sid:
-    raise RecordError(file, line, "id", "expected a non-empty string")
-  details = _get(obj, "details", dict, "", file, line, required=False) or {}
-  for key in ("available_apis", "available_custom_tools", "available_code_languages"):
-    names = _get(obj, key, (list, _NONE), "", file, line, required=False) or []
-    for j, n in enumerate(names):
-      if not isinstance(n, str):
-        raise RecordError(file, line, f"{key}[{j}]", f"expected a string, got {type(n).__name__}")
+    raise RecordError(file, line, "<record>", f"expected a JSON object, got {describe(obj)}")
+  version, vt = _version(obj, file, line, notes)
+  details = _top_level(obj, version, vt, file, line)
+  sid = _name(obj, "id", "", file, line)
   content = _get(obj, "content", list, "", file, line)
   if not content:
     raise RecordError(file, line, "content", "expected at least one action or observation")
   if source is None:
     dataset = details.get("dataset")
-    source = dataset if isinstance(dataset, str) and dataset else "adp"
+    source = dataset if isinstance(dataset, str) and dataset and dataset.isprintable() else "adp"
 
   turns: list[Turn] = []
   calls: dict[str, tuple[int, int, str]] = {}   # tool_call_id -> (content index, turn index, tool)
@@ -196,17 +263,14 @@ def parse_adp_record(obj: Any, *, file: str = "<memory>", line: int = 0,
   for i, item in enumerate(content):
     where = f"content[{i}]."
     if not isinstance(item, dict):
-      raise RecordError(file, line, f"content[{i}]", f"expected an object, got {type(item).__name__}")
+      raise RecordError(file, line, f"content[{i}]", f"expected an object, got {describe(item)}")
     cls = _get(item, "class_", str, where, file, line, expected=f"one of {list(CLASSES)}")
     if cls not in CLASSES:
       raise RecordError(file, line, f"{where}class_", f"unknown class {cls!r}; expected one of "
                         f"{list(CLASSES)}")
     _unknown(item, _FIELDS[cls], where, file, line)
-    r = _get(item, "reward", (int, float, _NONE), where, file, line, required=False)
-    if r is not None:
-      if not math.isfinite(r):
-        raise RecordError(file, line, f"{where}reward", f"expected a finite number, got {r!r}")
-      reward = float(r)
+    r = _number(item.get("reward"), f"{where}reward", file, line)
+    reward = r if r is not None else reward
     call_id = _get(item, "tool_call_id", (str, _NONE), where, file, line, required=False)
     this_call = None
     if cls in ACTION_CLASSES:
@@ -221,15 +285,11 @@ def parse_adp_record(obj: Any, *, file: str = "<memory>", line: int = 0,
         turns.append(Turn("assistant", thought + text))
       else:
         if cls == "api_action":
-          tool = _get(item, "function", str, where, file, line)
-          if not tool:
-            raise RecordError(file, line, f"{where}function", "expected a non-empty string")
+          tool = _name(item, "function", where, file, line)
           call = json.dumps(_get(item, "kwargs", dict, where, file, line), ensure_ascii=False)
         else:
-          language = _get(item, "language", str, where, file, line)
-          if not language:
-            raise RecordError(file, line, f"{where}language", "expected a non-empty string")
-          tool, call = code_tool_name(language), _get(item, "content", str, where, file, line)
+          tool = code_tool_name(_name(item, "language", where, file, line))
+          call = _get(item, "content", str, where, file, line)
         if thought:
           turns.append(Turn("assistant", thought))
         turns.append(Turn("tool_call", call, tool))
@@ -260,7 +320,9 @@ def parse_adp_record(obj: Any, *, file: str = "<memory>", line: int = 0,
                             f"expected one of {list(SOURCES)}, got {src!r}")
         role = _SOURCE_ROLE[src]
         if cls == "text_observation":
-          name = _get(item, "name", (str, _NONE), where, file, line, required=False)
+          # "" is as good as null here (ADP converters write both); anything else is a name
+          name = _get(item, "name", (str, _NONE), where, file, line, required=False) or None
+          name = name and _name(item, "name", where, file, line)
           text = _get(item, "content", str, where, file, line)
         else:
           name, text = None, _image_text(item, where, file, line, notes)
@@ -276,6 +338,8 @@ def parse_adp_record(obj: Any, *, file: str = "<memory>", line: int = 0,
           k, tool = linked
           turns[k] = Turn("tool_call", turns[k].content, tool, True)
     previous_call = this_call
+  _check_links(content, calls, answered, vt, version, file, line)
+  _check_languages(obj, content, file, line)
   if not turns:
     raise RecordError(file, line, "content", "no representable text in any item (images only?)")
   return EnvSample(sid, source, tuple(turns), reward)
