@@ -4,44 +4,54 @@
     assert (res.returncode, res.stdout, res.killed_reason) == (0, "cba\\n", None) and res.isolated
     res = run_command(["python", "-m", "unittest"], files={"test_x.py": "..."})
 
+Whatever the program does, run_python/run_command return a SandboxResult: a limit it hits is
+named in `limit` (with `limit_detail` in words), and nothing it leaves behind (deep trees,
+symlinks, unreadable directories, immutable files, fifos, odd names, daemons) makes them raise;
+what the clean-up could not remove is logged and counted in `scratch_leaked`.
+
 Layers (measured on this machine kind, machine-notes §4; `SandboxResult.enforced` lists them):
 - bubblewrap: new user/pid/net/ipc/uts/cgroup namespaces; a read-only root holding only the
   host's system directories (HOST_PATHS: /usr, /etc, /bin, /lib...; pass host_paths=("/",) for
-  the whole host filesystem, read-only); fresh /dev and /proc; a size-limited tmpfs /tmp; the
-  private scratch dir bound at /tmp/scratch as the working directory and HOME;
+  the whole host filesystem, read-only); fresh /dev and /proc; the run's own scratch as /tmp,
+  with the working directory and HOME /tmp/scratch (see sandbox_scratch);
   `--die-with-parent`, `--new-session`, all capabilities dropped, nested user namespaces
   disabled, and an environment made of `minimal_env()` only.
 - an unprivileged uid (65534) when the caller is root: root-only host files stay unreadable and
   RLIMIT_NPROC (ignored for root) works. Its interpreter must be world-executable, so Python
   code runs on the system python3 (stdlib only), not on the training venv.
+- scratch limits on bytes and entries of the whole /tmp: a private tmpfs with hard size and inode
+  limits where the caller may mount (root), else a watched host directory (sandbox_scratch).
 - per-run cgroups when writable (root here, v1 or v2): `pids.max` bounds processes+threads,
-  the memory limit bounds all processes together with their /tmp files.
-- rlimits: address space (= memory_mb), CPU seconds, file size, open files, no core dumps, and
-  RLIMIT_NPROC when no pids cgroup exists.
+  the memory limit bounds all processes together with their tmpfs, and cpuacct counts the
+  CPU time of all of them, which the sandbox holds to cpu_s (else it sums /proc).
+- rlimits: address space (= memory_mb), CPU seconds (per process), file size, open files, no
+  core dumps, and RLIMIT_NPROC when no pids cgroup exists.
 - a wall-clock timeout and an output cap, after which the whole process group, the bwrap pid
   namespace and the cgroups are SIGKILLed.
 
 Without a working bwrap, run_python/run_command raise SandboxUnavailable unless
 allow_unisolated=True, in which case everything above except bubblewrap still applies and the
-result says isolated=False (no filesystem or network isolation: trusted code only).
+result says isolated=False (no filesystem or network isolation: trusted code only; without
+cgroups, a child that leaves the process group may outlive the run).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
-import re
-import selectors
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from typing import Mapping, Optional, Sequence, Union
 
 from agentic_jax.rl import sandbox_limits as limits
+from agentic_jax.rl import sandbox_run
+from agentic_jax.rl import sandbox_scratch as scratch
+
+log = logging.getLogger(__name__)
 
 SCRATCH = "/tmp/scratch"          # working directory inside the sandbox
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -56,7 +66,7 @@ INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install -y bubblewr
                 "filesystem or network isolation")
 _BWRAP_TASKS = 2  # bwrap's monitor + the pid namespace's init (measured: 9 forks at pids.max=12
                  # with max_processes=10)
-_READ_CHUNK = 1 << 16
+SCRATCH_FS = ("auto", "tmpfs", "watch")
 Content = Union[str, bytes]
 
 
@@ -70,13 +80,22 @@ class SandboxResult:
   stdout: str              # utf-8 (invalid bytes replaced), at most max_output_bytes
   stderr: str
   timed_out: bool
-  # None, "timeout", "output_limit" (we killed it), "memory" (the memory cgroup OOM-killed a
-  # process of the run, possibly a child while the main program went on, or Python died of
-  # MemoryError under RLIMIT_AS), "cpu" (SIGXCPU), "file_size" (SIGXFSZ) or "signal SIGNAME".
+  # None, "timeout", "output_limit", "scratch_bytes", "scratch_files" (we killed it), "cpu"
+  # (SIGXCPU, or we killed it past the run's CPU budget), "memory" (the memory cgroup OOM-killed
+  # a process of the run, possibly a child while the main program went on, or Python died of
+  # MemoryError under RLIMIT_AS), "file_size" (SIGXFSZ) or "signal SIGNAME".
   killed_reason: Optional[str]
   isolated: bool           # True when bubblewrap was used
   duration_s: float
   enforced: tuple[str, ...] = ()  # the mechanisms in effect, e.g. ("bwrap", "uid=65534", ...)
+  # The limit the run met: killed_reason's limits, or "scratch_bytes"/"scratch_files" when the
+  # program ran into a full tmpfs (ENOSPC) and ended by itself. None for "signal ..." deaths.
+  limit: Optional[str] = None
+  limit_detail: Optional[str] = None  # in words, naming the option that sets the limit
+  cpu_s: float = 0.0       # CPU seconds of all the run's processes together (as measured)
+  scratch_bytes: int = 0   # the run's /tmp at its fullest seen: allocated bytes ...
+  scratch_files: int = 0   # ... and entries, the given files included
+  scratch_leaked: int = 0  # entries the clean-up could not remove (logged; 0 normally)
 
   @property
   def ok(self) -> bool:
@@ -107,28 +126,44 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
                 stdin: Optional[Content] = None, files: Optional[Mapping[str, Content]] = None,
                 allow_unisolated: bool = False, cpu_s: Optional[float] = None,
                 max_processes: int = 64, max_file_mb: int = 16, max_open_files: int = 256,
-                max_output_bytes: int = 1 << 20, env: Optional[Mapping[str, str]] = None,
+                max_output_bytes: int = 1 << 20, max_scratch_mb: int = 64,
+                max_scratch_files: int = 10_000, scratch_fs: str = "auto",
+                env: Optional[Mapping[str, str]] = None,
                 python: Optional[str] = None, bwrap_path: Optional[str] = None,
                 run_as_uid: Optional[int] = NOBODY, scratch_root: Optional[str] = None,
                 host_paths: Sequence[str] = HOST_PATHS, use_cgroups: bool = True) -> SandboxResult:
   """Runs argv in a fresh scratch directory (its working directory) holding `files`.
 
   argv[0] "python"/"python3" means the sandbox's interpreter (`python`, default: the system
-  python3 when world-executable, else sys.executable). cpu_s defaults to timeout_s + 1 so a
-  single-threaded loop is reported as "timeout"; multi-threaded programs hit "cpu" first.
-  max_output_bytes caps each of stdout and stderr. run_as_uid applies only when the caller is
-  root (None: stay root, rely on cgroups). host_paths are the host directories visible
-  (read-only) inside; ("/",) shows the whole host filesystem. Raises SandboxUnavailable (see
-  module docstring).
+  python3 when world-executable, else sys.executable). cpu_s bounds the CPU time of the whole
+  run, all processes together (each process also gets it as RLIMIT_CPU); default timeout_s + 1,
+  so a single-threaded loop is reported as "timeout" and parallel ones hit "cpu" first.
+  max_output_bytes caps each of stdout and stderr. max_scratch_mb and max_scratch_files bound
+  the run's /tmp (the working directory and the given files included): a program writing
+  without end would otherwise fill the host's disk (one wrote 1 GB in 16 MB files) or its inode
+  table (100,000 empty files); the defaults are far above what tests and repositories need.
+  scratch_fs: "tmpfs" (hard limits; needs a caller that may mount, i.e. root), "watch" (a host
+  directory polled against the limits) or "auto" (tmpfs where possible). run_as_uid applies only
+  when the caller is root (None: stay root, rely on cgroups). host_paths are the host directories
+  visible (read-only) inside; ("/",) shows the whole host filesystem. scratch_root: where the
+  run's directory is made (default: the system temp dir). Raises SandboxUnavailable (see module
+  docstring) and ValueError on bad arguments, never because of what the program does.
   """
   if not argv:
     raise ValueError("argv: empty command")
   for name, value, low in (("timeout_s", timeout_s, 0), ("memory_mb", memory_mb, 16),
                            ("max_processes", max_processes, 1), ("max_file_mb", max_file_mb, 0),
                            ("max_open_files", max_open_files, 3),
-                           ("max_output_bytes", max_output_bytes, 0)):
+                           ("max_output_bytes", max_output_bytes, 0),
+                           ("max_scratch_mb", max_scratch_mb, 0),
+                           ("max_scratch_files", max_scratch_files, 0),
+                           ("cpu_s", 1 if cpu_s is None else cpu_s, 0)):
     if not value > low:
       raise ValueError(f"{name}: expected > {low}, got {value!r}")
+  if scratch_fs not in SCRATCH_FS:
+    raise ValueError(f"scratch_fs: expected one of {SCRATCH_FS}, got {scratch_fs!r}")
+  max_scratch_bytes = max_scratch_mb << 20
+  staged = scratch.check_files(files or {}, max_scratch_bytes, max_scratch_files)
   uid = run_as_uid if (run_as_uid is not None and os.geteuid() == 0) else None
   argv = list(argv)
   interpreter = None
@@ -141,6 +176,10 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
       bwrap = None
   if bwrap is None and not allow_unisolated:
     raise SandboxUnavailable(f"sandbox isolation unavailable: {why_not}. To fix: {INSTALL_HINT}.")
+  tmpfs = scratch_fs != "watch" and scratch.tmpfs_unavailable() is None
+  if scratch_fs == "tmpfs" and not tmpfs:
+    raise SandboxUnavailable(f"scratch_fs='tmpfs': {scratch.tmpfs_unavailable()}; "
+                             f"use scratch_fs='auto' or 'watch'")
 
   if (uid is not None and scratch_root is not None
       and not limits.traversable_by_others(scratch_root)):
@@ -153,16 +192,16 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
         "with run_as_uid=None and no writable pids cgroup; keep run_as_uid (default 65534)")
   # bwrap's monitor and the pid-namespace init count against the limit too.
   max_tasks = max_processes + (_BWRAP_TASKS if bwrap else 0)
+  cpu_budget = timeout_s + 1 if cpu_s is None else cpu_s
   cgroups = None
   if controllers:
     try:
       cgroups = limits.RunCgroups(controllers, pids_max=max_tasks, memory_bytes=memory_mb << 20)
     except OSError as e:
       raise SandboxUnavailable(f"could not create this run's cgroups: {e}") from e
-  scratch = None
+  layout = None
   try:
-    scratch = tempfile.mkdtemp(prefix="agentic_sandbox_", dir=scratch_root)
-    _write_files(scratch, files or {}, uid)
+    layout = scratch.create(scratch_root, staged, tmpfs=tmpfs, uid=uid)
     nproc = None
     if "pids" not in controllers:
       # RLIMIT_NPROC counts every task of the real uid, so other programs of that uid (e.g.
@@ -170,28 +209,94 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
       owner = uid if uid is not None else os.getuid()
       if owner != 0:
         nproc = max_tasks + limits.count_tasks_of_uid(owner)
-    rl = limits.rlimits(memory_mb=memory_mb, cpu_s=timeout_s + 1 if cpu_s is None else cpu_s,
-                        max_file_mb=max_file_mb, max_open_files=max_open_files, nproc=nproc)
+    rl = limits.rlimits(memory_mb=memory_mb, cpu_s=cpu_budget, max_file_mb=max_file_mb,
+                        max_open_files=max_open_files, nproc=nproc)
     full_env = minimal_env(env)
     if bwrap is not None:
-      prefix = _bwrap_argv(bwrap, scratch, memory_mb, uid, full_env, host_paths, interpreter)
+      prefix = _bwrap_argv(bwrap, layout.tmp, uid, full_env, host_paths, interpreter)
     else:
-      full_env["HOME"] = scratch
-      full_env["TMPDIR"] = scratch
+      full_env["HOME"] = layout.scratch
+      full_env["TMPDIR"] = layout.tmp
       prefix = None
     enforced = ["bwrap" if bwrap else "unisolated"] + ([f"uid={uid}"] if uid is not None else [])
     enforced += (cgroups.mechanisms if cgroups else []) + [f"rlimit:{n[7:]}" for n, _, _ in rl]
-    enforced += ["timeout", "output_cap"]
-    result = _execute(argv, bwrap_prefix=prefix, cwd=scratch, env=full_env, rlimits_=rl, uid=uid,
-                      cgroups=cgroups, stdin=stdin, timeout_s=timeout_s,
-                      max_output_bytes=max_output_bytes)
-    return dataclasses.replace(result, enforced=tuple(enforced))
+    enforced += ["timeout", "output_cap", "scratch:tmpfs" if tmpfs else "scratch:watch",
+                 "cpu_total:cgroup" if cgroups and "cpuacct" in cgroups.dirs else "cpu_total:proc"]
+    out = sandbox_run.execute(
+        argv, bwrap_prefix=prefix, cwd=layout.scratch, env=full_env, rlimits=rl, uid=uid,
+        cgroups=cgroups, stdin=stdin, timeout_s=timeout_s, max_output_bytes=max_output_bytes,
+        cpu_s=cpu_budget,
+        watch=sandbox_run.ScratchWatch(layout, max_scratch_bytes, max_scratch_files))
   finally:
-    if cgroups is not None:
+    leaked = _clean_up(cgroups, layout)
+  if out.launcher_error:
+    raise SandboxUnavailable(f"sandbox launcher failed before running the program: "
+                             f"{out.launcher_error.decode(errors='replace')}")
+  result = _result(out, isolated=bwrap is not None)
+  limit, detail = result.killed_reason, out.detail
+  if limit is None and out.reason is None and (out.usage.files >= max_scratch_files
+                                               or out.usage.bytes >= max_scratch_bytes):
+    limit = "scratch_files" if out.usage.files >= max_scratch_files else "scratch_bytes"
+  if limit is not None and limit.startswith("signal "):
+    limit = None
+  if limit is not None and (detail is None or limit not in ("cpu", "scratch_bytes",
+                                                            "scratch_files")):
+    detail = _describe(limit, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_budget,
+                       max_file_mb=max_file_mb, max_output_bytes=max_output_bytes,
+                       max_scratch_bytes=max_scratch_bytes, max_scratch_files=max_scratch_files,
+                       files=out.usage.files, size=out.usage.bytes)
+  return dataclasses.replace(result, enforced=tuple(enforced), limit=limit,
+                             limit_detail=detail if limit else None, scratch_leaked=leaked)
+
+
+def _result(out: sandbox_run.Outcome, *, isolated: bool) -> SandboxResult:
+  returncode, reason = out.returncode, out.reason
+  if isolated and returncode > 128 and sandbox_run.signal_name(returncode - 128):
+    returncode = 128 - returncode  # bwrap reports a signal death as 128+N
+  if reason is None and out.oom_kills > 0:
+    reason = "memory"
+  if reason is None and returncode < 0:
+    sig = -returncode
+    reason = {signal.SIGXCPU: "cpu", signal.SIGXFSZ: "file_size"}.get(
+        sig, f"signal {sandbox_run.signal_name(sig)}")
+  stderr = out.stderr.decode("utf-8", errors="replace")
+  if reason is None and returncode != 0 and _ends_with_memory_error(stderr):
+    reason = "memory"  # RLIMIT_AS made Python raise MemoryError (a traceback, not a kill)
+  return SandboxResult(returncode=returncode, stdout=out.stdout.decode("utf-8", errors="replace"),
+                       stderr=stderr, timed_out=reason == "timeout", killed_reason=reason,
+                       isolated=isolated, duration_s=out.duration_s, cpu_s=out.cpu_s,
+                       scratch_bytes=out.usage.bytes, scratch_files=out.usage.files)
+
+
+def _describe(limit: str, *, timeout_s: float, memory_mb: int, cpu_s: float, max_file_mb: int,
+              max_output_bytes: int, max_scratch_bytes: int, max_scratch_files: int, files: int,
+              size: int) -> str:
+  return {
+      "timeout": f"it ran past the {timeout_s:g} s wall-clock limit (timeout_s)",
+      "output_limit": f"it wrote more than {max_output_bytes} bytes to stdout or stderr "
+                      f"(max_output_bytes)",
+      "cpu": f"a process used its {math.ceil(cpu_s)} CPU-seconds (cpu_s, as RLIMIT_CPU)",
+      "memory": f"it needed more than {memory_mb} MiB of memory (memory_mb)",
+      "file_size": f"it wrote a file past {max_file_mb} MiB (max_file_mb)",
+      "scratch_bytes": f"its /tmp filled up: {size} bytes, the limit is {max_scratch_bytes} "
+                       f"(max_scratch_mb)",
+      "scratch_files": f"its /tmp filled up: {files} entries, the limit is {max_scratch_files} "
+                       f"(max_scratch_files)",
+  }.get(limit, limit)
+
+
+def _clean_up(cgroups: Optional[limits.RunCgroups], layout: Optional[scratch.Layout]) -> int:
+  """Removes the run's cgroups and directories; never raises (whatever the program left), so a
+  bad action cannot crash a rollout. Returns the number of entries left behind (logged)."""
+  if cgroups is not None:
+    try:
       cgroups.kill_all()
       cgroups.remove()
-    if scratch is not None:
-      _rmtree(scratch)
+    except Exception:  # never out of run_command: a leaked cgroup is logged, and removed later
+      log.exception("sandbox: removing the run's cgroups failed")
+  if layout is None:
+    return 0
+  return scratch.remove_tree(layout.base).leaked
 
 
 # ------------------------------------------------------------------------- isolation set-up
@@ -220,14 +325,13 @@ def _find_bwrap(bwrap_path: Optional[str]) -> tuple[Optional[str], str]:
   return path, ""
 
 
-def _bwrap_argv(bwrap: str, scratch: str, memory_mb: int, uid: Optional[int],
-                env: Mapping[str, str], host_paths: Sequence[str],
-                interpreter: Optional[str]) -> list[str]:
+def _bwrap_argv(bwrap: str, tmp: str, uid: Optional[int], env: Mapping[str, str],
+                host_paths: Sequence[str], interpreter: Optional[str]) -> list[str]:
+  """`tmp` (the run's limited scratch, see sandbox_scratch) becomes /tmp, holding SCRATCH."""
   out = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
   out += _host_mounts(host_paths, interpreter)
-  out += ["--dev", "/dev", "--proc", "/proc", "--size", str(memory_mb << 20), "--tmpfs", "/tmp",
-          "--bind", scratch, SCRATCH, "--chdir", SCRATCH, "--remount-ro", "/",
-          "--hostname", "sandbox"]
+  out += ["--dev", "/dev", "--proc", "/proc", "--bind", tmp, "/tmp", "--chdir", SCRATCH,
+          "--remount-ro", "/", "--hostname", "sandbox"]
   if uid is not None:  # unprivileged bwrap always has a user namespace: forbid nested ones
     out += ["--unshare-user", "--disable-userns"]
   out.append("--clearenv")
@@ -269,232 +373,26 @@ def _probe(bwrap: str, uid: Optional[int], interpreter: Optional[str],
   with _PROBE_LOCK:
     if key in _PROBED:
       return _PROBED[key]
-  scratch = tempfile.mkdtemp(prefix="agentic_sandbox_probe_")
+  layout = scratch.create(None, {}, tmpfs=False, uid=uid)
   try:
-    if uid is not None:
-      os.chown(scratch, uid, uid)
     env = minimal_env()
-    res = _execute([interpreter, "-c", "pass"] if interpreter else ["true"],
-                   bwrap_prefix=_bwrap_argv(bwrap, scratch, 256, uid, env, host_paths, interpreter),
-                   cwd=scratch, env=env,
-                   rlimits_=[], uid=uid, cgroups=None, stdin=None, timeout_s=20.0,
-                   max_output_bytes=1 << 16)
+    res = sandbox_run.execute(
+        [interpreter, "-c", "pass"] if interpreter else ["true"],
+        bwrap_prefix=_bwrap_argv(bwrap, layout.tmp, uid, env, host_paths, interpreter),
+        cwd=layout.scratch, env=env, rlimits=[], uid=uid, cgroups=None, stdin=None,
+        timeout_s=20.0, max_output_bytes=1 << 16)
     why = None
-    if res.returncode != 0 or res.killed_reason:
+    if res.returncode != 0 or res.reason or res.launcher_error:
       why = (f"{bwrap} failed to start a sandbox (exit {res.returncode}, "
-             f"{res.killed_reason or 'no kill'}): {res.stderr.strip()[:500]}")
+             f"{res.reason or 'no kill'}): "
+             f"{(res.launcher_error or res.stderr).decode(errors='replace').strip()[:500]}")
   finally:
-    _rmtree(scratch)
+    scratch.remove_tree(layout.base)
   with _PROBE_LOCK:
     _PROBED[key] = why
   return why
 
 
-def _write_files(scratch: str, files: Mapping[str, Content], uid: Optional[int]) -> None:
-  for path, content in files.items():
-    parts = path.split("/")
-    if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-      raise ValueError(f"files: path {path!r}: expected a relative path without '.', '..' or "
-                       f"empty components")
-    if not isinstance(content, (str, bytes)):
-      raise TypeError(f"files[{path!r}]: expected str or bytes, got {type(content).__name__}")
-    target = os.path.join(scratch, *parts)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    with open(target, "wb") as f:
-      f.write(content.encode("utf-8") if isinstance(content, str) else content)
-  if uid is not None:  # the unprivileged program owns its scratch dir
-    for root, dirs, names in os.walk(scratch):
-      os.chown(root, uid, uid)
-      for name in names:
-        os.chown(os.path.join(root, name), uid, uid)
-
-
-def _rmtree(path: str) -> None:
-  def fix_and_retry(func, p, _exc):  # the program may have removed permissions (non-root caller)
-    try:
-      os.chmod(os.path.dirname(p), 0o700)
-      if os.path.isdir(p) and not os.path.islink(p):
-        os.chmod(p, 0o700)
-      func(p)
-    except OSError:
-      pass
-  shutil.rmtree(path, onerror=fix_and_retry)
-
-
-# ------------------------------------------------------------------------------- execution
-
-
-def _execute(argv: list[str], *, bwrap_prefix: Optional[list[str]], cwd: str,
-             env: Mapping[str, str], rlimits_, uid, cgroups, stdin: Optional[Content],
-             timeout_s: float, max_output_bytes: int) -> SandboxResult:
-  err_r, err_w = os.pipe()  # the launcher's own error channel (close-on-exec in the launcher)
-  # bwrap's --json-status-fd tells the pid of the namespace's init (bwrap does not pass it on)
-  st_r, st_w = os.pipe() if bwrap_prefix is not None else (-1, -1)
-  try:
-    command = list(argv) if bwrap_prefix is None else (
-        bwrap_prefix + ["--json-status-fd", str(st_w), "--", *argv])
-    launcher = limits.launcher_argv(argv=command, err_fd=err_w, rlimits=rlimits_,
-                                    cgroup_procs=cgroups.procs_files if cgroups else [],
-                                    uid=uid, gid=uid)
-    start = time.monotonic()
-    proc = subprocess.Popen(launcher, cwd=cwd, env=dict(env),
-                            pass_fds=(err_w,) if st_w < 0 else (err_w, st_w),
-                            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    os.close(err_w)
-    if st_w >= 0:
-      os.close(st_w)
-    err_w = st_w = -1
-    run = _Run(proc, st_r, cgroups)
-    data = stdin.encode("utf-8") if isinstance(stdin, str) else stdin
-    out, err, reason = run.pump(data, start + timeout_s, max_output_bytes)
-    returncode = proc.wait()
-    duration = time.monotonic() - start
-    launcher_error = limits.read_available(err_r)
-  finally:
-    for fd in (err_r, err_w, st_r, st_w):
-      if fd >= 0:
-        os.close(fd)
-  if launcher_error:
-    raise SandboxUnavailable(f"sandbox launcher failed before running the program: "
-                             f"{launcher_error.decode(errors='replace')}")
-  if bwrap_prefix is not None and returncode > 128 and _signal_name(returncode - 128):
-    returncode = 128 - returncode  # bwrap reports a signal death as 128+N
-  if reason is None and cgroups is not None and cgroups.oom_kills() > 0:
-    reason = "memory"
-  if reason is None and returncode < 0:
-    sig = -returncode
-    reason = {signal.SIGXCPU: "cpu", signal.SIGXFSZ: "file_size"}.get(
-        sig, f"signal {_signal_name(sig)}")
-  stderr = err.decode("utf-8", errors="replace")
-  if reason is None and returncode != 0 and _ends_with_memory_error(stderr):
-    reason = "memory"  # RLIMIT_AS made Python raise MemoryError (a traceback, not a kill)
-  return SandboxResult(returncode=returncode, stdout=out.decode("utf-8", errors="replace"),
-                       stderr=stderr, timed_out=reason == "timeout", killed_reason=reason,
-                       isolated=bwrap_prefix is not None, duration_s=duration)
-
-
-class _Run:
-  """One started sandbox: pumps its pipes and stops everything it started."""
-
-  def __init__(self, proc: subprocess.Popen, status_fd: int, cgroups):
-    self.proc, self.status_fd, self.cgroups = proc, status_fd, cgroups
-    self.status = bytearray()
-    self.init_pid: Optional[int] = None
-    self.init_start: Optional[str] = None
-
-  def pump(self, stdin: Optional[bytes], deadline: float,
-           cap: int) -> tuple[bytes, bytes, Optional[str]]:
-    """Feeds stdin and reads both pipes until EOF, the deadline or the output cap."""
-    proc = self.proc
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    bufs = {out_fd: bytearray(), err_fd: bytearray()}
-    sel = selectors.DefaultSelector()
-    for fd in (out_fd, err_fd, self.status_fd):
-      if fd >= 0:
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ)
-    pending = memoryview(stdin or b"")
-    in_fd = -1
-    if proc.stdin is not None:
-      if pending:
-        in_fd = proc.stdin.fileno()
-        os.set_blocking(in_fd, False)
-        sel.register(in_fd, selectors.EVENT_WRITE)
-      else:
-        proc.stdin.close()
-    reason = None
-    exit_seen = None
-    try:
-      while sel.get_map().keys() - {self.status_fd}:  # some stdio pipe still open
-        now = time.monotonic()
-        if now >= deadline:
-          reason = "timeout"
-          break
-        if exit_seen is None and proc.poll() is not None:
-          exit_seen = now
-          self.stop()  # leftovers of an unisolated run die with the program
-        if exit_seen is not None and now - exit_seen > 2.0:
-          break  # something outside our reach still holds the pipes: stop reading
-        for key, _ in sel.select(min(deadline - now, 0.05)):
-          fd = key.fd
-          if fd == in_fd:
-            try:
-              pending = pending[os.write(fd, pending[:_READ_CHUNK]):]
-            except BlockingIOError:
-              continue
-            except BrokenPipeError:
-              pending = pending[:0]
-            if not pending:
-              sel.unregister(fd)
-              proc.stdin.close()
-              in_fd = -1
-            continue
-          try:
-            chunk = os.read(fd, _READ_CHUNK)
-          except BlockingIOError:
-            continue
-          if not chunk:
-            sel.unregister(fd)
-          elif fd == self.status_fd:
-            self._on_status(chunk)
-          else:
-            bufs[fd] += chunk
-            if len(bufs[fd]) > cap:
-              del bufs[fd][cap:]
-              reason = "output_limit"
-        if reason is not None:
-          break
-    finally:
-      sel.close()
-      self.stop()
-      for f in (proc.stdin, proc.stdout, proc.stderr):
-        if f is not None and not f.closed:
-          try:
-            f.close()
-          except BrokenPipeError:
-            pass
-    return bytes(bufs[out_fd]), bytes(bufs[err_fd]), reason
-
-  def _on_status(self, chunk: bytes) -> None:
-    self.status += chunk
-    m = re.search(rb'"child-pid"\s*:\s*(\d+)', self.status)
-    if m and self.init_pid is None:
-      self.init_pid = int(m.group(1))
-      self.init_start = limits.start_time(self.init_pid)  # to tell it from a later reuse of the pid
-
-  def stop(self) -> None:
-    """Kills everything the run started and returns once it is gone.
-
-    Isolated: SIGKILL the pid namespace's init first (the kernel then kills every process in
-    the namespace) and let bwrap's monitor exit on its own; then the process group, then the
-    cgroups (killed until empty) or, without cgroups, wait until that init has fully exited,
-    which happens only after every other process of its namespace is gone."""
-    proc = self.proc
-    if proc.poll() is None:
-      if self.init_pid is None and self.status_fd >= 0:
-        self._on_status(limits.read_available(self.status_fd))
-      if self.init_pid is not None:  # still our monitor's child: the pid cannot be reused yet
-        limits.sigkill(self.init_pid)
-        try:
-          proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-          pass
-    limits.sigkill(-proc.pid)  # whole process group (launcher/bwrap, or the unisolated program)
-    if self.cgroups is not None:
-      self.cgroups.kill_all()
-    elif self.init_pid is not None:
-      limits.wait_exited(self.init_pid, self.init_start)
-    else:  # unisolated without cgroups (or bwrap never started its child)
-      limits.wait_group_gone(proc.pid)
-
-
-def _signal_name(num: int) -> Optional[str]:
-  try:
-    return signal.Signals(num).name
-  except ValueError:
-    return None
 
 
 def _ends_with_memory_error(stderr: str) -> bool:

@@ -1,30 +1,27 @@
 """Resource limits for the sandbox: rlimits, per-run cgroups (v1 or v2), an unprivileged uid,
-the tiny launcher that applies them before exec'ing bubblewrap (or the command itself), and the
-process clean-up helpers used when a run is stopped.
-
-Why a launcher process instead of `subprocess.Popen(preexec_fn=...)`: preexec_fn is unsafe when
-the parent has threads (JAX always has), so the limits are applied by a separate trusted Python
-process (`python -I -S -c LAUNCHER CONFIG`) that joins the cgroups, sets the rlimits, drops to the
-unprivileged uid and then execs. It reports its own failures through a close-on-exec pipe, so a
-failure of the launcher is never confused with the untrusted program's output.
+the whole run's CPU time, and the process clean-up helpers used when a run is stopped. The
+launcher that applies them before exec'ing is `sandbox_launcher`.
 
 Measured on the project's machine kind (root, cgroup v1 hybrid; machine-notes §4): RLIMIT_NPROC
 is ignored for root, so the process count is bounded by a `pids` cgroup, and, when the caller is
 root, the program also runs as uid 65534 (which makes RLIMIT_NPROC effective and hides root-only
 files). A `memory` cgroup bounds the sandbox's total memory (all processes, plus its tmpfs).
+
+CPU: RLIMIT_CPU is per process (six spinning children once used 8 CPU-seconds in a 4-second run),
+so the sandbox also polls the run's total CPU time and kills the run past its budget. The total
+comes from a per-run cgroup (v1 `cpuacct.usage`, or v2 `cpu.stat`, present in every v2 cgroup
+without enabling a controller) or, without one, from /proc (tree_cpu_s).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
 import signal
 import stat
-import sys
 import threading
 import time
 import uuid
@@ -33,45 +30,9 @@ from typing import Optional
 log = logging.getLogger(__name__)
 
 CGROUP_PARENT = "agentic_jax_sandbox"  # per-run cgroups are created below <own cgroup>/this
-
-# Runs as the caller (often root) before any untrusted code; stdlib only, no site (-I -S).
-LAUNCHER = r"""
-import json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
-err = cfg["err_fd"]
-try:
-    for procs in cfg["cgroup_procs"]:
-        with open(procs, "w") as f:
-            f.write(str(os.getpid()))
-    for name, soft, hard in cfg["rlimits"]:
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-    if cfg["uid"] is not None:
-        os.setgroups([])
-        os.setgid(cfg["gid"])
-        os.setuid(cfg["uid"])
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores them; exec would inherit that
-        signal.signal(sig, signal.SIG_DFL)
-    os.set_inheritable(err, False)
-    os.execvp(cfg["argv"][0], cfg["argv"])
-except BaseException as e:
-    os.write(err, ("%s: %s" % (type(e).__name__, e)).encode())
-    os._exit(127)
-"""
-
-
-def launcher_python() -> str:
-  """The interpreter running LAUNCHER: Debian's python3 starts in ~8 ms vs ~30 ms for pyenv's."""
-  for path in ("/usr/bin/python3", sys.executable):
-    if path and os.access(path, os.X_OK):
-      return path
-  raise RuntimeError("no Python interpreter found to run the sandbox launcher")
-
-
-def launcher_argv(*, argv: list[str], err_fd: int, rlimits: list[tuple[str, int, int]],
-                  cgroup_procs: list[str], uid: Optional[int], gid: Optional[int]) -> list[str]:
-  cfg = {"argv": argv, "err_fd": err_fd, "rlimits": rlimits, "cgroup_procs": cgroup_procs,
-         "uid": uid, "gid": gid}
-  return [launcher_python(), "-I", "-S", "-c", LAUNCHER, json.dumps(cfg)]
+_CONTROLLERS = ("pids", "memory", "cpuacct")
+_CPU_FILE = {1: "cpuacct.usage", 2: "cpu.stat"}
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def rlimits(*, memory_mb: int, cpu_s: float, max_file_mb: int, max_open_files: int,
@@ -146,7 +107,7 @@ def count_tasks_of_uid(uid: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Controller:
-  name: str     # "pids" | "memory"
+  name: str     # "pids" | "memory" | "cpuacct" (v2: the cgroup's own cpu.stat)
   version: int  # 1 | 2
   parent: str   # directory in which per-run cgroups are created
 
@@ -166,7 +127,7 @@ def _own_cgroup_dirs() -> dict[str, tuple[int, str]]:
       fields, rfields = left.split(), right.split()
       root, mountpoint, fstype, superopts = fields[3], fields[4], rfields[0], rfields[2]
       if fstype == "cgroup":
-        keys = [c for c in superopts.split(",") if c in ("pids", "memory")]
+        keys = [c for c in superopts.split(",") if c in _CONTROLLERS]
         version = 1
       elif fstype == "cgroup2":
         keys = [""]
@@ -193,6 +154,8 @@ def _own_cgroup_dirs() -> dict[str, tuple[int, str]]:
           for c in ("pids", "memory"):
             if c in available and c not in out:
               out[c] = (2, d)
+          if "cpuacct" not in out:  # cpu.stat's usage_usec needs no enabled controller
+            out["cpuacct"] = (2, d)
   return out
 
 
@@ -200,7 +163,7 @@ def _prepare_parent(name: str, version: int, own_dir: str) -> Optional[Controlle
   parent = os.path.join(own_dir, CGROUP_PARENT)
   try:
     os.makedirs(parent, exist_ok=True)
-    if version == 2:
+    if version == 2 and name != "cpuacct":
       # Enabling a controller for children needs it enabled in every ancestor; the own cgroup
       # may refuse (no-internal-processes rule), in which case v2 cgroups are unavailable.
       for d in (own_dir, parent):
@@ -210,8 +173,11 @@ def _prepare_parent(name: str, version: int, own_dir: str) -> Optional[Controlle
     os.mkdir(probe)
     try:
       limit_file = {"pids": "pids.max",
-                    "memory": "memory.limit_in_bytes" if version == 1 else "memory.max"}[name]
+                    "memory": "memory.limit_in_bytes" if version == 1 else "memory.max",
+                    "cpuacct": "cgroup.procs"}[name]
       ok = os.access(os.path.join(probe, limit_file), os.W_OK)
+      if name == "cpuacct":
+        ok = ok and os.path.exists(os.path.join(probe, _CPU_FILE[version]))
     finally:
       os.rmdir(probe)
   except OSError as e:
@@ -241,7 +207,7 @@ _DETECTED: Optional[dict[str, Controller]] = None
 
 
 def cgroup_controllers() -> dict[str, Controller]:
-  """Writable pids/memory controllers, detected once per process ({} when not root etc.)."""
+  """Writable pids/memory/cpuacct controllers, detected once per process ({} when not root)."""
   global _DETECTED
   with _DETECT_LOCK:
     if _DETECTED is None:
@@ -251,7 +217,7 @@ def cgroup_controllers() -> dict[str, Controller]:
       except (OSError, ValueError) as e:
         log.info("sandbox: cannot read cgroup layout: %s", e)
         dirs = {}
-      for name in ("pids", "memory"):
+      for name in _CONTROLLERS:
         if name in dirs:
           c = _prepare_parent(name, *dirs[name])
           if c is not None:
@@ -264,7 +230,8 @@ _COUNTER = itertools.count()
 
 
 class RunCgroups:
-  """The cgroups of one sandbox run: created with limits, killed and removed afterwards."""
+  """The cgroups of one sandbox run: created with limits, killed and removed afterwards. On v2
+  the controllers share one directory."""
 
   def __init__(self, controllers: dict[str, Controller], *, pids_max: int, memory_bytes: int):
     self.dirs: dict[str, tuple[Controller, str]] = {}
@@ -272,10 +239,13 @@ class RunCgroups:
     try:
       for cname, c in controllers.items():
         d = os.path.join(c.parent, name)
-        os.mkdir(d)
+        if d not in self.unique_dirs:
+          os.mkdir(d)
         self.dirs[cname] = (c, d)
         if cname == "pids":
           _write(d, "pids.max", str(pids_max))
+        elif cname == "cpuacct":
+          pass  # accounting only: the sandbox polls cpu_s() against the run's budget
         elif c.version == 1:
           _write(d, "memory.limit_in_bytes", str(memory_bytes))
           _try_write(d, "memory.memsw.limit_in_bytes", str(memory_bytes))  # no swap escape
@@ -287,12 +257,33 @@ class RunCgroups:
       raise
 
   @property
+  def unique_dirs(self) -> list[str]:
+    return list(dict.fromkeys(d for _, d in self.dirs.values()))
+
+  @property
   def procs_files(self) -> list[str]:
-    return [os.path.join(d, "cgroup.procs") for _, d in self.dirs.values()]
+    return [os.path.join(d, "cgroup.procs") for d in self.unique_dirs]
 
   @property
   def mechanisms(self) -> list[str]:
     return [f"cgroup-v{c.version}:{name}" for name, (c, _) in self.dirs.items()]
+
+  def cpu_s(self) -> Optional[float]:
+    """CPU seconds used by all processes that ever ran in the run's cgroup (None: not counted)."""
+    if "cpuacct" not in self.dirs:
+      return None
+    c, d = self.dirs["cpuacct"]
+    try:
+      with open(os.path.join(d, _CPU_FILE[c.version])) as f:
+        if c.version == 1:
+          return int(f.read()) / 1e9
+        for line in f:
+          key, _, value = line.partition(" ")
+          if key == "usage_usec":
+            return int(value) / 1e6
+    except (OSError, ValueError):
+      pass
+    return None
 
   def oom_kills(self) -> int:
     if "memory" not in self.dirs:
@@ -311,7 +302,7 @@ class RunCgroups:
 
   def pids(self) -> set[int]:
     out: set[int] = set()
-    for _, d in self.dirs.values():
+    for d in self.unique_dirs:
       try:
         with open(os.path.join(d, "cgroup.procs")) as f:
           out.update(int(p) for p in f.read().split())
@@ -338,7 +329,7 @@ class RunCgroups:
       time.sleep(0.005)
 
   def remove(self, timeout_s: float = 5.0) -> None:
-    for cname, (_, d) in list(self.dirs.items()):
+    for d in self.unique_dirs:
       deadline = time.monotonic() + timeout_s
       while True:
         try:
@@ -351,7 +342,7 @@ class RunCgroups:
             log.warning("sandbox: could not remove cgroup %s: %s (left for later cleanup)", d, e)
             break
           time.sleep(0.01)
-      del self.dirs[cname]
+    self.dirs.clear()
 
 
 def _write(d: str, fname: str, value: str) -> None:
@@ -422,6 +413,36 @@ def wait_group_gone(pgid: int, timeout_s: float = 5.0) -> None:
       return
     sigkill(-pgid)
     time.sleep(0.005)
+
+
+def tree_cpu_s(root_pid: int) -> float:
+  """CPU seconds of `root_pid` and all its live descendants, including children they have
+  reaped (cutime/cstime), from one pass over /proc. A process is counted once: while alive by
+  itself, once reaped in its reaper's c-times. In a pid namespace every orphan is reaped by the
+  namespace's init, so nothing escapes; children auto-reaped (SIGCHLD ignored) are missed, but
+  RLIMIT_CPU still bounds each of them."""
+  parent: dict[int, int] = {}
+  ticks: dict[int, int] = {}
+  for name in os.listdir("/proc"):
+    if not name.isdigit():
+      continue
+    try:
+      with open(f"/proc/{name}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+      continue  # exited meanwhile
+    pid = int(name)
+    parent[pid] = int(fields[1])
+    ticks[pid] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+  children: dict[int, list[int]] = {}
+  for pid, ppid in parent.items():
+    children.setdefault(ppid, []).append(pid)
+  total, todo = 0, [root_pid] if root_pid in ticks else []
+  while todo:
+    pid = todo.pop()
+    total += ticks[pid]
+    todo.extend(children.get(pid, ()))
+  return total / _CLK_TCK
 
 
 def read_available(fd: int) -> bytes:
