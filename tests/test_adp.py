@@ -172,6 +172,9 @@ def test_top_level_fields():
     ("Errors: none", False),
     ("All tests passed\nValueError: only the first line counts", False),
     ("", False),
+    ("[exit code " + "7" * 5000 + "]", True),     # over Python's 4,300-digit int() limit
+    ("exit code " + "0" * 5000, False),
+    ("exit status -0", False),
 ])
 def test_observation_failed_rule(text, failed):
   assert adp.observation_failed(text) is failed
@@ -193,3 +196,157 @@ def test_imported_sample_renders_with_think_tokens():
   first_call = [i for i in call if i < ids.index(8)]           # execute_bash call: trained
   failed_call = [i for i in call if i > ids.index(8)]          # read_file call: masked
   assert all(weights[i] == 1.0 for i in first_call) and all(weights[i] == 0.0 for i in failed_call)
+
+
+# ------------------------------------------------------------------ versions 1.0.0 - 1.5.0
+
+VERSIONS = os.path.join(DATA, "adp_versions.jsonl")   # one record per supported version
+ARRAY = os.path.join(DATA, "adp_array.json")          # 1.5.0 records as ADP publishes them
+
+BY_VERSION = {
+    "1.0.0": EnvSample("v100", "toy_v100", (          # adjacency links; available_apis
+        Turn("user", "What is 6 * 7? Then look up the answer."),
+        Turn("assistant", "Compute it."),
+        Turn("tool_call", "print(6 * 7)", "execute_ipython_cell"),
+        Turn("observation", "42", "execute_ipython_cell"),
+        Turn("tool_call", '{"query": "42 meaning"}', "search", error=True),
+        Turn("observation", "ERROR: rate limited", "search"),
+        Turn("assistant", "6 * 7 = 42; the search failed."))),
+    "1.1.0": EnvSample("v110", "adp", (               # rewards on actions: the last one counts
+        Turn("user", "List the repo.", "bob"),
+        Turn("tool_call", "ls", "execute_bash"),
+        Turn("observation", "README.md\nsrc", "execute_bash"),
+        Turn("assistant", "Two entries.")), reward=0.5),
+    "1.2.0": EnvSample("v120", "adp", (               # one linked pair, one adjacent pair
+        Turn("user", "Check the tests."),
+        Turn("tool_call", "pytest -q", "execute_bash", error=True),
+        Turn("observation", "1 failed\n[exit code 1]", "execute_bash"),
+        Turn("tool_call", "cat setup.cfg", "execute_bash"),
+        Turn("observation", "[tool:pytest]", "execute_bash"),
+        Turn("assistant", "One test fails."))),
+    "1.3.0": EnvSample("v130", "adp", (               # parallel calls answered out of order
+        Turn("user", "Weather in Oslo and Lima?"),
+        Turn("tool_call", '{"city": "Oslo"}', "get_weather"),
+        Turn("tool_call", '{"city": "Lima"}', "get_weather"),
+        Turn("observation", "Lima: 24C", "get_weather"),
+        Turn("observation", "Oslo: -3C", "get_weather"),
+        Turn("assistant", "Oslo -3C, Lima 24C.")), reward=1.0),
+    "1.4.0": EnvSample("v140", "adp", (               # available_code_languages
+        Turn("user", "Count lines of a.py in two ways."),
+        Turn("tool_call", "wc -l a.py", "execute_bash"),
+        Turn("observation", "12 a.py", "execute_bash"),
+        Turn("assistant", "<|think|>Cross-check.<|end_think|>"),
+        Turn("tool_call", "print(len(open('a.py').readlines()))", "execute_ipython_cell"),
+        Turn("observation", "12", "execute_ipython_cell"),
+        Turn("assistant", "12 lines."))),
+    "1.5.0": EnvSample("v150", "adp", (               # available_custom_tools, daVinci-Dev's shape
+        Turn("user", "Fix the typo 'recieve' in docs/intro.md."),
+        Turn("assistant", "<|think|>Find it first.<|end_think|>I'll locate the typo."),
+        Turn("tool_call", "grep -n recieve docs/intro.md", "execute_bash"),
+        Turn("observation", "3:You will recieve a token.", "execute_bash"),
+        Turn("assistant", "Replace it."),
+        Turn("tool_call", '{"command": "str_replace", "path": "docs/intro.md", "old_str": "recieve", '
+             '"new_str": "receive"}', "str_replace_editor"),
+        Turn("observation", "The file docs/intro.md has been edited.", "str_replace_editor"),
+        Turn("assistant", "<finish> Fixed. </finish>"))),
+}
+
+
+def _by_version():
+  return {r["schema_version"]: r for r in _lines(VERSIONS)}
+
+
+def test_fixture_has_a_record_per_supported_version():
+  assert sorted(_by_version()) == sorted(BY_VERSION) == list(adp.ADP_VERSIONS)
+  assert adp.ADP_DEFAULT_VERSION == adp.ADP_VERSIONS[-1] == "1.5.0"
+
+
+@pytest.mark.parametrize("version", adp.ADP_VERSIONS)
+def test_a_record_of_each_version(version):
+  notes = collections.Counter()
+  assert adp.parse_adp_record(_by_version()[version], notes=notes) == BY_VERSION[version]
+  assert notes == {}
+
+
+@pytest.mark.parametrize("version", adp.ADP_VERSIONS)
+def test_from_1_3_an_observed_tool_action_needs_a_tool_call_id(version):
+  rec = {k: v for k, v in _by_version()["1.2.0"].items() if k != "available_apis"}
+  rec["schema_version"] = version
+  if version < "1.3.0":
+    assert adp.parse_adp_record(rec).turns == BY_VERSION["1.2.0"].turns
+  else:
+    with pytest.raises(RecordError) as e:
+      adp.parse_adp_record(rec)
+    assert str(e.value) == (
+        "<memory>:0: content[3].tool_call_id: missing; a tool action followed by its observation "
+        f"needs one from ADP 1.3.0 on (this record: {version}; older versions linked by adjacency)")
+
+
+@pytest.mark.parametrize("version", adp.ADP_VERSIONS)
+def test_available_apis_renamed_in_1_5(version):
+  rec = {**_by_version()["1.4.0"], "schema_version": version}
+  if version < "1.5.0":
+    assert adp.parse_adp_record(rec).turns == BY_VERSION["1.4.0"].turns
+  else:
+    with pytest.raises(RecordError, match=r"^<memory>:0: available_apis: renamed "
+                       r"available_custom_tools in ADP 1\.5\.0 \(this record: 1\.5\.0\)$"):
+      adp.parse_adp_record(rec)
+
+
+def test_newer_fields_under_an_older_version_are_read_as_adp_does():
+  # ADP's current model takes available_custom_tools / available_code_languages whatever the
+  # version: daVinci-Dev's 1.5.0 samples relabelled 1.2.0 still import
+  rec = {**_by_version()["1.5.0"], "schema_version": "1.2.0"}
+  assert adp.parse_adp_record(rec).turns == BY_VERSION["1.5.0"].turns
+
+
+@pytest.mark.parametrize("languages, message", [
+    (["bash"], "lacks ['python'], used by code_action items"),
+    (["bash", "python", "ruby"], "lists ['ruby'], used by no code_action item"),
+    (["Bash", "python"], "lacks ['bash'], used by code_action items"),
+])
+def test_available_code_languages_must_match_exactly(languages, message):
+  rec = {**_by_version()["1.4.0"], "available_code_languages": languages}
+  with pytest.raises(RecordError) as e:
+    adp.parse_adp_record(rec)
+  assert str(e.value) == (f"<memory>:0: available_code_languages: {message} (it must list exactly "
+                          "the languages used)")
+
+
+def test_json_array_file_as_adp_publishes():
+  from agentic_jax.data import reader  # pylint: disable=import-outside-toplevel
+  samples, report = reader.read_samples(ARRAY, format="adp")
+  assert [s.id for s in samples] == ["arr-0", "arr-1", "arr-2"]
+  assert report.layout == "json-array" and report.summary() == (
+      f"{ARRAY}: 3 records, 3 kept, 0 skipped, JSON array")
+  assert samples[0] == EnvSample("arr-0", "adp", (
+      Turn("user", "The CLI crashes with `import . as x` in pkg/cli.py. Please fix it."),
+      Turn("assistant", "<|think|>Look at the file first.<|end_think|>I'll read the top of the file."),
+      Turn("tool_call", "sed -n 1,5p pkg/cli.py", "execute_bash"),
+      Turn("observation", "import . as x\nimport os\n", "execute_bash"),
+      Turn("assistant", "A relative import needs from-syntax."),
+      Turn("tool_call", '{"command": "str_replace", "path": "pkg/cli.py", "old_str": "import . as x",'
+           ' "new_str": "from pkg import x"}', "str_replace_editor"),
+      Turn("observation", "The file pkg/cli.py has been edited.", "str_replace_editor"),
+      Turn("assistant", "<finish> Fixed the import. </finish>")))
+  assert samples[1].turns[2] == Turn("tool_call", "pytest -q tests", "execute_bash", error=True)
+
+
+def test_json_array_errors_name_the_line_where_the_record_starts(tmp_path):
+  from agentic_jax.data import reader  # pylint: disable=import-outside-toplevel
+  with open(ARRAY) as f:
+    text = f.read()
+  starts = [i + 1 for i, ln in enumerate(text.splitlines()) if ln == "  {"]
+  assert starts == [2, 61, 100]
+  records = json.loads(text)
+  records[1]["id"] = "arr-0"                                   # duplicate id
+  records[2]["content"][1]["class_"] = "MessageAction"         # ADP's README spelling
+  path = tmp_path / "bad.json"
+  path.write_text(json.dumps(records, indent=2))
+  samples, report = reader.read_samples(str(path), format="adp", on_bad_record="skip")
+  assert [s.id for s in samples] == ["arr-0"]
+  assert [str(p) for p in report.problems] == [
+      f"{path}:61: id: duplicate id 'arr-0' (first on line 2)",
+      f"{path}:100: content[1].class_: unknown class 'MessageAction'; expected one of "
+      "['api_action', 'code_action', 'message_action', 'text_observation', 'image_observation', "
+      "'web_observation']"]

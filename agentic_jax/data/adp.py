@@ -179,6 +179,22 @@ def _web_text(obj: dict, where: str, file: str, line: int, notes) -> str:
   return "\n".join(parts)
 
 
+def _kwargs_text(kwargs: dict, where: str, file: str, line: int) -> str:
+  """The call's arguments as the tool_call text. The reader has checked decoded JSON already; this
+  guards direct callers against what json.dumps or the tokenizer cannot take."""
+  try:
+    text = json.dumps(kwargs, ensure_ascii=False)
+    text.encode("utf-8")
+  except RecursionError:
+    raise RecordError(file, line, f"{where}kwargs", "nested too deeply") from None
+  except UnicodeEncodeError as e:
+    raise RecordError(file, line, f"{where}kwargs", "invalid text: lone surrogate at character "
+                      f"{e.start} of the arguments as JSON") from None
+  except (TypeError, ValueError) as e:  # not JSON data, or an int over 4,300 digits
+    raise RecordError(file, line, f"{where}kwargs", f"not JSON data: {e}") from None
+  return text
+
+
 def _version(obj: dict, file: str, line: int, notes) -> tuple[str, tuple[int, ...]]:
   version = _get(obj, "schema_version", str, "", file, line, required=False)
   if version is None:
@@ -286,7 +302,7 @@ def parse_adp_record(obj: Any, *, file: str = "<memory>", line: int = 0,
       else:
         if cls == "api_action":
           tool = _name(item, "function", where, file, line)
-          call = json.dumps(_get(item, "kwargs", dict, where, file, line), ensure_ascii=False)
+          call = _kwargs_text(_get(item, "kwargs", dict, where, file, line), where, file, line)
         else:
           tool = code_tool_name(_name(item, "language", where, file, line))
           call = _get(item, "content", str, where, file, line)

@@ -172,14 +172,15 @@ def check_json(value: Any, file: str, line: int) -> None:
 def _loads(text: str, file: str, line: int, hint: str = "") -> Any:
   try:
     value, end = _DECODER.raw_decode(text, _WS.match(text).end())
-    if _WS.match(text, end).end() != len(text):
+    end = _WS.match(text, end).end()
+    if end != len(text):
       raise json.JSONDecodeError("Extra data", text, end)
   except json.JSONDecodeError as e:
-    truncated = hint if e.pos >= len(text.rstrip()) else ""
     if text.startswith("\ufeff"):
       raise RecordError(file, line, "<json>", "byte-order mark in the middle of the file "
                         "(concatenated files?)") from None
-    raise RecordError(file, line, "<json>", f"invalid JSON: {e.msg} at column {e.colno}{truncated}"
+    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Invalid control character at"
+    raise RecordError(file, line, "<json>", f"invalid JSON: {msg} at column {e.colno}{hint}"
                       ) from None
   except RecursionError:
     raise RecordError(file, line, "<json>", "invalid JSON: nested too deeply to decode") from None
@@ -189,7 +190,7 @@ def _loads(text: str, file: str, line: int, hint: str = "") -> Any:
 
 def decode_line(raw: bytes, file: str, line: int, hint: str = "") -> Any:
   """The checked JSON value of one line; RecordError (field "<utf-8>", "<json>" or the path of the
-  offending value) when it is not valid. `hint` is added to an error at the end of the text."""
+  offending value) when it is not valid. `hint` is added to a JSON syntax error."""
   try:
     text = raw.decode("utf-8").rstrip("\r\n")  # without the terminator, columns are 1-based on the line
   except UnicodeDecodeError as e:
@@ -224,7 +225,7 @@ def _jsonl(f, path: str, report: ReadReport, max_record_bytes: int
       continue
     report.records += 1
     last = not raw.endswith(b"\n")
-    hint = "; the file ends inside this record (truncated?)" if last else ""
+    hint = "; the last line has no newline (truncated file?)" if last else ""
     yield lineno, (lambda raw=raw, lineno=lineno, hint=hint: decode_line(raw, path, lineno, hint))
 
 
@@ -267,9 +268,11 @@ def _array(data: bytes, path: str, report: ReadReport) -> Iterator[tuple[int, Ca
       try:
         value, end = _DECODER.raw_decode(text, pos)
       except json.JSONDecodeError as e:
+        # the scanner only calls a string unterminated when the text ends inside it
+        ends = e.pos >= len(text) or e.msg.startswith("Unterminated string")
         raise fatal(e.pos, "trailing comma before ']'" if text.startswith("]", e.pos) and e.pos == pos
-                    else "the file ends inside a record (truncated?)" if e.pos >= len(text)
-                    else e.msg) from None
+                    else "the file ends inside a record (truncated?)" if ends
+                    else e.msg[:-3] if e.msg.endswith(" at") else e.msg) from None
       except RecursionError:
         raise fatal(pos, "a record nested too deeply to decode") from None
       report.records += 1
