@@ -157,6 +157,44 @@ def test_empty_input_or_nothing_kept_is_an_error(tmp_path, data, name, message):
   assert proc.stdout.decode().splitlines()[-2] == message.replace("FILE", str(tmp_path / name))
 
 
+def test_issue_cases_through_check_data(tmp_path):
+  """The inputs that printed tracebacks (or passed) before: one line each, exit status 1."""
+  files = {
+      "deep.jsonl": b"[" * 100_000 + b"]" * 100_000 + b"\n",
+      "reward.jsonl": _line("a", reward=10**400) + b"\n",
+      "key.jsonl": _line("a").replace(b'"id"', b'"\\ud800": 1, "id"') + b"\n",
+      "dup.jsonl": _line("a").replace(b'"id": "a"', b'"id": "a", "id": "b"') + b"\n",
+      "empty.jsonl": b"",
+  }
+  for name, data in files.items():
+    (tmp_path / name).write_bytes(data)
+  proc = _check(*[f"--input={tmp_path / n}" for n in files])
+  assert proc.returncode == 1 and proc.stderr == b"", proc.stderr
+  lines = proc.stdout.decode().replace(f"{tmp_path}/", "").splitlines()
+  assert [ln for ln in lines if ": " in ln and not re.search(r": \d+ records, ", ln)] == [
+      "deep.jsonl:1: <json>: invalid JSON: nested too deeply to decode",
+      "deep.jsonl: no records kept: the only record was skipped",
+      "reward.jsonl:1: reward: expected a finite number, got an integer of about 401 digits",
+      "reward.jsonl: no records kept: the only record was skipped",
+      "key.jsonl:1: \\ud800: invalid text: lone surrogate in a key",
+      "key.jsonl: no records kept: the only record was skipped",
+      "dup.jsonl:1: id: duplicate key in one object (JSON readers keep only the last value)",
+      "dup.jsonl: no records kept: the only record was skipped",
+      "empty.jsonl: no records: the file is empty"]
+  assert lines[-1] == ("total: 4 records, 0 kept, 4 skipped (<json>: 1, \\ud800: 1, id: 1, reward: 1), "
+                       "0 blank lines")
+  # ADP: a 5,000-digit exit code imports; the JSON-array layout ADP publishes (1.5.0) imports
+  rec = _adp()
+  rec["content"][2]["content"] = "exit code " + "1" * 5000
+  (tmp_path / "exit.jsonl").write_text(json.dumps(rec) + "\n")
+  array = os.path.join(DATA, "adp_array.json")
+  proc = _check(f"--input={tmp_path / 'exit.jsonl'}", f"--input={array}", "--format=adp")
+  assert proc.returncode == 0 and proc.stderr == b"", proc.stderr
+  assert proc.stdout.decode().splitlines()[1:] == [
+      f"{array}: 3 records, 3 kept, 0 skipped, JSON array",
+      "total: 4 records, 4 kept, 0 skipped, 0 blank lines"]
+
+
 # ------------------------------------------------------------------ an adversarial round
 
 GOOD, B = _line, b"\n".join

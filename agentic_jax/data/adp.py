@@ -18,8 +18,9 @@ still accepts the data of the ones before it):
                in metadata.json, which is not part of a record)
 
 ADP's current model accepts `available_custom_tools` and `available_code_languages` whatever a
-record's version, and so does this importer (a converter stamping an older version still imports);
-the rules above that forbid or require something apply from their version on. Differences, on
+record's version, and so does this importer (a converter stamping an older version still imports;
+the languages must then match too); the 1.3.0 and 1.5.0 rules, which require or forbid something
+older data did not, apply from their version on. Differences, on
 purpose: a missing `schema_version` is read as the current 1.5.0 (as ADP does) and counted in
 `notes`; `description` is optional everywhere; `CodeAction.language` is any printable non-empty
 string (ADP's ~300-name list is not copied); TextObservation `source` is pinned to the current
@@ -65,7 +66,7 @@ from agentic_jax.data.schema import (EnvSample, RecordError, Turn, _get, _name, 
 
 ADP_VERSIONS = ("1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0")
 ADP_DEFAULT_VERSION = "1.5.0"   # ADP reads a record without schema_version as its current version
-LINKS_REQUIRED_FROM = (1, 3, 0)   # an action directly followed by an observation needs a tool_call_id
+LINKS_REQUIRED_FROM = (1, 3, 0)   # a tool action directly followed by an observation needs an id
 CUSTOM_TOOLS_FROM = (1, 5, 0)     # available_apis renamed available_custom_tools
 ACTION_CLASSES = ("api_action", "code_action", "message_action")
 OBSERVATION_CLASSES = ("text_observation", "image_observation", "web_observation")
@@ -231,8 +232,9 @@ def _check_links(content: list, calls: dict, answered: dict, vt: tuple, version:
       if (item.get("class_") in ("api_action", "code_action") and item.get("tool_call_id") is None
           and nxt.get("class_") in OBSERVATION_CLASSES):
         raise RecordError(file, line, f"content[{i}].tool_call_id", "missing; a tool action "
-                          f"followed by its observation needs one from ADP 1.3.0 on (this record: "
-                          f"{version}; older versions linked by adjacency)")
+                          "followed by its observation needs one from ADP "
+                          f"{'.'.join(map(str, LINKS_REQUIRED_FROM))} on (this record: {version}; "
+                          "older versions linked by adjacency)")
   for call_id, (i, _, _) in calls.items():
     if call_id not in answered:
       raise RecordError(file, line, f"content[{i}].tool_call_id", f"{call_id!r} has no observation "

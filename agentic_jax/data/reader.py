@@ -14,10 +14,11 @@ layout, told apart by the content, not the file name:
 
 Each record is decoded (UTF-8, standard JSON), checked as JSON data (`check_json`: duplicate keys,
 non-standard constants NaN / Infinity, numbers out of range, lone surrogates, nesting deeper than
-MAX_DEPTH), validated by the format's parser, and its id must not repeat an earlier one. A bad record
-raises `RecordError` (`FILE:LINE: field: reason`) under on_bad_record="raise"; under "skip" it is
-counted by field (indices folded: `turns[*].role`) and its error kept in `report.problems` (the first
-`max_problems`). A line over `max_record_bytes` is a bad record (read past in bounded chunks).
+MAX_DEPTH), validated by the format's parser, and its id must not repeat an earlier one. A bad
+record raises `RecordError` (`FILE:LINE: field: reason`) under on_bad_record="raise"; under "skip"
+it is counted by field (indices folded: `turns[*].role`) and its error kept in `report.problems`
+(the first `max_problems`). A line over `max_record_bytes` is a bad record (read past in bounded
+chunks).
 
 `FileError` (a RecordError) is raised in both modes when the file as a whole is unusable: not UTF-8
 (UTF-16 / UTF-32 byte-order mark), an array with a syntax error between or inside records (the rest
@@ -76,7 +77,8 @@ class ReadReport:
 
   def summary(self) -> str:
     """One line, e.g. `f.jsonl: 5 records, 3 kept, 2 skipped (<json>: 1, turns[*].role: 1), 1 blank line`."""
-    out = f"{printable(self.file)}: {self.records} records, {self.kept} kept, {self.skipped} skipped"
+    out = (f"{printable(self.file)}: {self.records} records, {self.kept} kept, "
+           f"{self.skipped} skipped")
     if self.skipped_by_field:
       out += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped_by_field.items())) + ")"
     if self.layout == "json-array":
@@ -151,7 +153,8 @@ def check_json(value: Any, file: str, line: int) -> None:
     elif isinstance(v, str):
       m = _SURROGATE.search(v)
       if m:
-        raise RecordError(file, line, path, f"invalid text: lone surrogate at character {m.start()}")
+        raise RecordError(file, line, path,
+                          f"invalid text: lone surrogate at character {m.start()}")
     elif isinstance(v, (dict, list)):
       base = "" if path == "<record>" else path
       if depth >= MAX_DEPTH:
@@ -229,6 +232,11 @@ def _jsonl(f, path: str, report: ReadReport, max_record_bytes: int
     yield lineno, (lambda raw=raw, lineno=lineno, hint=hint: decode_line(raw, path, lineno, hint))
 
 
+def _checked(value: Any, file: str, line: int) -> Any:
+  check_json(value, file, line)
+  return value
+
+
 def _raiser(error: Exception) -> Callable[[], Any]:
   def thunk():
     raise error
@@ -270,13 +278,14 @@ def _array(data: bytes, path: str, report: ReadReport) -> Iterator[tuple[int, Ca
       except json.JSONDecodeError as e:
         # the scanner only calls a string unterminated when the text ends inside it
         ends = e.pos >= len(text) or e.msg.startswith("Unterminated string")
-        raise fatal(e.pos, "trailing comma before ']'" if text.startswith("]", e.pos) and e.pos == pos
+        trailing_comma = e.pos == pos and text.startswith("]", pos)
+        raise fatal(e.pos, "trailing comma before ']'" if trailing_comma
                     else "the file ends inside a record (truncated?)" if ends
                     else e.msg[:-3] if e.msg.endswith(" at") else e.msg) from None
       except RecursionError:
         raise fatal(pos, "a record nested too deeply to decode") from None
       report.records += 1
-      yield start, (lambda value=value, start=start: (check_json(value, path, start), value)[1])
+      yield start, (lambda value=value, start=start: _checked(value, path, start))
       pos = _WS.match(text, end).end()
       if text.startswith(",", pos):
         pos = _WS.match(text, pos + 1).end()
