@@ -36,7 +36,7 @@ from agentic_jax.rl import sandbox
 ANSWER_TOOLS = ("submit",)
 SH_TOOL = Tool("sh", "sh(COMMAND)", "runs a shell command on a throwaway copy of the repository "
                "(changes are discarded)")
-_UNISOLATED_SCRATCH = re.compile(r"/[^\s'\"]*agentic_sandbox_[A-Za-z0-9_]+(?:/tmp/scratch)?")
+_UNISOLATED_SCRATCH = re.compile(r"/[^\s'\"]*agentic_sandbox_[A-Za-z0-9_]+(?:/fs/tmp/scratch)?")
 
 
 def _normalise(text: str) -> str:

@@ -12,15 +12,17 @@ what the clean-up could not remove is logged and counted in `scratch_leaked`.
 Layers (measured on this machine kind, machine-notes §4; `SandboxResult.enforced` lists them):
 - bubblewrap: new user/pid/net/ipc/uts/cgroup namespaces; a read-only root holding only the
   host's system directories (HOST_PATHS: /usr, /etc, /bin, /lib...; pass host_paths=("/",) for
-  the whole host filesystem, read-only); fresh /dev and /proc; the run's own scratch as /tmp,
-  with the working directory and HOME /tmp/scratch (see sandbox_scratch);
+  the whole host filesystem, read-only); fresh /proc; a fresh /dev, read-only but for
+  /dev/shm; the run's own scratch as /tmp and /dev/shm, with the working directory and HOME
+  /tmp/scratch (see sandbox_scratch);
   `--die-with-parent`, `--new-session`, all capabilities dropped, nested user namespaces
   disabled, and an environment made of `minimal_env()` only.
 - an unprivileged uid (65534) when the caller is root: root-only host files stay unreadable and
   RLIMIT_NPROC (ignored for root) works. Its interpreter must be world-executable, so Python
   code runs on the system python3 (stdlib only), not on the training venv.
-- scratch limits on bytes and entries of the whole /tmp: a private tmpfs with hard size and inode
-  limits where the caller may mount (root), else a watched host directory (sandbox_scratch).
+- scratch limits on bytes and entries of all it may write (/tmp and /dev/shm): a private tmpfs
+  with hard size and inode limits where the caller may mount (root), else a watched host
+  directory (sandbox_scratch).
 - per-run cgroups when writable (root here, v1 or v2): `pids.max` bounds processes+threads,
   the memory limit bounds all processes together with their tmpfs, and cpuacct counts the
   CPU time of all of them, which the sandbox holds to cpu_s (else it sums /proc).
@@ -89,11 +91,11 @@ class SandboxResult:
   duration_s: float
   enforced: tuple[str, ...] = ()  # the mechanisms in effect, e.g. ("bwrap", "uid=65534", ...)
   # The limit the run met: killed_reason's limits, or "scratch_bytes"/"scratch_files" when the
-  # program ran into a full tmpfs (ENOSPC) and ended by itself. None for "signal ..." deaths.
+  # program ran into a full scratch (ENOSPC) and ended by itself. None for "signal ..." deaths.
   limit: Optional[str] = None
   limit_detail: Optional[str] = None  # in words, naming the option that sets the limit
   cpu_s: float = 0.0       # CPU seconds of all the run's processes together (as measured)
-  scratch_bytes: int = 0   # the run's /tmp at its fullest seen: allocated bytes ...
+  scratch_bytes: int = 0   # the run's /tmp + /dev/shm at their fullest seen: allocated bytes ...
   scratch_files: int = 0   # ... and entries, the given files included
   scratch_leaked: int = 0  # entries the clean-up could not remove (logged; 0 normally)
 
@@ -139,9 +141,9 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
   run, all processes together (each process also gets it as RLIMIT_CPU); default timeout_s + 1,
   so a single-threaded loop is reported as "timeout" and parallel ones hit "cpu" first.
   max_output_bytes caps each of stdout and stderr. max_scratch_mb and max_scratch_files bound
-  the run's /tmp (the working directory and the given files included): a program writing
-  without end would otherwise fill the host's disk (one wrote 1 GB in 16 MB files) or its inode
-  table (100,000 empty files); the defaults are far above what tests and repositories need.
+  what the run may write, /tmp and /dev/shm together (the given files included): a program
+  writing without end would otherwise fill the host's disk (one wrote 1 GB in 16 MB files) or
+  inode table (100,000 empty files); the defaults are far above what tests and repositories need.
   scratch_fs: "tmpfs" (hard limits; needs a caller that may mount, i.e. root), "watch" (a host
   directory polled against the limits) or "auto" (tmpfs where possible). run_as_uid applies only
   when the caller is root (None: stay root, rely on cgroups). host_paths are the host directories
@@ -213,7 +215,7 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
                         max_open_files=max_open_files, nproc=nproc)
     full_env = minimal_env(env)
     if bwrap is not None:
-      prefix = _bwrap_argv(bwrap, layout.tmp, uid, full_env, host_paths, interpreter)
+      prefix = _bwrap_argv(bwrap, layout, uid, full_env, host_paths, interpreter)
     else:
       full_env["HOME"] = layout.scratch
       full_env["TMPDIR"] = layout.tmp
@@ -278,9 +280,9 @@ def _describe(limit: str, *, timeout_s: float, memory_mb: int, cpu_s: float, max
       "cpu": f"a process used its {math.ceil(cpu_s)} CPU-seconds (cpu_s, as RLIMIT_CPU)",
       "memory": f"it needed more than {memory_mb} MiB of memory (memory_mb)",
       "file_size": f"it wrote a file past {max_file_mb} MiB (max_file_mb)",
-      "scratch_bytes": f"its /tmp filled up: {size} bytes, the limit is {max_scratch_bytes} "
+      "scratch_bytes": f"its scratch filled up: {size} bytes, the limit is {max_scratch_bytes} "
                        f"(max_scratch_mb)",
-      "scratch_files": f"its /tmp filled up: {files} entries, the limit is {max_scratch_files} "
+      "scratch_files": f"its scratch filled up: {files} entries, the limit is {max_scratch_files} "
                        f"(max_scratch_files)",
   }.get(limit, limit)
 
@@ -325,12 +327,15 @@ def _find_bwrap(bwrap_path: Optional[str]) -> tuple[Optional[str], str]:
   return path, ""
 
 
-def _bwrap_argv(bwrap: str, tmp: str, uid: Optional[int], env: Mapping[str, str],
-                host_paths: Sequence[str], interpreter: Optional[str]) -> list[str]:
-  """`tmp` (the run's limited scratch, see sandbox_scratch) becomes /tmp, holding SCRATCH."""
+def _bwrap_argv(bwrap: str, layout: scratch.Layout, uid: Optional[int],
+                env: Mapping[str, str], host_paths: Sequence[str],
+                interpreter: Optional[str]) -> list[str]:
+  """The run's limited space (sandbox_scratch) gives /tmp, holding SCRATCH, and /dev/shm; the
+  rest of /dev is read-only (bwrap's /dev is a tmpfs of its own, without any limit)."""
   out = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
   out += _host_mounts(host_paths, interpreter)
-  out += ["--dev", "/dev", "--proc", "/proc", "--bind", tmp, "/tmp", "--chdir", SCRATCH,
+  out += ["--dev", "/dev", "--bind", layout.shm, "/dev/shm", "--remount-ro", "/dev",
+          "--proc", "/proc", "--bind", layout.tmp, "/tmp", "--chdir", SCRATCH,
           "--remount-ro", "/", "--hostname", "sandbox"]
   if uid is not None:  # unprivileged bwrap always has a user namespace: forbid nested ones
     out += ["--unshare-user", "--disable-userns"]
@@ -378,7 +383,7 @@ def _probe(bwrap: str, uid: Optional[int], interpreter: Optional[str],
     env = minimal_env()
     res = sandbox_run.execute(
         [interpreter, "-c", "pass"] if interpreter else ["true"],
-        bwrap_prefix=_bwrap_argv(bwrap, layout.tmp, uid, env, host_paths, interpreter),
+        bwrap_prefix=_bwrap_argv(bwrap, layout, uid, env, host_paths, interpreter),
         cwd=layout.scratch, env=env, rlimits=[], uid=uid, cgroups=None, stdin=None,
         timeout_s=20.0, max_output_bytes=1 << 16)
     why = None

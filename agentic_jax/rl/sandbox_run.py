@@ -71,7 +71,7 @@ def execute(argv: list[str], *, bwrap_prefix: Optional[list[str]], cwd: str, env
     pass_fds = [err_w] + ([st_w] if st_w >= 0 else [])
     if tmpfs:
       layout = watch.layout
-      cfg["tmpfs"] = {"target": layout.tmp, "stage": layout.stage, "sock_fd": sock_child.fileno(),
+      cfg["tmpfs"] = {"target": layout.fs, "stage": layout.stage, "sock_fd": sock_child.fileno(),
                       "options": scratch.tmpfs_options(watch.max_bytes, watch.max_files, uid)}
       pass_fds.append(sock_child.fileno())
     start = time.monotonic()
@@ -169,15 +169,15 @@ class _Watch:
           return None  # not mounted yet (or the launcher failed: it says so itself)
       usage = scratch.tmpfs_usage(self.tmpfs_fd)
     else:
-      usage = scratch.dir_usage(w.layout.tmp, w.max_bytes, w.max_files, budget_s)
+      usage = scratch.dir_usage(w.layout.fs, w.max_bytes, w.max_files, budget_s)
     self.usage = scratch.Usage(max(self.usage.bytes, usage.bytes),
                                max(self.usage.files, usage.files))
     if usage.files > w.max_files or usage.no_inodes:
-      self.detail = (f"its /tmp held {usage.files} entries, the limit is {w.max_files} "
+      self.detail = (f"its scratch held {usage.files} entries, the limit is {w.max_files} "
                      f"(max_scratch_files)")
       return "scratch_files"
     if usage.bytes > w.max_bytes or usage.no_space:
-      self.detail = (f"its /tmp held {usage.bytes} bytes, the limit is {w.max_bytes} "
+      self.detail = (f"its scratch held {usage.bytes} bytes, the limit is {w.max_bytes} "
                      f"(max_scratch_mb)")
       return "scratch_bytes"
     return None

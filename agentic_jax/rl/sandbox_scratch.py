@@ -1,19 +1,21 @@
-"""A sandbox run's scratch space: its /tmp, holding the working directory /tmp/scratch. Size and
-file-count limits, usage measurement, and a clean-up that nothing the program leaves can break.
+"""A sandbox run's scratch space: every place it may write, i.e. its /tmp (holding the working
+directory /tmp/scratch) and /dev/shm. Size and entry limits, usage measurement, and a clean-up
+that nothing the program leaves can break.
 
-Host layout of one run: BASE (ours, mode 0711) / tmp (the sandbox's /tmp, owned by the program's
-uid) / scratch (the working directory, holding the given files); BASE/stage holds the given files
-before a tmpfs run copies them in. The limits cover the whole of BASE/tmp, so /tmp is no way
-around them.
+Host layout of one run: BASE (ours, mode 0711) / fs (the limited space, owned by the program's
+uid) / {tmp (the sandbox's /tmp) / scratch (the working directory, holding the given files),
+shm (its /dev/shm)}; BASE/stage holds the same tree before a tmpfs run copies it in. The limits
+cover the whole of BASE/fs, so neither /tmp nor /dev/shm is a way around them (bwrap's own /dev is
+remounted read-only).
 
 Two mechanisms (`SandboxResult.enforced` names the one used):
 - "scratch:tmpfs" (a caller that may mount, i.e. root with CAP_SYS_ADMIN): the launcher mounts a
-  tmpfs with size= and nr_inodes= on BASE/tmp in a private mount namespace. Hard limits: writes
+  tmpfs with size= and nr_inodes= on BASE/fs in a private mount namespace. Hard limits: writes
   past them fail with ENOSPC. The host never sees the program's files (the namespace's end frees
   them, even when the caller dies), so the program's leftovers need no clean-up at all; usage is
   read with fstatvfs on a descriptor of the tmpfs, O(1) however many files there are.
-- "scratch:watch" (anywhere else): BASE/tmp is a host directory which the sandbox measures while
-  the program runs (measure(), bounded in time and entries) and kills the run once over a limit.
+- "scratch:watch" (anywhere else): BASE/fs is a host directory which the sandbox measures while
+  the program runs (dir_usage(), bounded in time and entries) and kills the run once over a limit.
   Soft: a program may exceed a limit by what it writes between two polls (RLIMIT_FSIZE still
   caps each file). Clean-up is remove_tree(): iterative, descriptor-relative, never follows
   symlinks, fixes permissions and immutable flags, stays on one filesystem, never raises.
@@ -39,7 +41,7 @@ from agentic_jax.rl import sandbox_launcher
 log = logging.getLogger(__name__)
 
 Content = Union[str, bytes]
-TMPFS_OVERHEAD_INODES = 2  # the tmpfs root and /tmp/scratch: not the program's entries
+SKELETON = ("tmp", "tmp/scratch", "shm")  # made by us below fs: not the program's entries
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602
 _FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
@@ -48,10 +50,21 @@ _FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
 @dataclasses.dataclass(frozen=True)
 class Layout:
   base: str              # ours; removed after the run
-  tmp: str               # the sandbox's /tmp (a tmpfs mount point, or the watched directory)
-  scratch: str           # tmp/scratch: the working directory
-  stage: Optional[str]   # tmpfs runs: the given files, copied into the tmpfs by the launcher
+  fs: str                # the limited space (a tmpfs mount point, or the watched directory)
+  stage: Optional[str]   # tmpfs runs: fs's initial tree, copied into the tmpfs by the launcher
   tmpfs: bool
+
+  @property
+  def tmp(self) -> str:  # the sandbox's /tmp
+    return os.path.join(self.fs, "tmp")
+
+  @property
+  def scratch(self) -> str:  # the working directory, /tmp/scratch inside
+    return os.path.join(self.fs, "tmp", "scratch")
+
+  @property
+  def shm(self) -> str:  # the sandbox's /dev/shm (POSIX semaphores and shared memory)
+    return os.path.join(self.fs, "shm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,32 +139,34 @@ def create(root: Optional[str], files: Mapping[str, bytes], *, tmpfs: bool,
   base = tempfile.mkdtemp(prefix="agentic_sandbox_", dir=root)
   try:
     os.chmod(base, 0o711)  # the program's uid must traverse it, never list or change it
-    tmp = os.path.join(base, "tmp")
-    os.mkdir(tmp, 0o755)
+    fs = os.path.join(base, "fs")
+    os.mkdir(fs, 0o755)
     stage = os.path.join(base, "stage") if tmpfs else None
-    top = stage if stage is not None else tmp
+    top = stage if stage is not None else fs
     if stage is not None:
       os.mkdir(stage, 0o755)
-    os.mkdir(os.path.join(top, "scratch"), 0o755)
+    for d in SKELETON:
+      os.mkdir(os.path.join(top, d), 0o755)
     for path, content in files.items():
-      target = os.path.join(top, "scratch", *path.split("/"))
+      target = os.path.join(top, "tmp", "scratch", *path.split("/"))
       os.makedirs(os.path.dirname(target), exist_ok=True)
       with open(target, "wb") as f:
         f.write(content)
-    if uid is not None and not tmpfs:  # the program owns its /tmp (the launcher does it for tmpfs)
-      for d, dirs, names in os.walk(tmp):
+    if uid is not None and not tmpfs:  # the program owns its space (the launcher does it for tmpfs)
+      for d, _, names in os.walk(fs):
         os.chown(d, uid, uid)
         for name in names:
           os.chown(os.path.join(d, name), uid, uid)
   except BaseException:
     remove_tree(base)
     raise
-  return Layout(base, tmp, os.path.join(tmp, "scratch"), stage, tmpfs)
+  return Layout(base, fs, stage, tmpfs)
 
 
 def tmpfs_options(max_bytes: int, max_files: int, uid: Optional[int]) -> str:
   owner = f",uid={uid},gid={uid}" if uid is not None else ""
-  return f"size={max_bytes},nr_inodes={max_files + TMPFS_OVERHEAD_INODES},mode=0755{owner}"
+  inodes = max_files + len(SKELETON) + 1  # + the tmpfs root
+  return f"size={max_bytes},nr_inodes={inodes},mode=0755{owner}"
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -160,15 +175,15 @@ def tmpfs_options(max_bytes: int, max_files: int, uid: Optional[int]) -> str:
 def tmpfs_usage(fd: int) -> Usage:
   st = os.fstatvfs(fd)
   return Usage(bytes=(st.f_blocks - st.f_bfree) * st.f_frsize,
-               files=max(0, st.f_files - st.f_ffree - TMPFS_OVERHEAD_INODES),
+               files=max(0, st.f_files - st.f_ffree - len(SKELETON) - 1),
                no_space=st.f_bfree == 0, no_inodes=st.f_ffree == 0)
 
 
-def dir_usage(tmp: str, max_bytes: int, max_files: int, budget_s: float) -> Usage:
-  """A watched run's usage of its /tmp, counted as on a tmpfs (/tmp/scratch itself is not an
-  entry of the program's); stops early once past a limit."""
-  u = measure(tmp, max_bytes=max_bytes, max_files=max_files + 1, budget_s=budget_s)
-  return Usage(bytes=u.bytes, files=max(0, u.files - 1))
+def dir_usage(fs: str, max_bytes: int, max_files: int, budget_s: float) -> Usage:
+  """A watched run's usage, counted as on a tmpfs (our SKELETON directories are not the
+  program's entries); stops early once past a limit."""
+  u = measure(fs, max_bytes=max_bytes, max_files=max_files + len(SKELETON), budget_s=budget_s)
+  return Usage(bytes=u.bytes, files=max(0, u.files - len(SKELETON)))
 
 
 def measure(path: str, *, max_bytes: int, max_files: int, budget_s: float = 1.0) -> Usage:
