@@ -273,6 +273,9 @@ def test_adversarial_jsonl(tmp_path, name):
 def test_bom_is_noted(tmp_path):
   _, _, _, report = _read(tmp_path, CASES["bom at the start"][0])
   assert report.notes == {"UTF-8 byte-order mark at the start of the file ignored": 1}
+  ids, _, _, report = _read(tmp_path, b"\xef\xbb\xbf[" + GOOD("a") + b"]", name="f.json")
+  assert ids == ["a"] and report.layout == "json-array"
+  assert report.notes == {"UTF-8 byte-order mark at the start of the file ignored": 1}
 
 
 def test_huge_lines(tmp_path):

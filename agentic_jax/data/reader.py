@@ -345,7 +345,10 @@ def read_samples(path: str, format: str = "native", on_bad_record: str = "raise"
       if len(data) > max_array_bytes:
         raise FileError(path, 0, "<file>", f"a JSON-array file over {max_array_bytes} bytes "
                         "(max_array_bytes); write it as JSON Lines, one record per line", report)
-      records = _array(data[len(_BOM):] if data.startswith(_BOM) else data, path, report)
+      if data.startswith(_BOM):
+        data = data[len(_BOM):]
+        report.notes["UTF-8 byte-order mark at the start of the file ignored"] += 1
+      records = _array(data, path, report)
     for lineno, decode in records:
       notes: collections.Counter = collections.Counter()
       try:
