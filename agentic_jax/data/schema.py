@@ -11,8 +11,10 @@ Two sample kinds, one JSON object per line:
                                     "error": bool (tool_call whose call failed; default false)}, ...],
                          "reward": float | null (verifiable outcome)}
 
-Spans and turns are in causal order. `parse_record` validates one decoded JSON object and
-raises `RecordError` naming file, line, field and what was expected; nothing is coerced.
+Spans and turns are in causal order. `id`, `source`, a turn's `name` and a span's `path` are
+non-empty printable strings (no line breaks or control characters: they are shown in reports and
+rendered on lines of their own). `parse_record` validates one decoded JSON object and raises
+`RecordError` naming file, line, field and what was expected; nothing is coerced.
 """
 
 from __future__ import annotations
