@@ -45,6 +45,10 @@ def _base() -> ml_collections.ConfigDict:
   d.eval_num_samples = (64, 32, 64)
   d.seq_len = 256
   d.batch_size = 8  # global rows per optimizer step (split over processes, then micro-batches)
+  # The global batch is this many independently packed groups of batch_size/pack_groups rows;
+  # it never depends on the number of processes (agentic_jax.data.groups). A multiple of the
+  # process count avoids packing rows twice on multi-process jobs.
+  d.pack_groups = 1
   d.mask_policy = "all"  # "all" | "assistant_only" | "error_masked"
   d.on_bad_record = "raise"  # JSONL sources: "raise" | "skip" (skips counted and reported)
   d.overlong = "split"  # "split" | "drop" (counted)
@@ -123,6 +127,7 @@ def _full(c: ml_collections.ConfigDict, preset: str) -> None:
   c.model = model_section(preset)
   c.data.seq_len = 4096
   c.data.batch_size = 1024
+  c.data.pack_groups = 64  # 16 rows each; 64, 32, ... processes pack only their own rows
   c.data.num_samples = (20000, 20000, 20000)
   c.data.tokenizer.vocab_size = c.model.vocab_size
   c.optim.lr = 8e-5  # daVinci-Dev mid-training peak lr

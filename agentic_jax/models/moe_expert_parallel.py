@@ -16,7 +16,9 @@ groups of N/ep, and each device runs, inside `jax.shard_map`:
 Zero-computation expert slots (idx >= N) never enter the send buffer: the caller (MoE) adds
 their g*x term locally, so they cost no communication. Tokens must be split over the expert
 axis (it is a batch axis for every other layer; cfg.ep_token_axes lists the mesh axes the
-token rows are split over, in order); expert weights enter split over the expert axis only
+token rows are split over, in order; rows that do not divide, e.g. the [1, 2] dummy input of
+a sharded init, are padded with gate-0 zero-expert slots that are never sent and are cut off
+after); expert weights enter split over the expert axis only
 (other splits, e.g. FSDP, are gathered as for any matmul). Without such a mesh (single
 device, decoding outside a mesh) the same function runs the exact local blocked dispatch.
 
@@ -97,14 +99,21 @@ def expert_parallel_dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Ar
     raise ValueError(f"ModelConfig.ep_token_axes: must include the expert axis {axis!r} "
                      f"(got {cfg.ep_token_axes})")
   splits = math.prod(mesh.shape[a] for a in token_axes)
-  if x.shape[0] % splits:
-    raise ValueError(f"expert_parallel: {x.shape[0]} token rows do not split over mesh axes "
-                     f"{token_axes} ({splits} ways)")
+  m = x.shape[0]
+  pad = -m % splits
+  if pad:
+    # Fewer (or indivisible) token rows than shards, e.g. the [1, 2] dummy input of a sharded
+    # init: padding rows route to zero-expert slot N with gate 0, so they are never sent,
+    # add nothing and drop nothing; their outputs are cut off below.
+    x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])
+    idx = jnp.concatenate([idx, jnp.full((pad, idx.shape[1]), n, idx.dtype)])
+    gates = jnp.concatenate([gates, jnp.zeros((pad, gates.shape[1]), gates.dtype)])
   rows = P(token_axes, None)
   experts = P(axis, None, None)
   body = lambda *a: _local_exchange(*a, axis=axis, ep=ep, capacity_factor=cfg.capacity_factor,
                                     block=cfg.dropless_block_size, reduce_axes=token_axes)
   # check_vma=False: the blocked kernel's custom VJP and while loops carry no VMA types.
-  return jax.shard_map(body, mesh=mesh, in_specs=(rows, rows, rows, experts, experts, experts),
-                       out_specs=(rows, {"dropped_slots": P(), "expert_rows": P()}),
-                       check_vma=False)(x, idx, gates, wg, wu, wd)
+  y, stats = jax.shard_map(body, mesh=mesh, in_specs=(rows, rows, rows, experts, experts, experts),
+                           out_specs=(rows, {"dropped_slots": P(), "expert_rows": P()}),
+                           check_vma=False)(x, idx, gates, wg, wu, wd)
+  return y[:m], stats

@@ -5,7 +5,11 @@
     inp.eval_batches             # list of 4 such batches, fixed for the run
 
 Multi-process: `process_index`/`process_count` number the distinct row blocks of the global
-batch (parallel.data_shard); each process gets batch_size / process_count rows.
+batch (parallel.data_shard); each process gets batch_size / process_count rows. The global
+batch does not depend on the process count: it is `data.pack_groups` (default 1) packing
+groups of batch_size / pack_groups rows (agentic_jax.data.groups), and a process builds only
+the groups its rows fall in. Set pack_groups to a multiple of the process count on large
+jobs so that no process packs rows it does not feed.
 
 Sources (`data.sources`, index = source_id in batches):
   "calculator" / "pyrepo" / "stdlib_edits"   built-in generators (agentic_jax.data.builtin),
@@ -277,6 +281,7 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
       report["eval"] = {"batches": eval_batches, "stream": 1}
     return Input(synthetic(0), names, _KINDS_FALLBACK, None, report, held)
 
+  from agentic_jax.data import groups as groups_lib  # pylint: disable=import-outside-toplevel
   from agentic_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from agentic_jax.data.render import MASK_KINDS, render  # pylint: disable=import-outside-toplevel
   mix = _per_source(data, "source_weights", len(names))
@@ -301,19 +306,24 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
       eval_report["sources"][name] = {"samples": len(kept), "dropped_overlap": dropped}
   report["render_seconds"] = round(time.perf_counter() - t1, 3)
   stages = [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in data.stages] or None
-  it = pipeline.make_batches(sources, seq_len=data.seq_len, batch_size=per_process,
-                             seed=config.seed, stages=stages, overlong=data.overlong,
-                             process_index=process_index, process_count=process_count,
-                             pad_id=tok.pad_id)
+  groups = groups_lib.check_groups(data.batch_size, data.get("pack_groups", 1))
+  rows = dict(batch_size=data.batch_size, groups=groups, row_start=process_index * per_process,
+              row_stop=(process_index + 1) * per_process)
+
+  def packed(srcs, seed, stages=None):
+    return groups_lib.row_block(
+        lambda g: pipeline.make_batches(
+            srcs, seq_len=data.seq_len, batch_size=data.batch_size // groups, seed=seed,
+            stages=stages, overlong=data.overlong, process_index=g, process_count=groups,
+            pad_id=tok.pad_id), **rows)
+
+  it = packed(sources, config.seed, stages)
   held_batches: list = []
   if eval_batches:
     if not any(s.samples and s.weight > 0 for s in eval_sources):
       raise ValueError("no held-out eval samples: set config.data.eval_num_samples (> 0 for a "
                        "source with weight > 0) or train.eval_every=0")
-    eval_it = pipeline.make_batches(eval_sources, seq_len=data.seq_len, batch_size=per_process,
-                                    seed=config.seed + EVAL_SEED_OFFSET, overlong=data.overlong,
-                                    process_index=process_index, process_count=process_count,
-                                    pad_id=tok.pad_id)
+    eval_it = packed(eval_sources, config.seed + EVAL_SEED_OFFSET)
     held_batches = _take(eval_it, eval_batches)
     eval_report["pipeline"] = eval_it.stats.as_dict()
     report["eval"] = eval_report
