@@ -4,6 +4,7 @@ SandboxUnavailable's install hint. Expected values below are derived from the li
 
 import concurrent.futures
 import errno
+import inspect
 import json
 import os
 import shutil
@@ -18,55 +19,13 @@ import uuid
 import pytest
 
 from agentic_jax.rl import sandbox
+from agentic_jax.rl import sandbox_limits as limits
 from agentic_jax.rl.sandbox import SandboxUnavailable, run_command, run_python
 from agentic_jax.rl.sandbox_limits import count_tasks_of_uid
 
-ROOT = os.geteuid() == 0
-
-
-def _live_children() -> list[int]:
-  """Non-zombie processes whose parent is this test process."""
-  out = []
-  for name in os.listdir("/proc"):
-    if name.isdigit():
-      try:
-        with open(f"/proc/{name}/stat") as f:
-          fields = f.read().rsplit(")", 1)[1].split()
-      except OSError:
-        continue
-      if int(fields[1]) == os.getpid() and fields[0] != "Z":
-        out.append(int(name))
-  return out
-
-
-def _processes_with(token: str) -> list[int]:
-  """Live processes whose command line contains `token` (the sandboxed program's argument)."""
-  out = []
-  for name in os.listdir("/proc"):
-    if name.isdigit():
-      try:
-        with open(f"/proc/{name}/cmdline", "rb") as f:
-          cmd = f.read()
-        with open(f"/proc/{name}/stat") as f:
-          state = f.read().rsplit(")", 1)[1].split()[0]
-      except OSError:
-        continue
-      if token.encode() in cmd and state != "Z":
-        out.append(int(name))
-  return out
-
-
-@pytest.fixture(autouse=True)
-def unharmed_test_process():
-  before = set(_live_children())
-  yield
-  # Nothing the sandbox started is left behind as our child, and we can still start processes.
-  assert set(_live_children()) - before == set()
-  assert subprocess.run(["true"]).returncode == 0
-
-
-def _code(src: str) -> str:
-  return textwrap.dedent(src).lstrip("\n")
+from tests.sandbox_fixtures import ROOT, processes_with as _processes_with  # noqa: F401
+from tests.sandbox_fixtures import code as _code, scratch_modes, scratch_root  # noqa: F401
+from tests.sandbox_fixtures import unharmed_test_process  # noqa: F401 (autouse)
 
 
 # ------------------------------------------------------------------------- normal programs
@@ -77,6 +36,8 @@ def test_normal_program_exact_output_and_returncode():
                    "sys.exit(3)")
   assert (res.stdout, res.stderr, res.returncode) == ("hello 42\n", "warn\n", 3)
   assert res.killed_reason is None and not res.timed_out and not res.ok
+  assert (res.limit, res.limit_detail, res.scratch_leaked) == (None, None, 0)
+  assert res.scratch_files == 1 and res.scratch_bytes > 0  # main.py
   assert res.isolated and res.enforced[0] == "bwrap"
   assert 0 < res.duration_s < 5
   assert run_python("print('é✓')").stdout == "é✓\n"  # utf-8 both ways
@@ -155,6 +116,7 @@ def test_infinite_loop_times_out():
   res = run_python("while True:\n    pass", timeout_s=1.0, cpu_s=5)
   assert res.timed_out and res.killed_reason == "timeout" and res.returncode == -signal.SIGKILL
   assert 1.0 <= res.duration_s < 3.0 and time.monotonic() - t0 < 4.0
+  assert res.limit == "timeout" and "1 s" in res.limit_detail and "timeout_s" in res.limit_detail
   res = run_python("import time\nprint('started')\ntime.sleep(60)", timeout_s=1.0)
   assert res.timed_out and res.stdout == "started\n"  # partial output is kept
 
@@ -162,7 +124,8 @@ def test_infinite_loop_times_out():
 def test_cpu_limit():
   res = run_python("while True:\n    pass", timeout_s=10.0, cpu_s=1)
   assert (res.killed_reason, res.returncode, res.timed_out) == ("cpu", -signal.SIGXCPU, False)
-  assert res.duration_s < 5.0
+  assert res.duration_s < 5.0 and res.limit == "cpu" and "cpu_s" in res.limit_detail
+  assert res.cpu_s > 0.5  # the run's total CPU time is measured (by other clocks than RLIMIT_CPU)
 
 
 def test_file_size_limit():
@@ -170,6 +133,7 @@ def test_file_size_limit():
   assert res.returncode == 1 and "File too large" in res.stderr  # Python ignores SIGXFSZ
   res = run_command(["dd", "if=/dev/zero", "of=big", "bs=1M", "count=3"], max_file_mb=1)
   assert (res.killed_reason, res.returncode) == ("file_size", -signal.SIGXFSZ)
+  assert res.limit == "file_size" and "max_file_mb" in res.limit_detail
 
 
 _FORK_COUNTER = _code("""
@@ -210,6 +174,7 @@ def test_memory_bomb_is_stopped():
   res = run_python("b = bytearray(2 << 30)", memory_mb=256)
   assert res.killed_reason == "memory" and res.returncode == 1
   assert res.stderr.rstrip().endswith("MemoryError")
+  assert res.limit == "memory" and "256 MiB" in res.limit_detail
   res = run_python("chunks = []\nwhile True:\n    chunks.append(b'x' * (10 << 20))",
                    memory_mb=256, timeout_s=10)
   assert res.killed_reason == "memory" and res.duration_s < 5.0
@@ -385,10 +350,161 @@ def test_stdout_and_stderr_floods_are_capped():
                    max_output_bytes=100_000)
   assert (res.killed_reason, res.returncode) == ("output_limit", -signal.SIGKILL)
   assert res.stdout == "x" * 100_000 and res.duration_s < 5.0
+  assert res.limit == "output_limit" and "100000 bytes" in res.limit_detail
   res = run_python("import sys\nprint('ok')\nwhile True:\n    sys.stderr.write('e' * 999)",
                    max_output_bytes=5000)
   assert res.killed_reason == "output_limit" and res.stdout == "ok\n"
   assert res.stderr == "e" * 5000
+
+
+# ------------------------------------------------- scratch, whole-run CPU, clean-up (issue 10)
+
+
+_DEEP_TREE = _code("""
+    import os
+    for _ in range(1200):  # past Python's recursion limit, and 10,800 characters: past PATH_MAX
+        os.mkdir("deeper__")
+        os.chdir("deeper__")
+    os.mkfifo("fifo")
+    os.symlink(os.environ["HOST_DIR"], "to_host")
+    os.chmod(".", 0)
+    os.chdir("/tmp/scratch")
+    os.chmod("deeper__", 0)
+    print("built")
+""")
+
+
+@pytest.mark.parametrize("scratch_fs", scratch_modes())
+def test_deep_tree_left_in_scratch_is_cleaned_up_without_raising(scratch_fs, scratch_root):
+  # Once made the host-side shutil.rmtree raise RecursionError out of run_python (scratch leaked).
+  host_dir = tempfile.mkdtemp(dir=scratch_root)
+  with open(os.path.join(host_dir, "keep"), "w") as f:
+    f.write("host")
+  res = run_python(_DEEP_TREE, scratch_fs=scratch_fs, scratch_root=scratch_root,
+                   env={"HOST_DIR": host_dir})
+  assert (res.returncode, res.stdout, res.limit) == (0, "built\n", None), res.stderr
+  assert res.scratch_files == 1200 + 3 and res.scratch_leaked == 0  # + main.py, fifo, link
+  assert os.listdir(scratch_root) == [os.path.basename(host_dir)]  # the run's dir is gone
+  with open(os.path.join(host_dir, "keep")) as f:  # the symlink was removed, not followed
+    assert f.read() == "host"
+
+
+_FILL_BYTES = _code("""
+    import os
+    written = 0
+    try:
+        for i in range(64):  # 1 GiB in 16 MiB files (each under the per-file limit)
+            with open(f"f{i}", "wb") as f:
+                f.write(b"x" * (16 << 20))
+            written += 1
+        print("all written")
+    except OSError as e:
+        print("stopped", written, e.errno)
+""")
+
+
+@pytest.mark.parametrize("scratch_fs", scratch_modes())
+def test_scratch_total_bytes_are_limited(scratch_fs):
+  res = run_python(_FILL_BYTES, scratch_fs=scratch_fs, max_scratch_mb=32)
+  assert res.limit == "scratch_bytes" and "max_scratch_mb" in res.limit_detail
+  assert "all written" not in res.stdout
+  if scratch_fs == "tmpfs":  # a hard limit: the write fails, the program may see it and go on
+    assert res.stdout.startswith("stopped 1 ") and res.stdout.split()[2] == str(errno.ENOSPC)
+    assert res.scratch_bytes <= 32 << 20
+    assert res.killed_reason in (None, "scratch_bytes")  # the watcher may kill it first
+  else:  # polled: the run is killed once over the limit
+    assert (res.killed_reason, res.returncode) == ("scratch_bytes", -signal.SIGKILL)
+    assert res.scratch_bytes > 32 << 20
+
+
+_MANY_FILES = _code("""
+    import os
+    made = 0
+    try:
+        for i in range(100_000):
+            open(f"/tmp/e{i}", "w").close()  # in /tmp, outside the working directory
+            made += 1
+        print("all made")
+    except OSError as e:
+        print("stopped", made, e.errno)
+""")
+
+
+@pytest.mark.parametrize("scratch_fs", scratch_modes())
+def test_scratch_file_count_is_limited(scratch_fs):
+  res = run_python(_MANY_FILES, scratch_fs=scratch_fs, max_scratch_files=500)
+  assert res.limit == "scratch_files" and "max_scratch_files" in res.limit_detail
+  assert "all made" not in res.stdout
+  if scratch_fs == "tmpfs":  # main.py is one of the 500 entries
+    if res.killed_reason is None:
+      assert res.stdout == f"stopped 499 {errno.ENOSPC}\n"
+    assert res.scratch_files == 500
+  else:
+    assert (res.killed_reason, res.returncode) == ("scratch_files", -signal.SIGKILL)
+    assert res.scratch_files > 500
+
+
+def test_scratch_limits_have_documented_defaults_and_given_files_count():
+  params = inspect.signature(run_command).parameters
+  assert (params["max_scratch_mb"].default, params["max_scratch_files"].default) == (64, 10_000)
+  with pytest.raises(ValueError, match="exceed the scratch limits"):
+    run_python("pass", files={f"f{i}": "" for i in range(10)}, max_scratch_files=5)
+  with pytest.raises(ValueError, match="exceed the scratch limits"):
+    run_python("pass", files={"big": b"x" * (2 << 20)}, max_scratch_mb=1)
+  with pytest.raises(ValueError, match="scratch_fs"):
+    run_python("pass", scratch_fs="disk")
+
+
+_SPINNERS = _code("""
+    import os, sys, time
+    daemonise = sys.argv[2] == "daemons"
+    for _ in range(6):
+        if os.fork() == 0:
+            if daemonise:  # orphaned into their own sessions: not our children any more
+                os.setsid()
+                if os.fork() != 0:
+                    os._exit(0)
+            while True:
+                pass
+    if daemonise:
+        time.sleep(30)
+    else:
+        codes = [os.wait()[1] for _ in range(6)]
+        print("children ended", codes)
+""")
+
+
+@pytest.mark.parametrize("use_cgroups", [True, False])
+@pytest.mark.parametrize("children", ["children", "daemons"])
+def test_cpu_time_is_bounded_for_the_run_as_a_whole(use_cgroups, children):
+  # Each spinner stays under its own RLIMIT_CPU (1 s) while the six together pass 1 s: without a
+  # whole-run bound they would run to 6 CPU-seconds and the parent report them ended.
+  token = uuid.uuid4().hex
+  res = run_python(_SPINNERS, args=[token, children], cpu_s=1, timeout_s=20,
+                   use_cgroups=use_cgroups)
+  assert (res.killed_reason, res.limit, res.returncode) == ("cpu", "cpu", -signal.SIGKILL)
+  assert "together" in res.limit_detail and "cpu_s" in res.limit_detail
+  assert 1.0 < res.cpu_s < 6.0 and "children ended" not in res.stdout
+  cgroup = use_cgroups and any(m.endswith(":cpuacct") for m in res.enforced)
+  assert ("cpu_total:cgroup" if cgroup else "cpu_total:proc") in res.enforced
+  assert _processes_with(token) == []
+
+
+def test_cpu_time_from_a_cgroup_v2_hierarchy(monkeypatch):
+  # This machine kind counts CPU with cgroup v1's cpuacct; v2 machines read cpu.stat instead.
+  # Force the v2 path on a writable cgroup2 mount (the unified one of a hybrid layout).
+  mount = next((line.split()[4] for line in open("/proc/self/mountinfo")
+                if line.split(" - ")[1].split()[0] == "cgroup2"), None)
+  if not ROOT or mount is None:
+    pytest.skip("needs root and a cgroup2 mount")
+  monkeypatch.setattr(limits, "_DETECTED", None)
+  monkeypatch.setattr(limits, "_own_cgroup_dirs", lambda: {"cpuacct": (2, mount)})
+  token = uuid.uuid4().hex
+  res = run_python(_SPINNERS, args=[token, "children"], cpu_s=1, timeout_s=20)
+  if "cgroup-v2:cpuacct" not in res.enforced:
+    pytest.skip(f"no writable v2 cgroup under {mount}")
+  assert res.killed_reason == "cpu" and "cpu_total:cgroup" in res.enforced
+  assert _processes_with(token) == []
 
 
 # ---------------------------------------------------------------- unavailable isolation

@@ -91,7 +91,8 @@ class SandboxResult:
   duration_s: float
   enforced: tuple[str, ...] = ()  # the mechanisms in effect, e.g. ("bwrap", "uid=65534", ...)
   # The limit the run met: killed_reason's limits, or "scratch_bytes"/"scratch_files" when the
-  # program ran into a full scratch (ENOSPC) and ended by itself. None for "signal ..." deaths.
+  # program ran into a full scratch (ENOSPC) and ended by itself (found by polling and at the
+  # end: best effort when it had unlinked what it held). None for "signal ..." deaths.
   limit: Optional[str] = None
   limit_detail: Optional[str] = None  # in words, naming the option that sets the limit
   cpu_s: float = 0.0       # CPU seconds of all the run's processes together (as measured)
@@ -236,19 +237,14 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
                              f"{out.launcher_error.decode(errors='replace')}")
   result = _result(out, isolated=bwrap is not None)
   limit, detail = result.killed_reason, out.detail
-  if limit is None and out.reason is None and (out.usage.files >= max_scratch_files
-                                               or out.usage.bytes >= max_scratch_bytes):
-    limit = "scratch_files" if out.usage.files >= max_scratch_files else "scratch_bytes"
-  if limit is not None and limit.startswith("signal "):
-    limit = None
-  if limit is not None and (detail is None or limit not in ("cpu", "scratch_bytes",
-                                                            "scratch_files")):
-    detail = _describe(limit, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_budget,
-                       max_file_mb=max_file_mb, max_output_bytes=max_output_bytes,
-                       max_scratch_bytes=max_scratch_bytes, max_scratch_files=max_scratch_files,
-                       files=out.usage.files, size=out.usage.bytes)
-  return dataclasses.replace(result, enforced=tuple(enforced), limit=limit,
-                             limit_detail=detail if limit else None, scratch_leaked=leaked)
+  if out.detail is None:  # not stopped by the watcher: the limits' own words
+    if limit is None or limit.startswith("signal "):
+      limit, detail = out.full or (None, None)  # met a full scratch, then ended by itself
+    else:
+      detail = _describe(limit, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_budget,
+                         max_file_mb=max_file_mb, max_output_bytes=max_output_bytes)
+  return dataclasses.replace(result, enforced=tuple(enforced), limit=limit, limit_detail=detail,
+                             scratch_leaked=leaked)
 
 
 def _result(out: sandbox_run.Outcome, *, isolated: bool) -> SandboxResult:
@@ -271,8 +267,7 @@ def _result(out: sandbox_run.Outcome, *, isolated: bool) -> SandboxResult:
 
 
 def _describe(limit: str, *, timeout_s: float, memory_mb: int, cpu_s: float, max_file_mb: int,
-              max_output_bytes: int, max_scratch_bytes: int, max_scratch_files: int, files: int,
-              size: int) -> str:
+              max_output_bytes: int) -> str:
   return {
       "timeout": f"it ran past the {timeout_s:g} s wall-clock limit (timeout_s)",
       "output_limit": f"it wrote more than {max_output_bytes} bytes to stdout or stderr "
@@ -280,10 +275,6 @@ def _describe(limit: str, *, timeout_s: float, memory_mb: int, cpu_s: float, max
       "cpu": f"a process used its {math.ceil(cpu_s)} CPU-seconds (cpu_s, as RLIMIT_CPU)",
       "memory": f"it needed more than {memory_mb} MiB of memory (memory_mb)",
       "file_size": f"it wrote a file past {max_file_mb} MiB (max_file_mb)",
-      "scratch_bytes": f"its scratch filled up: {size} bytes, the limit is {max_scratch_bytes} "
-                       f"(max_scratch_mb)",
-      "scratch_files": f"its scratch filled up: {files} entries, the limit is {max_scratch_files} "
-                       f"(max_scratch_files)",
   }.get(limit, limit)
 
 

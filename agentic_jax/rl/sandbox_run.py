@@ -43,7 +43,8 @@ class Outcome:
   stdout: bytes
   stderr: bytes
   reason: Optional[str]     # why we stopped it: "timeout", "output_limit", "cpu", "scratch_*"
-  detail: Optional[str]     # the watcher's words for cpu/scratch reasons
+  detail: Optional[str]     # the watcher's words when it stopped the run (cpu, scratch_*)
+  full: Optional[tuple[str, str]]  # the scratch limit met when the run ended by itself, in words
   duration_s: float
   cpu_s: float              # CPU seconds of all the run's processes (0.0 when not measured)
   usage: scratch.Usage      # the scratch at its fullest seen
@@ -94,9 +95,11 @@ def execute(argv: list[str], *, bwrap_prefix: Optional[list[str]], cwd: str, env
     returncode = proc.wait()
     duration = time.monotonic() - start
     launcher_error = limits.read_available(err_r)
-    watcher.final()
-    return Outcome(returncode, out, err, reason, watcher.detail, duration, watcher.cpu_peak,
-                   watcher.usage, launcher_error, cgroups.oom_kills() if cgroups else 0)
+    full = watcher.final()
+    detail = watcher.stopped[1] if watcher.stopped and watcher.stopped[0] == reason else None
+    return Outcome(returncode, out, err, reason, detail, full, duration,
+                   watcher.cpu_peak, watcher.usage, launcher_error,
+                   cgroups.oom_kills() if cgroups else 0)
   finally:
     for fd in (err_r, err_w, st_r, st_w):
       if fd >= 0:
@@ -108,11 +111,14 @@ def execute(argv: list[str], *, bwrap_prefix: Optional[list[str]], cwd: str, env
       watcher.close()
 
 
+Hit = tuple[str, str]  # (limit name, the limit in words)
+
+
 class _Watch:
   """Polls the limits that no kernel mechanism enforces for the run as a whole: total CPU time
   of all its processes, and (for a watched directory) scratch usage; for a tmpfs, where the
   kernel enforces the limits, it notices a full tmpfs so that the result says why writes failed.
-  poll() returns the limit first found past, keeping the words for it in `detail`."""
+  poll() returns the first limit found past; `stopped` keeps it."""
 
   def __init__(self, root_pid: int, cgroups: Optional[limits.RunCgroups],
                cpu_s: Optional[float], watch: Optional[ScratchWatch],
@@ -122,45 +128,41 @@ class _Watch:
     self.tmpfs_fd = -1
     self.cpu_peak = 0.0
     self.usage = scratch.Usage(0, 0)
-    self.detail: Optional[str] = None
+    self.stopped: Optional[Hit] = None
     self.next_cpu = self.next_scratch = 0.0
     self.scratch_every = TMPFS_POLL_S if watch is not None and watch.layout.tmpfs else (
         WATCH_POLL_MIN_S)
 
   def poll(self, now: float) -> Optional[str]:
+    hit = None
     if self.cpu_budget is not None and now >= self.next_cpu:
       self.next_cpu = now + CPU_POLL_S
-      reason = self._check_cpu()
-      if reason:
-        return reason
-    if self.watch is not None and now >= self.next_scratch:
-      reason = self._check_scratch(WATCH_WALK_S)
+      hit = self._check_cpu()
+    if hit is None and self.watch is not None and now >= self.next_scratch:
+      hit = self._check_scratch(WATCH_WALK_S)
       spent = time.monotonic() - now
       self.next_scratch = now + max(self.scratch_every, 10 * spent)
-      if reason:
-        return reason
-    return None
+    self.stopped = hit
+    return hit[0] if hit else None
 
-  def final(self) -> Optional[str]:
-    """After the run: the last CPU total and scratch usage (a program that met a full tmpfs
-    and then stopped by itself is found here)."""
+  def final(self) -> Optional[Hit]:
+    """After the run: the last CPU total and scratch usage; a hit when the scratch is still
+    full (a program that met ENOSPC and then ended by itself). Best effort: what the program
+    held open but had unlinked was freed when it ended, and may be missed."""
     self._check_cpu()
-    if self.watch is not None:
-      return self._check_scratch(4 * WATCH_WALK_S)
-    return None
+    return self._check_scratch(4 * WATCH_WALK_S) if self.watch is not None else None
 
-  def _check_cpu(self) -> Optional[str]:
+  def _check_cpu(self) -> Optional[Hit]:
     used = self.cgroups.cpu_s() if self.cgroups is not None else None
     if used is None:
       used = limits.tree_cpu_s(self.root_pid)
     self.cpu_peak = max(self.cpu_peak, used)  # /proc can miss a process between exit and reap
     if self.cpu_budget is not None and self.cpu_peak > self.cpu_budget + CPU_TOLERANCE_S:
-      self.detail = (f"its processes together used {self.cpu_peak:.2f} CPU-seconds, over the "
+      return "cpu", (f"its processes together used {self.cpu_peak:.2f} CPU-seconds, over the "
                      f"run's budget of {self.cpu_budget:g} s (cpu_s)")
-      return "cpu"
     return None
 
-  def _check_scratch(self, budget_s: float) -> Optional[str]:
+  def _check_scratch(self, budget_s: float) -> Optional[Hit]:
     w = self.watch
     if w.layout.tmpfs:
       if self.tmpfs_fd < 0:
@@ -173,20 +175,18 @@ class _Watch:
     self.usage = scratch.Usage(max(self.usage.bytes, usage.bytes),
                                max(self.usage.files, usage.files))
     if usage.files > w.max_files or usage.no_inodes:
-      self.detail = (f"its scratch held {usage.files} entries, the limit is {w.max_files} "
-                     f"(max_scratch_files)")
-      return "scratch_files"
+      return "scratch_files", (f"its scratch held {usage.files} entries, the limit is "
+                               f"{w.max_files} (max_scratch_files)")
     if usage.bytes > w.max_bytes or usage.no_space:
-      self.detail = (f"its scratch held {usage.bytes} bytes, the limit is {w.max_bytes} "
-                     f"(max_scratch_mb)")
-      return "scratch_bytes"
+      return "scratch_bytes", (f"its scratch held {usage.bytes} bytes, the limit is "
+                               f"{w.max_bytes} (max_scratch_mb)")
     return None
 
   def _receive_fd(self) -> int:
     try:
       self.sock.setblocking(False)
       _, fds, _, _ = socket.recv_fds(self.sock, 16, 1)
-    except (BlockingIOError, OSError):
+    except OSError:  # BlockingIOError included: not sent yet
       return -1
     return fds[0] if fds else -1
 
