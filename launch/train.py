@@ -21,14 +21,18 @@ jax.distributed.initialize runs before anything touches a JAX backend.
 Rerunning the same command resumes from the newest checkpoint in WORKDIR/checkpoints (and
 loads the compiled step from the persistent compilation cache, see --compile_cache).
 SIGTERM/SIGINT save a checkpoint and exit 0. Exit status 1 when training halted on a
-non-finite loss (train.nan_policy="halt"), 2 for a bad command line (e.g. an unknown
-config key or job).
+non-finite loss (train.nan_policy="halt"), when every step of the run was skipped as
+non-finite, or when no checkpoint in WORKDIR is readable; 2 for a bad command line or config:
+an unknown config key, job or variant, a missing config file, an invalid value (zero size,
+non-finite lr, unknown choice, a mesh the devices do not fill), or checkpoints written under
+another config. These print one line `error: ...` naming the key, without a traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -57,13 +61,33 @@ flags.mark_flags_as_required(["config", "workdir"])
 # job name -> module whose run(config, workdir) -> dict runs it (imported only when chosen)
 JOBS = {"midtrain": "agentic_jax.train.loop", "rl": "agentic_jax.rl.loop",
         "recipe": "agentic_jax.rl.recipe"}
+# statuses of a run that ended without doing what it was asked (exit 1)
+FAILED = ("halted", "all_skipped")
+
+
+def _fail(message: str, code: int) -> None:
+  """Exit `code` after one line on stderr (the message squeezed onto it)."""
+  sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
+  sys.exit(code)
+
+
+def _last_line(text: str) -> str:
+  """The last non-empty line: the exception line of a traceback that ml_collections embeds in
+  its config-file errors."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  last = lines[-1] if lines else str(text)
+  return re.sub(r"^\w+(Error|Exception): ", "", last)  # the message, not the class
 
 
 def _parse(argv: list[str]) -> list[str]:
   """absl flag parsing, with a one-line error for a mistyped config key instead of a traceback."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
+  except (flags.Error, ValueError, TypeError) as e:
+    if "Error whilst parsing config file" in str(e):  # get_config raised (e.g. unknown variant)
+      _fail(_last_line(e), 2)
+    if not isinstance(e, flags.Error):
+      raise
     sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
     sys.exit(2)
   except (AttributeError, KeyError) as e:  # ml_collections: override of a key that does not exist
@@ -106,7 +130,10 @@ def main(argv: list[str]) -> None:
   if _COMPILE_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILE_CACHE.value))
     jax.config.update("jax_compilation_cache_max_size", 2 << 30)
-  job = _job(_CONFIG.value)
+  try:
+    job = _job(_CONFIG.value)
+  except OSError as e:  # ml_collections defers a config file it could not open to first use
+    _fail(f"--config: {_last_line(e)}", 2)
   try:
     info = distributed.initialize_distributed(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -117,11 +144,20 @@ def main(argv: list[str]) -> None:
   if info.initialized and info.process_id == 0:
     print(f"[distributed] {info.num_processes} processes ({info.method}); "
           f"{jax.device_count()} devices, {jax.local_device_count()} per process", flush=True)
-  result = _job_module(job).run(_CONFIG.value, _WORKDIR.value)
+  module = _job_module(job)
+  from agentic_jax.train import checkpoint, config  # pylint: disable=import-outside-toplevel
+  try:
+    result = module.run(_CONFIG.value, _WORKDIR.value)
+  except config.ConfigError as e:  # a bad value, or checkpoints written under another config
+    _fail(e, 2)
+  except checkpoint.CorruptCheckpointError as e:  # nothing readable; nothing was moved
+    _fail(e, 1)
   status = result.get("status") if isinstance(result, dict) else None
   if info.initialized:
     jax.distributed.shutdown()
-  sys.exit(1 if status == "halted" else 0)
+  if status in FAILED:
+    _fail(f"the run ended with status {status!r} (see the output above)", 1)
+  sys.exit(0)
 
 
 if __name__ == "__main__":

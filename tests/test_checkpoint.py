@@ -1,9 +1,12 @@
 """Checkpointer: exact round trip with data iterators, keep-N, async save vs donation,
-corrupt-latest fallback with a warning, fingerprint sensitivity."""
+corrupt-latest fallback with a warning, fingerprint sensitivity; a checkpoint that does not fit
+the config (shapes, dtypes, data iterator) is a config error that changes nothing on disk, and
+the last readable checkpoint is never moved aside."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 
@@ -16,6 +19,7 @@ import pytest
 from agentic_jax.data import pipeline
 from agentic_jax.data.render import Rendered
 from agentic_jax.train import checkpoint as ckpt_lib
+from agentic_jax.train import config as config_lib
 from agentic_jax.train.input import SyntheticIterator
 from agentic_jax.train.state import TrainState
 
@@ -121,10 +125,10 @@ def test_async_save_survives_donating_the_state_afterwards(tmp_path):
   _assert_same(restored, want)
 
 
-def _save_two(directory) -> None:
+def _save_two(directory, config_json=None) -> None:
   ck = ckpt_lib.Checkpointer(directory, keep=3, async_save=False)
-  ck.save(_state(2), _synthetic())
-  ck.save(_state(4, scale=2.0), _synthetic())
+  ck.save(_state(2), _synthetic(), config_json)
+  ck.save(_state(4, scale=2.0), _synthetic(), config_json)
   ck.close()
 
 
@@ -138,7 +142,7 @@ def _flip_byte_in_largest_state_file(step_dir: str) -> str:
   return target
 
 
-@pytest.mark.parametrize("damage", ["flip_byte", "delete_state", "truncate_meta"])
+@pytest.mark.parametrize("damage", ["flip_byte", "delete_state", "truncate_meta", "garble_data"])
 def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path, damage):
   directory = str(tmp_path / "ck")
   _save_two(directory)
@@ -147,6 +151,9 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path, damage):
     _flip_byte_in_largest_state_file(latest)
   elif damage == "delete_state":
     shutil.rmtree(os.path.join(latest, "state"))
+  elif damage == "garble_data":  # the iterator's JSON state, unparseable: damage, not a mismatch
+    for f in glob.glob(os.path.join(latest, "data", "*.json")):
+      open(f, "w").write('{"seed": 1, "st')
   else:
     for f in glob.glob(os.path.join(latest, "meta", "*")):
       open(f, "w").close()
@@ -154,7 +161,8 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path, damage):
   # A flipped byte inside array data restores without an orbax error (orbax 0.12.8); only
   # the stored fingerprint reveals it.
   cause = "fingerprint mismatch" if damage == "flip_byte" else ""
-  with pytest.warns(RuntimeWarning, match=rf"checkpoint step 4 .* unreadable .*{cause}.*falling back"):
+  with pytest.warns(RuntimeWarning,
+                    match=rf"checkpoint step 4 .* unreadable .*{cause}.*falling back to step 2"):
     restored, meta = ck.restore_latest(_abstract(_state(2)), _synthetic())
   _assert_same(restored, _state(2))
   assert meta["step"] == 2
@@ -164,16 +172,107 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path, damage):
   ck.close()
 
 
-def test_all_checkpoints_corrupt_raises(tmp_path):
+def _tree_digest(directory: str) -> dict:
+  """{relative path: sha256} of every file under `directory` (what 'nothing changed' means)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      path = os.path.join(root, f)
+      out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return out
+
+
+def test_all_checkpoints_corrupt_raises_and_moves_nothing(tmp_path):
   directory = str(tmp_path / "ck")
   _save_two(directory)
   for step in ("2", "4"):
     shutil.rmtree(os.path.join(directory, step, "state"))
-  ck = ckpt_lib.Checkpointer(directory)
-  with pytest.warns(RuntimeWarning), pytest.raises(ckpt_lib.CorruptCheckpointError,
-                                                   match="no readable checkpoint"):
-    ck.restore_latest(_abstract(_state(2)), _synthetic())
+  before = _tree_digest(directory)
+  for _ in range(2):  # and again: the next run stops the same way instead of starting over
+    ck = ckpt_lib.Checkpointer(directory)
+    with pytest.raises(ckpt_lib.CorruptCheckpointError,
+                       match=r"no readable checkpoint .*step 4: .*step 2: .*Nothing was moved"):
+      ck.restore_latest(_abstract(_state(2)), _synthetic())
+    assert _tree_digest(directory) == before and ck.all_steps() == [2, 4]
   assert ckpt_lib.Checkpointer(str(tmp_path / "empty")).restore_latest(_abstract(_state(2))) is None
+
+
+def test_directory_of_only_quarantined_steps_does_not_start_over(tmp_path):
+  """What an older version left behind after moving every step aside: not a fresh start."""
+  directory = str(tmp_path / "ck")
+  _save_two(directory)
+  for step in ("2", "4"):
+    os.replace(os.path.join(directory, step), os.path.join(directory, f"{step}.corrupt-17"))
+  with pytest.raises(ckpt_lib.CorruptCheckpointError, match=r"2.corrupt-17, 4.corrupt-17.*rename"):
+    ckpt_lib.Checkpointer(directory).restore_latest(_abstract(_state(2)))
+  os.replace(os.path.join(directory, "4.corrupt-17"), os.path.join(directory, "4"))  # as told
+  restored, meta = ckpt_lib.Checkpointer(directory).restore_latest(_abstract(_state(4)))
+  assert meta["step"] == 4
+  _assert_same(restored, _state(4, scale=2.0))
+
+
+def _reshaped(state: TrainState, kernel_shape=None, norm_dtype=None):
+  """The abstract state of `state` with params.dense.kernel / params.norm.weight changed, as a
+  config with another model size / dtype would build it."""
+  def change(path, x):
+    name = jax.tree_util.keystr(path)
+    if kernel_shape and name.endswith("['dense']['kernel']"):
+      return jax.ShapeDtypeStruct(kernel_shape, x.dtype)
+    if norm_dtype and name.endswith("['norm']['weight']"):
+      return jax.ShapeDtypeStruct(x.shape, norm_dtype)
+    return x
+  return jax.tree_util.tree_map_with_path(change, _abstract(state))
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"kernel_shape": (64, 32)},
+     r"params\.dense\.kernel: checkpoint \(64, 64\) float32, config \(64, 32\) float32"),
+    ({"norm_dtype": jnp.float32},
+     r"params\.norm\.weight: checkpoint \(4,\) bfloat16, config \(4,\) float32"),
+])
+def test_shape_or_dtype_mismatch_is_a_config_error_and_changes_nothing(tmp_path, change, expected):
+  directory = str(tmp_path / "ck")
+  _save_two(directory, {"model": {"hidden_size": 16}, "train": {"num_steps": 6}})
+  before = _tree_digest(directory)
+  ck = ckpt_lib.Checkpointer(directory)
+  config_now = {"model": {"hidden_size": 32}, "train": {"num_steps": 9}}
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match=expected) as info:
+    ck.restore_latest(_reshaped(_state(4), **change), _synthetic(), config_json=config_now)
+  msg = str(info.value)
+  # a config error (launch/train.py: exit 2) led by the changed key that shapes the state
+  assert isinstance(info.value, config_lib.ConfigError)
+  assert msg.startswith("config.model.hidden_size: checkpoint step 4") and "\n" not in msg
+  assert "model.hidden_size: 16 -> 32" in msg and "train.num_steps: 6 -> 9" in msg
+  # the optimizer moments mirror the parameter: 3 arrays differ, the parameter listed first
+  assert "3 of its arrays differ" in msg and msg.index("params.") < msg.index("opt_state.")
+  assert _tree_digest(directory) == before and ck.all_steps() == [2, 4]
+  # the right config still resumes from the newest step
+  restored, meta = ckpt_lib.Checkpointer(directory).restore_latest(_abstract(_state(4)),
+                                                                   _synthetic())
+  assert meta["step"] == 4
+  _assert_same(restored, _state(4, scale=2.0))
+
+
+def test_mismatch_behind_a_damaged_step_moves_nothing_either(tmp_path):
+  directory = str(tmp_path / "ck")
+  _save_two(directory)
+  shutil.rmtree(os.path.join(directory, "4", "state"))  # newest damaged, older one mismatched
+  before = _tree_digest(directory)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="checkpoint step 2"):
+    ckpt_lib.Checkpointer(directory).restore_latest(_reshaped(_state(2), kernel_shape=(8, 8)))
+  assert _tree_digest(directory) == before
+
+
+def test_data_iterator_that_rejects_its_state_is_a_mismatch_not_damage(tmp_path):
+  directory = str(tmp_path / "ck")
+  _save_two(directory, {"seed": 1})
+  before = _tree_digest(directory)
+  other_seed = SyntheticIterator(batch_size=2, seq_len=16, vocab_size=50, seed=2)
+  with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                     match=r"^config\.seed: .*data iterator rejects its saved state .*seed 1"):
+    ckpt_lib.Checkpointer(directory).restore_latest(_abstract(_state(4)), other_seed,
+                                                    config_json={"seed": 2})
+  assert _tree_digest(directory) == before
 
 
 def test_fingerprint_sees_every_single_bit_flip():

@@ -1,7 +1,8 @@
 """agentic_jax/rl/loop.py and the RL configs: exact resume (2 + stop + 2 == 4, bitwise),
-SIGTERM saves and exits, init_from a mid-training workdir (and a model mismatch named), every
-config builds, every registry loss is reachable, typos rejected, a 1-step smoke run of each
-RL config. A 1-layer model, a 400-piece tokenizer, 2 tasks x 2 rollouts."""
+SIGTERM saves and exits, a run whose every update was skipped is not a success, init_from a
+mid-training workdir (and a model mismatch named), every config builds, every registry loss is
+reachable, typos rejected, a 1-step smoke run of each RL config. A 1-layer model, a 400-piece
+tokenizer, 2 tasks x 2 rollouts."""
 
 from __future__ import annotations
 
@@ -140,6 +141,23 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(tokenizer_path, tmp_pat
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
   again = loop.run(config, str(tmp_path), handle_signals=False)
   assert again["status"] == "completed" and again["start_step"] == 1 and again["final_step"] == 2
+
+
+def test_every_update_skipped_is_not_a_success(tokenizer_path, tmp_path, monkeypatch):
+  """A run whose every update was non-finite did not train: status all_skipped (launch/train.py
+  exits 1), not completed."""
+  config = small_rl_config(tokenizer_path, **{"train.num_steps": 2, "rl.eval_tasks": 0})
+  real = loop.make_batch
+
+  def nan_old_logp(*args, **kwargs):  # the sampler's log-probs: every PPO ratio non-finite
+    packed, stats = real(*args, **kwargs)
+    return {**packed, "old_logp": np.full_like(packed["old_logp"], np.nan)}, stats
+
+  monkeypatch.setattr(loop, "make_batch", nan_old_logp)
+  out = loop.run(config, str(tmp_path), handle_signals=False)
+  assert out["status"] == "all_skipped" and out["final_step"] == 2
+  recs = _records(str(tmp_path))
+  assert [r["updates"] for r in recs] == [0, 0] and all(r["skipped"] > 0 for r in recs)
 
 
 def test_init_from_a_midtraining_workdir(tokenizer_path, tmp_path):

@@ -170,46 +170,63 @@ RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_o
            "eval_every", "eval_max_turns", "eval_temperature", "eval_samples")
 
 
-def check_rl_config(config: Any) -> None:
-  """Value checks the RL loop needs before it spends time; ValueError naming config.rl.KEY."""
-  config_lib.check_required(config)
+def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
+  """Every value of an RL config before the RL loop spends time; ConfigError (a ValueError)
+  naming config.KEY. `num_devices` (default: all devices) is what config.mesh must fill."""
+  config_lib.validate_common(config, num_devices=num_devices)
+  ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
   rl = config.rl
   missing = [k for k in RL_KEYS if k not in rl]
   if missing:
-    raise KeyError(f"RL config lacks config.rl.{missing[0]}")
-  choices = {"mode": MODES, "batch_mode": BATCH_MODES, "old_logp": ("sampler", "recompute")}
+    raise ConfigError(f"config.rl.{missing[0]}: required key is missing")
+  if "tokenizer" in config:  # the recipe's RL stage takes mid-training's
+    config_lib.check_int(config, "tokenizer.vocab_size")
+  if not isinstance(config.init_from, str):
+    raise ConfigError(f"config.init_from: expected a path or '', got {config.init_from!r}")
+  choices = {"loss": LOSSES, "mode": MODES, "batch_mode": BATCH_MODES,
+             "old_logp": ("sampler", "recompute")}
   for key, allowed in choices.items():
-    if rl[key] not in allowed:
-      raise ValueError(f"config.rl.{key} must be one of {allowed}, got {rl[key]!r}")
+    config_lib.check_choice(config, f"rl.{key}", allowed)
+  from agentic_jax.rl import agentflow, envs  # pylint: disable=import-outside-toplevel
+  config_lib.check_choice(config, "rl.env", sorted(envs.ENVS))
+  for key in ("executor", "verifier", "generator"):
+    config_lib.check_choice(config, f"rl.agentflow.{key}", agentflow.MODULES)
   positive = ("group_size", "tasks_per_step", "train_tasks", "max_turns", "max_new_tokens",
               "max_context_tokens", "seq_len", "row_bucket", "sample_bucket", "ppo_epochs",
-              "minibatches",
-              "eval_max_turns", "eval_samples")
+              "minibatches", "eval_max_turns", "eval_samples")
   for key in positive:
-    if not isinstance(rl[key], int) or rl[key] < 1:
-      raise ValueError(f"config.rl.{key} must be an int >= 1, got {rl[key]!r}")
-  if rl.eval_temperature < 0:
-    raise ValueError(f"config.rl.eval_temperature must be >= 0 (0 = greedy), got "
-                     f"{rl.eval_temperature}")
+    config_lib.check_int(config, f"rl.{key}")
+  for key in ("eval_tasks", "eval_every"):  # eval_every 0 = only before and after
+    config_lib.check_int(config, f"rl.{key}", 0)
+  config_lib.check_number(config, "rl.eval_temperature", 0.0)  # 0 = greedy
+  config_lib.check_number(config, "rl.temperature", 0.0)
+  config_lib.check_number(config, "rl.top_p", 0.0, 1.0, low_open=True)
+  config_lib.check_number(config, "rl.old_logp_tolerance", 0.0)
   if rl.eval_temperature == 0 and rl.eval_samples != 1:
-    raise ValueError(f"config.rl.eval_samples={rl.eval_samples} needs config.rl.eval_temperature "
-                     "> 0: greedy episodes are deterministic, so one per task is the measure")
-  if rl.eval_tasks < 0 or rl.eval_every < 0:
-    raise ValueError("config.rl.eval_tasks and config.rl.eval_every must be >= 0")
+    raise ConfigError(f"config.rl.eval_samples={rl.eval_samples} needs config.rl.eval_temperature "
+                      "> 0: greedy episodes are deterministic, so one per task is the measure")
   if rl.row_bucket % rl.minibatches:
-    raise ValueError(f"config.rl.row_bucket={rl.row_bucket} must be a multiple of "
-                     f"config.rl.minibatches={rl.minibatches} (forward rows split into equal "
-                     "minibatches)")
-  if rl.temperature < 0 or not 0 < rl.top_p <= 1:
-    raise ValueError(f"config.rl.temperature must be >= 0 and config.rl.top_p in (0, 1], got "
-                     f"{rl.temperature}, {rl.top_p}")
+    raise ConfigError(f"config.rl.row_bucket={rl.row_bucket} must be a multiple of "
+                      f"config.rl.minibatches={rl.minibatches} (forward rows split into equal "
+                      "minibatches)")
   if rl.top_p < 1:
-    raise ValueError("config.rl.top_p < 1 is not supported for training: the sampler's log-probs "
-                     "are of the untruncated distribution, so PPO ratios would be biased")
+    raise ConfigError("config.rl.top_p < 1 is not supported for training: the sampler's "
+                      "log-probs are of the untruncated distribution, so PPO ratios would be "
+                      "biased")
   if rl.max_context_tokens + rl.max_new_tokens > rl.seq_len:
-    raise ValueError(f"config.rl.seq_len={rl.seq_len} < config.rl.max_context_tokens + "
-                     f"config.rl.max_new_tokens = {rl.max_context_tokens + rl.max_new_tokens}: "
-                     "an episode's transcript might not fit a packed row")
+    raise ConfigError(f"config.rl.seq_len={rl.seq_len} < config.rl.max_context_tokens + "
+                      f"config.rl.max_new_tokens = {rl.max_context_tokens + rl.max_new_tokens}: "
+                      "an episode's transcript might not fit a packed row")
   if rl.mode == "agentflow" and rl.batch_mode != "turn":
-    raise ValueError("config.rl.mode='agentflow' needs config.rl.batch_mode='turn' (its planner "
-                     "turns have separate prompts; no single transcript exists)")
+    raise ConfigError("config.rl.mode='agentflow' needs config.rl.batch_mode='turn' (its planner "
+                      "turns have separate prompts; no single transcript exists)")
+  if num_devices is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    num_devices = jax.device_count()
+  shards = config_lib.batch_shards(config, num_devices)
+  if rl.row_bucket % (shards * rl.minibatches):
+    raise ConfigError(f"config.rl.row_bucket={rl.row_bucket} must be a multiple of the {shards} "
+                      f"batch shards of config.mesh x config.rl.minibatches={rl.minibatches}")
+  from agentic_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
+  with config_lib.config_errors("config.rl.loss_options"):  # loss / preset / option values
+    step_lib.objective_from_config(config)

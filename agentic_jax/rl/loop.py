@@ -42,7 +42,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from agentic_jax import models, parallel
-from agentic_jax.rl import config as rl_config
 from agentic_jax.rl import envs as envs_lib
 from agentic_jax.rl import rollout as rollout_lib
 from agentic_jax.rl import step as step_lib
@@ -131,8 +130,9 @@ def load_init_from(path: str, model_cfg: models.ModelConfig, model_section: dict
   if (jax.tree.structure(shape(got)) != jax.tree.structure(shape(want))
       or jax.tree.leaves(shape(got)) != jax.tree.leaves(shape(want))):
     shaping = [d for d in diff if d.split(":")[0] in _SHAPE_FIELDS]
-    raise ValueError(f"config.init_from={path!r}: its parameters do not fit config.model; "
-                     f"differing fields: {'; '.join(shaping or diff) or 'none (tree differs)'}")
+    raise config_lib.ConfigError(
+        f"config.init_from={path!r}: its parameters do not fit config.model; differing fields: "
+        f"{'; '.join(shaping or diff) or 'none (tree differs)'}")
   if diff:
     _say("[init] config.model differs from init_from's in non-shape fields: " + "; ".join(diff))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -289,7 +289,7 @@ def evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables=Non
 def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
         handle_signals: bool = True) -> dict:
   """RL per `config` in `workdir`; returns the summary (status completed | stopped | preempted
-  | halted)."""
+  | halted | all_skipped: every update of this invocation was non-finite)."""
   t_start = time.perf_counter()
   stop = runtime.StopFlag(handle_signals)
   try:
@@ -299,7 +299,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
 
 
 def _run(config, workdir, stop, t_start, stop_after_steps):
-  rl_config.check_rl_config(config)
+  config_lib.validate(config)  # every value, before anything is built or compiled
   rl = config.rl
   os.makedirs(workdir, exist_ok=True)
   model_cfg = config_lib.model_config(config.model)
@@ -307,18 +307,19 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   tx = optim_lib.make_optimizer(config.optim)
   objective = step_lib.objective_from_config(config)
   step_fn = step_lib.make_rl_step(model_cfg, config, objective)
-  make_env, make_tasks = envs_lib.make_env_factory(rl.env, **rl.env_options.to_dict())
+  with config_lib.config_errors("config.rl.env_options"):  # options the env does not take
+    make_env, make_tasks = envs_lib.make_env_factory(rl.env, **rl.env_options.to_dict())
 
   tok, tok_source = _tokenizer(config, workdir)
   if tok.vocab_size > model_cfg.vocab_size:
-    raise ValueError(f"tokenizer has {tok.vocab_size} ids but config.model.vocab_size is "
-                     f"{model_cfg.vocab_size}")
+    raise config_lib.ConfigError(f"config.model.vocab_size: {model_cfg.vocab_size} is smaller "
+                                 f"than the tokenizer's {tok.vocab_size} ids ({tok_source})")
   ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                async_save=config.checkpoint.async_save)
   config_json = json.loads(config.to_json_best_effort())
   abstract = state_lib.abstract_state(model_cfg, tx, config.seed)  # the same tree as _new_state
   place = _Placement(config, model_cfg, abstract)
-  restored = ckpt.restore_latest(place.target(abstract))
+  restored = ckpt.restore_latest(place.target(abstract), config_json=config_json)
   meta = restored[1] if restored is not None else {}
   init = meta.get("init", {})
   if config.init_from:
@@ -367,7 +368,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   jitted = None  # compiled at the first batch (its key set fixes the batch shardings)
   result: dict[str, Any] = {"status": "completed"}
   step, warned = start, set()
-  totals = {"rollout_s": 0.0, "train_s": 0.0, "dropped_rows": 0, "dropped_trajectories": 0}
+  totals = {"rollout_s": 0.0, "train_s": 0.0, "dropped_rows": 0, "dropped_trajectories": 0,
+            "skipped_steps": 0}
   if stop.signal is not None:
     result["status"] = "preempted"
   try:
@@ -402,6 +404,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
         ev = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
         rec["eval_success_rate"] = ev["success_rate"]
       writer.write(rec)
+      # a step whose every update was non-finite (one without tokens skips nothing)
+      totals["skipped_steps"] += int(m["skipped"] > 0 and m["updates"] == 0)
       if m["skipped"]:
         if config.train.nan_policy == "halt":
           _say(f"[rl] non-finite loss/gradient at step {step}: halting (nan_policy=halt)")
@@ -422,6 +426,10 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
     writer.close()
     ckpt.close()
 
+  if result["status"] != "halted" and step > start and totals["skipped_steps"] == step - start:
+    result["status"] = "all_skipped"
+    _say(f"[rl] every update of all {step - start} RL steps of this run was skipped as "
+         f"non-finite: the policy did not change; check config.optim (lr {config.optim.lr})")
   after = None
   if result["status"] == "completed":
     after = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)

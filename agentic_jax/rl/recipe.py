@@ -112,15 +112,37 @@ def rl_stage_config(config: Any, midtrain_dir: str) -> Any:
   return c
 
 
+def validate_recipe(config: Any, workdir: str = "WORKDIR") -> None:
+  """config.recipe_data and both stages' configs as they will run; ConfigError naming the
+  recipe's key (config.midtrain.* for the mid-training stage)."""
+  from agentic_jax.rl import config as rl_config  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  for key, low in (("recipe_data.seed", 0), ("recipe_data.num_samples", 1)):
+    config_lib.check_int(config, key, low)
+  config_lib.check_number(config, "recipe_data.no_tool_rate", 0.0, 1.0)
+  if "midtrain" not in config:
+    raise config_lib.ConfigError("config.midtrain: required section is missing")
+  try:
+    config_lib.validate_midtrain(midtrain_stage_config(config, os.path.join(workdir, "data")))
+  except config_lib.ConfigError as e:  # its keys live under config.midtrain
+    msg = str(e)
+    raise config_lib.ConfigError("config.midtrain." + msg[len("config."):]
+                                 if msg.startswith("config.") else msg) from None
+  with config_lib.config_errors("config"):
+    rl_cfg = rl_stage_config(config, os.path.join(workdir, "midtrain"))
+  rl_config.check_rl_config(rl_cfg)
+
+
 def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
         handle_signals: bool = True) -> dict:
   """Runs or resumes the recipe; returns the summary written to WORKDIR/summary.json."""
   from agentic_jax.rl import loop as rl_loop  # pylint: disable=import-outside-toplevel
   from agentic_jax.train import loop as mt_loop  # pylint: disable=import-outside-toplevel
+  validate_recipe(config, workdir)  # both stages, before anything is written or compiled
   os.makedirs(workdir, exist_ok=True)
   data_dir = os.path.join(workdir, "data")
   mt_dir, rl_dir = os.path.join(workdir, "midtrain"), os.path.join(workdir, "rl")
-  rl_cfg = rl_stage_config(config, mt_dir)  # validates the layout before any training
+  rl_cfg = rl_stage_config(config, mt_dir)
   mt_cfg = midtrain_stage_config(config, data_dir)
   seconds: dict[str, float] = {}
   t0 = time.perf_counter()

@@ -18,14 +18,24 @@ process's shards; the JSON meta comes from process 0; the data item keeps one it
 per process). Restoring into an abstract state whose leaves carry shardings (train/state.py
 with_shardings) places every array straight into that layout.
 
-Any restore error or fingerprint mismatch makes `restore_latest` warn, move the step
-directory aside to DIR/<step>.corrupt-<unix time> (kept for inspection, out of orbax's way)
-and try the next older step. If every checkpoint is unreadable it raises rather than
-silently starting over.
+A checkpoint that does not fit the config is not damaged. Before restoring a step, its arrays'
+shapes and dtypes (orbax metadata, read without loading) are compared with the state the config
+builds, and a data iterator that rejects its saved state (a changed data config) is told apart
+from one whose state cannot be read. Either mismatch raises CheckpointMismatchError (a
+config.ConfigError) naming the differing parameters, and changes nothing on disk.
+
+Only data that cannot be read (an orbax read error, JSON that does not parse, a fingerprint or
+step mismatch) counts as damaged. `restore_latest` restores the newest readable step; the newer
+damaged ones are then moved aside to DIR/<step>.corrupt-<unix time> (kept for inspection, out of
+orbax's way) with a warning. If no step is readable it raises CorruptCheckpointError and moves
+nothing: a run never quarantines its last checkpoint, and never starts over silently (a
+directory holding only quarantined steps raises too).
 """
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import time
 import warnings
@@ -38,6 +48,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from agentic_jax.parallel import distributed
+from agentic_jax.train import runtime
+from agentic_jax.train.config import ConfigError
 from agentic_jax.train.state import TrainState
 
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
@@ -117,7 +129,64 @@ def _with_default_sharding(abstract: Any) -> Any:
 
 
 class CorruptCheckpointError(RuntimeError):
+  """Checkpoint data that cannot be read, or reads back other than it was saved."""
+
+
+class CheckpointMismatchError(ConfigError):
+  """A readable checkpoint that does not fit the state (or data) the config builds."""
+
+
+# Config sections whose values shape the train state (parameter tree and optimizer state).
+_SHAPING_SECTIONS = ("model", "optim")
+_MAX_LISTED = 10
+
+
+def _leaf_name(path: tuple) -> str:
+  """A key path as orbax names the leaf in its metadata ("opt_state.0.mu.embed.embedding")."""
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[tuple, str]]:
+  return {_leaf_name(p): (tuple(x.shape), str(x.dtype))
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def state_differences(saved: dict, wanted: dict) -> list[str]:
+  """'path: checkpoint <shape> <dtype>, config <shape> <dtype>' for every leaf that differs or
+  exists on one side only (arguments: leaf name -> (shape, dtype), as `_shapes` gives)."""
+  def show(entry):
+    return "absent" if entry is None else f"{entry[0]} {entry[1]}"
+  # parameters first: the optimizer moments mirror them, and they are what a reader recognises
+  keys = sorted(set(saved) | set(wanted), key=lambda k: (not k.startswith("params."), k))
+  return [f"{k}: checkpoint {show(saved.get(k))}, config {show(wanted.get(k))}"
+          for k in keys if saved.get(k) != wanted.get(k)]
+
+
+class _DataMismatch(Exception):
   pass
+
+
+class _CheckedIterator:
+  """Stands in for the data iterator during a restore, to tell a damaged iterator state from one
+  written under another data config. Not a grain DatasetIterator, so grain hands it the saved
+  text unparsed (the format `save` wrote with the real iterator)."""
+
+  def __init__(self, inner: Any):
+    self.inner = inner
+
+  def set_state(self, raw: bytes) -> None:
+    try:
+      state = json.loads(raw)
+    except ValueError as e:  # also UnicodeDecodeError
+      raise CorruptCheckpointError(f"data iterator state is not JSON ({e})") from None
+    try:
+      self.inner.set_state(state)
+    except (ValueError, KeyError, TypeError) as e:
+      raise _DataMismatch(str(e)) from None
+
+  def start_prefetch(self) -> None:
+    if hasattr(self.inner, "start_prefetch"):
+      self.inner.start_prefetch()
 
 
 class Checkpointer:
@@ -156,12 +225,55 @@ class Checkpointer:
   def latest_step(self) -> Optional[int]:
     return self._mgr.latest_step()
 
-  def _restore_step(self, step: int, abstract_state: TrainState, data_iterator: Any):
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _check_fits(self, step: int, abstract_state: TrainState,
+                  config_json: Optional[dict]) -> None:
+    """CheckpointMismatchError if step's saved arrays differ in shape or dtype from
+    `abstract_state` (read from orbax metadata; nothing is loaded). A metadata read failure
+    propagates as it is: that step is unreadable."""
+    from etils import epath  # pylint: disable=import-outside-toplevel  (orbax's path type)
+    tree = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(os.path.join(self._step_dir(step), "state"))).tree
+    diff = state_differences(_shapes(tree), _shapes(abstract_state))
+    if diff:
+      raise self._mismatch(step, f"{len(diff)} of its arrays differ from the state this config "
+                           "builds: " + "; ".join(diff[:_MAX_LISTED])
+                           + (f"; and {len(diff) - _MAX_LISTED} more" if len(diff) > _MAX_LISTED
+                              else ""), config_json, _SHAPING_SECTIONS)
+
+  def _mismatch(self, step: int, what: str, config_json: Optional[dict],
+                sections: tuple[str, ...]) -> CheckpointMismatchError:
+    """The error for a step that does not fit, led by the changed config keys (from the
+    checkpoint's meta) under `sections`, the ones that decide what failed to fit."""
+    diff: list[str] = []
+    if config_json is not None:
+      try:
+        saved = self._mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        diff = runtime.config_diff(saved["meta"].get("config", {}), config_json)
+      except Exception:  # pylint: disable=broad-except  the key names are a courtesy only
+        diff = []
+    keys = [d.split(":")[0] for d in diff]
+    lead = [f"config.{k}" for k in keys if k.split(".")[0] in sections]
+    changed = (f" (config changed since: {'; '.join(diff[:_MAX_LISTED])})" if diff else "")
+    return CheckpointMismatchError(
+        f"{', '.join(lead[:3]) or 'config'}: checkpoint step {step} in {self.directory} was "
+        f"written under another config{changed}: {what}. Nothing on disk was changed: rerun "
+        "with the checkpoint's config, or use another --workdir to start afresh")
+
+  def _restore_step(self, step: int, abstract_state: TrainState, data_iterator: Any,
+                    config_json: Optional[dict] = None):
+    self._check_fits(step, abstract_state, config_json)
     args = {"state": ocp.args.StandardRestore(_with_default_sharding(abstract_state)),
             "meta": ocp.args.JsonRestore()}
     if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    out = self._mgr.restore(step, args=ocp.args.Composite(**args))
+      args["data"] = grain.checkpoint.CheckpointRestore(_CheckedIterator(data_iterator))
+    try:
+      out = self._mgr.restore(step, args=ocp.args.Composite(**args))
+    except _DataMismatch as e:
+      raise self._mismatch(step, f"the data iterator rejects its saved state ({e})",
+                           config_json, ("data", "seed")) from None
     state, meta = out["state"], out["meta"]
     if not isinstance(state, TrainState):  # orbax may hand back a plain dict tree
       state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract_state),
@@ -175,30 +287,53 @@ class Checkpointer:
       raise CorruptCheckpointError(f"directory {step} holds state.step={int(state.step)}")
     return state, meta
 
-  def restore_latest(self, abstract_state: TrainState,
-                     data_iterator: Any = None) -> Optional[tuple[TrainState, dict]]:
-    """(state, meta) of the newest readable checkpoint, or None if there is none at all."""
+  def restore_latest(self, abstract_state: TrainState, data_iterator: Any = None, *,
+                     config_json: Optional[dict] = None) -> Optional[tuple[TrainState, dict]]:
+    """(state, meta) of the newest readable checkpoint, or None if there is none at all (see
+    the module docstring for mismatched and damaged steps). `config_json`, the run's config,
+    lets a mismatch error name the config keys that differ from the checkpoint's."""
     steps = sorted(self._mgr.all_steps(), reverse=True)
     if not steps:
+      self._refuse_only_quarantined()
       return None
-    errors = []
+    damaged: list[tuple[int, BaseException]] = []
     for step in steps:
+      restored, error, mismatch = None, None, None
       try:
-        restored, e = self._restore_step(step, abstract_state, data_iterator), None
-      except Exception as exc:  # pylint: disable=broad-except  any failure means unreadable
-        restored, e = None, exc
-      # One verdict for all processes: a step bad for any of them is bad for every one.
-      if not distributed.any_process(e is not None):
+        restored = self._restore_step(step, abstract_state, data_iterator, config_json)
+      except CheckpointMismatchError as exc:
+        mismatch = exc
+      except Exception as exc:  # pylint: disable=broad-except  any other failure: unreadable
+        error = exc
+      # One verdict for all processes: a mismatch anywhere stops every process, a step bad
+      # for any of them is bad for every one.
+      if distributed.any_process(mismatch is not None):
+        raise mismatch or CheckpointMismatchError(
+            f"config: checkpoint step {step} in {self.directory} does not fit this config on "
+            "another process; nothing on disk was changed")
+      if not distributed.any_process(error is not None):
+        for bad, exc in damaged:  # only now: a readable step remains
+          moved = self._quarantine(bad)
+          warnings.warn(f"checkpoint step {bad} in {self.directory} is unreadable "
+                        f"({type(exc).__name__}: {str(exc)[:300]}); moved it to {moved} and "
+                        f"falling back to step {step}", RuntimeWarning, stacklevel=2)
         return restored
-      if e is None:
-        e = CorruptCheckpointError("unreadable on another process")
-      moved = self._quarantine(step)
-      msg = (f"checkpoint step {step} in {self.directory} is unreadable "
-             f"({type(e).__name__}: {str(e)[:300]}); moved it to {moved} and "
-             f"falling back to the previous checkpoint")
-      warnings.warn(msg, RuntimeWarning, stacklevel=2)
-      errors.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
-    raise CorruptCheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
+      damaged.append((step, error or CorruptCheckpointError("unreadable on another process")))
+    detail = "; ".join(f"step {s}: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                       for s, e in damaged)
+    raise CorruptCheckpointError(
+        f"no readable checkpoint in {self.directory} ({detail}). Nothing was moved: restore the "
+        "step directories from a copy, or move them out of the directory to start from step 0")
+
+  def _refuse_only_quarantined(self) -> None:
+    """A directory whose every step was moved aside is not a fresh start: say so and stop."""
+    aside = sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.directory,
+                                                                       "*.corrupt-*")))
+    if aside:
+      raise CorruptCheckpointError(
+          f"{self.directory} holds no checkpoint but {len(aside)} moved aside as unreadable "
+          f"({', '.join(aside[:_MAX_LISTED])}): rename one back to its step number to retry it, "
+          "or move them out of the directory to start from step 0")
 
   def _quarantine(self, step: int) -> str:
     """Moves a bad step aside. Multi-process: every process gets here together (the verdict

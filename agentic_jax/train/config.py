@@ -7,15 +7,22 @@
 EVERY ModelConfig field filled from the preset, so `--config.model.hidden_size=128` works for
 any field and a misspelt field is rejected by the locked config. Optional int fields (None in
 the preset) become typed placeholders, so they can still be overridden from the command line.
+
+`validate(config)` checks every value of a training config (mid-training, RL or recipe, by
+config.job) before anything is built or compiled, and raises ConfigError - one line that
+starts with the key, e.g. "config.data.batch_size: expected an int >= 1, got 0". The run
+loops call it first; launch/train.py prints it as `error: ...` and exits 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import math
 import os
 import typing
-from typing import Any, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -23,6 +30,8 @@ from ml_collections import config_dict
 from agentic_jax.models import presets
 from agentic_jax.models.config import ModelConfig
 
+NAN_POLICIES = ("skip", "halt")
+BALANCE_LOSSES = ("none", "sequence", "device")  # objectives/next_token.py
 REQUIRED_KEYS = ("seed", "train.num_steps", "train.log_every", "checkpoint.every", "mesh.data",
                  "mesh.fsdp", "mesh.tensor", "mesh.expert")
 
@@ -59,6 +68,10 @@ def model_config(section: Any) -> ModelConfig:
   return ModelConfig(**values)
 
 
+class ConfigError(ValueError):
+  """An invalid config value: one line starting with the key (config.section.key: ...)."""
+
+
 def check_required(config: Any) -> None:
   """Raises KeyError naming the first missing key scripts outside the code rely on."""
   for dotted in REQUIRED_KEYS:
@@ -81,3 +94,222 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   config = module.get_config(arg) if arg else module.get_config()
   config.lock()
   return config
+
+
+# ------------------------------------------------------------------ validation
+
+# Prefixes of messages raised by the library's own checks that already start with a key
+# relative to the config root (optim.py: "optim.lr ...", step.py: "moe.bias_update ...").
+_SECTIONS = ("seed", "model", "data", "objective", "moe", "optim", "train", "checkpoint", "mesh",
+             "rl", "tokenizer", "init_from", "recipe_data", "midtrain")
+
+
+def _keyed(message: str, key: str, under: Optional[str] = None) -> str:
+  """`message` as one line starting with a config key: kept if it already starts with one,
+  "ModelConfig.f" -> "config.model.f", a path relative to the root (or to `under`) gets that
+  prefix, else `key: message`."""
+  message = " ".join(message.split())
+  if message.startswith("config."):
+    return message
+  if under is not None:
+    return f"{under}.{message}"
+  if message.startswith("ModelConfig."):
+    return "config.model." + message[len("ModelConfig."):]
+  if message.split(".")[0].split(":")[0].split(" ")[0] in _SECTIONS:
+    return "config." + message
+  return f"{key}: {message}"
+
+
+@contextlib.contextmanager
+def config_errors(key: str, under: Optional[str] = None) -> Iterator[None]:
+  """Turns the ValueError / KeyError / TypeError of a reused library check into a ConfigError
+  naming `key` (unless its message already names one; `under`: the messages' paths are
+  relative to that key)."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except (ValueError, KeyError, TypeError) as e:
+    raise ConfigError(_keyed(str(e.args[0]) if e.args else str(e), key, under)) from None
+
+
+def _value(config: Any, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      raise ConfigError(f"config.{dotted}: required key is missing")
+    node = node[part]
+  return node
+
+
+def check_int(config: Any, dotted: str, low: int = 1, *, also: Sequence[int] = ()) -> int:
+  """config.<dotted> as an int >= low (or one of `also`, e.g. -1), else ConfigError."""
+  v = _value(config, dotted)
+  if isinstance(v, bool) or not isinstance(v, int) or (v < low and v not in also):
+    extra = "".join(f" or {a}" for a in also)
+    raise ConfigError(f"config.{dotted}: expected an int >= {low}{extra}, got {v!r}")
+  return v
+
+
+def check_number(config: Any, dotted: str, low: float = -math.inf, high: float = math.inf, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+  """config.<dotted> as a finite number in the interval, else ConfigError ('(' = open end)."""
+  v = _value(config, dotted)
+  ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+  if ok:
+    ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+  if not ok:
+    span = (f"{'(' if low_open or low == -math.inf else '['}{low:g}, "
+            f"{high:g}{')' if high_open or high == math.inf else ']'}")
+    raise ConfigError(f"config.{dotted}: expected a finite number in {span}, got {v!r}")
+  return float(v)
+
+
+def check_choice(config: Any, dotted: str, choices: Sequence[Any]) -> Any:
+  v = _value(config, dotted)
+  if v not in choices:
+    raise ConfigError(f"config.{dotted}: expected one of {list(choices)}, got {v!r}")
+  return v
+
+
+def check_bool(config: Any, dotted: str) -> bool:
+  v = _value(config, dotted)
+  if not isinstance(v, bool):
+    raise ConfigError(f"config.{dotted}: expected True or False, got {v!r}")
+  return v
+
+
+def validate_common(config: Any, *, num_devices: Optional[int] = None) -> ModelConfig:
+  """The sections every job shares (seed, model, optim, train, checkpoint, mesh); returns the
+  ModelConfig. `num_devices` (default: all devices) is what config.mesh must fill."""
+  for dotted in REQUIRED_KEYS:
+    _value(config, dotted)
+  check_int(config, "seed", 0)
+  with config_errors("config.model"):
+    model_cfg = model_config(config.model)
+  for key in ("train.num_steps", "train.log_every", "checkpoint.every", "checkpoint.keep",
+              "optim.grad_accum"):
+    check_int(config, key)
+  check_int(config, "optim.warmup_steps", 0)
+  check_choice(config, "train.nan_policy", NAN_POLICIES)
+  for key in ("train.progress", "checkpoint.async_save"):
+    check_bool(config, key)
+  check_number(config, "optim.lr", 0.0, low_open=True)
+  check_number(config, "optim.eps", 0.0, low_open=True)
+  for key in ("optim.b1", "optim.b2"):
+    check_number(config, key, 0.0, 1.0, high_open=True)
+  for key in ("optim.weight_decay", "optim.clip_norm"):  # clip_norm 0 = no clipping
+    check_number(config, key, 0.0)
+  for key in ("optim.decay_fraction", "optim.min_lr_ratio"):
+    check_number(config, key, 0.0, 1.0)
+  from agentic_jax.train import optim as optim_lib  # pylint: disable=import-outside-toplevel
+  with config_errors("config.optim.schedule"):  # unknown schedule, warmup past the decay
+    optim_lib.schedule_from_config(config)
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  if num_devices is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    num_devices = jax.device_count()
+  with config_errors("config.mesh"):
+    parallel.mesh_sizes(config.mesh, num_devices, prefix="config.mesh")
+  if "sharding_rules" in config:
+    with config_errors("config.sharding_rules"):
+      parallel.get_rules(config.sharding_rules)
+  return model_cfg
+
+
+def batch_shards(config: Any, num_devices: int) -> int:
+  """How many ways config.mesh splits a batch's rows (a validated mesh)."""
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  sizes = parallel.mesh_sizes(config.mesh, num_devices, prefix="config.mesh")
+  return parallel.batch_shards(sizes, parallel.get_rules(config.get("sharding_rules", "default")))
+
+
+def _check_data(config: Any, num_devices: int, num_processes: int) -> None:
+  from agentic_jax.data import pipeline, reader, render  # pylint: disable=import-outside-toplevel
+  rows = check_int(config, "data.batch_size")
+  check_int(config, "data.seq_len")
+  check_int(config, "data.tokenizer.vocab_size")
+  check_choice(config, "data.mask_policy", render.POLICIES)
+  check_choice(config, "data.on_bad_record", reader.ON_BAD_RECORD)
+  check_choice(config, "data.overlong", pipeline.OVERLONG_MODES)
+  names = tuple(config.data.sources)
+  if not names or not all(isinstance(n, str) and n for n in names):
+    raise ConfigError(f"config.data.sources: expected one or more source names, got {names!r}")
+  if names != ("synthetic",):  # the synthetic source reads none of the per-source keys
+    per_source = ("source_weights", "loss_weights", "num_samples", "eval_num_samples")
+    for key in (k for k in per_source if k in config.data):
+      values = tuple(config.data[key])
+      if len(values) != len(names):
+        raise ConfigError(f"config.data.{key}: {len(values)} entries for {len(names)} "
+                          "config.data.sources")
+      for i, v in enumerate(values):
+        if key.endswith("weights"):
+          if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == math.inf:
+            raise ConfigError(f"config.data.{key}[{i}]: expected a finite number >= 0, got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
+          raise ConfigError(f"config.data.{key}[{i}]: expected an int >= 0, got {v!r}")
+    weights = [float(v) for v in config.data.source_weights]
+    if not sum(weights) > 0:
+      raise ConfigError(f"config.data.source_weights: expected a positive total, got {weights}")
+    if config.data.stages:
+      with config_errors("config.data.stages", under="config.data"):
+        pipeline.parse_stages([s.to_dict() if hasattr(s, "to_dict") else dict(s)
+                               for s in config.data.stages], names, weights)
+  accum = int(config.optim.grad_accum)
+  if rows % accum:
+    raise ConfigError(f"config.data.batch_size: {rows} rows do not split into "
+                      f"config.optim.grad_accum={accum} equal micro-batches")
+  if rows % num_processes:
+    raise ConfigError(f"config.data.batch_size: {rows} rows do not split over the "
+                      f"{num_processes} processes")
+  shards = batch_shards(config, num_devices)
+  if rows % shards:
+    raise ConfigError(f"config.data.batch_size: {rows} rows do not split over the {shards} "
+                      "batch shards of config.mesh (data x fsdp x expert)")
+
+
+def validate_midtrain(config: Any, *, num_devices: Optional[int] = None,
+                      num_processes: Optional[int] = None) -> None:
+  """Every key of a mid-training config (configs/midtrain.py); ConfigError naming the first bad
+  one."""
+  import jax  # pylint: disable=import-outside-toplevel
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  model_cfg = validate_common(config, num_devices=num_devices)
+  _check_data(config, num_devices, num_processes)
+  check_number(config, "train.peak_flops", 0.0, low_open=True)
+  every = check_int(config, "train.eval_every", 0) if "eval_every" in config.train else 0
+  if every or "eval_batches" in config.train:  # eval_every 0 = no evaluation
+    check_int(config, "train.eval_batches", 1 if every else 0)
+  from agentic_jax import objectives  # pylint: disable=import-outside-toplevel
+  check_choice(config, "objective.name", objectives.registered())
+  # the next_token loss's options (the section minus name is its options dict)
+  if "balance_loss" in config.objective:
+    check_choice(config, "objective.balance_loss", BALANCE_LOSSES)
+  if "balance_groups" in config.objective:
+    check_int(config, "objective.balance_groups")
+  for key in ("objective.balance_alpha", "objective.z_loss", "moe.bias_rate"):
+    if key.split(".")[1] in config[key.split(".")[0]]:
+      check_number(config, key, 0.0)
+  from agentic_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
+  check_choice(config, "moe.bias_update", step_lib.BIAS_UPDATES)
+  check_number(config, "moe.target_ffn_per_token", 0.0, low_open=True)
+  with config_errors("config.moe"):
+    step_lib.make_bias_update(model_cfg, config.moe)
+
+
+def validate(config: Any) -> None:
+  """Every value of a training config, by config.job ("midtrain" when absent; "rl" and
+  "recipe" are checked by agentic_jax.rl); ConfigError naming the first bad key. Reads the
+  device count, so call it after jax.distributed is initialised."""
+  job = config.get("job", "midtrain")
+  if job == "midtrain":
+    validate_midtrain(config)
+  elif job == "rl":
+    from agentic_jax.rl import config as rl_config  # pylint: disable=import-outside-toplevel
+    rl_config.check_rl_config(config)
+  elif job == "recipe":
+    from agentic_jax.rl import recipe  # pylint: disable=import-outside-toplevel
+    recipe.validate_recipe(config)
+  else:
+    raise ConfigError(f"config.job: expected one of ['midtrain', 'rl', 'recipe'], got {job!r}")

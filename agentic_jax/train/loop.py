@@ -32,7 +32,12 @@ Stopping early:
   * Non-finite loss or gradient: the step itself skipped the update (step.py). With
     train.nan_policy="skip" training goes on (skips counted in metrics and summary); with
     "halt" the loop stops at once WITHOUT saving, so the newest checkpoint is the last good
-    state, and returns status "halted" (launch/train.py exits 1).
+    state, and returns status "halted" (launch/train.py exits 1). A run in which EVERY step
+    of this invocation was skipped applied no update: it returns status "all_skipped"
+    (launch/train.py exits 1), not "completed".
+
+Before anything is built, config.validate checks every value and raises config.ConfigError
+naming the key; a checkpoint that does not fit the config raises one too (checkpoint.py).
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ from agentic_jax.train import runtime
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import step as step_lib
 
-NAN_POLICIES = ("skip", "halt")
+NAN_POLICIES = config_lib.NAN_POLICIES
 
 
 def _say(msg: str) -> None:
@@ -102,10 +107,7 @@ def _evaluate(eval_fn: Callable, eval_data: list, inp: input_lib.Input, state: A
 
 def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
          stop_after_steps: Optional[int]) -> dict:
-  config_lib.check_required(config)
-  if config.train.nan_policy not in NAN_POLICIES:
-    raise ValueError(f"config.train.nan_policy must be one of {NAN_POLICIES}, "
-                     f"got {config.train.nan_policy!r}")
+  config_lib.validate(config)  # every value, before any data, state or compilation
   eval_every, eval_batches = _eval_settings(config)
   primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
@@ -152,8 +154,9 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
                                async_save=config.checkpoint.async_save)
   abstract = state_lib.abstract_state(model_cfg, tx, config.seed)
   state_sh = state_lib.state_shardings(abstract, model_cfg, mesh, rules)
-  restored = ckpt.restore_latest(state_lib.with_shardings(abstract, state_sh), inp.iterator)
   config_json = _config_json(config)
+  restored = ckpt.restore_latest(state_lib.with_shardings(abstract, state_sh), inp.iterator,
+                                 config_json=config_json)
   if restored is not None:
     state, meta = restored
     start = int(jax.device_get(state.step))
@@ -203,6 +206,7 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
       log_every=config.train.log_every, start_step=start, progress=config.train.progress,
       write=primary)
   step = start
+  skips_before = int(jax.device_get(state.nan_skips))  # to tell whether this run updated at all
   warned_skip = False
   last_eval: Optional[dict] = None
   t_eval = 0.0
@@ -256,6 +260,12 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
     logger.close()
     ckpt.close()
   t_train = time.perf_counter() - t_loop - t_eval
+  ran = step - start
+  skipped = int(jax.device_get(state.nan_skips)) - skips_before
+  if result["status"] != "halted" and ran and skipped == ran:
+    result["status"] = "all_skipped"
+    _say(f"[train] all {ran} steps of this run were skipped as non-finite (nan_policy=skip): "
+         f"no update was applied; check the data and config.optim (lr {config.optim.lr})")
 
   recs = logger.records
   losses = [r["loss"] for r in recs if r.get("loss") is not None]
