@@ -72,7 +72,8 @@ def execute(argv: list[str], *, bwrap_prefix: Optional[list[str]], cwd: str, env
     pass_fds = [err_w] + ([st_w] if st_w >= 0 else [])
     if tmpfs:
       layout = watch.layout
-      cfg["tmpfs"] = {"target": layout.fs, "stage": layout.stage, "sock_fd": sock_child.fileno(),
+      cfg["tmpfs"] = {"target": layout.fs, "stage": layout.stage, "skeleton": scratch.SKELETON,
+                      "sock_fd": sock_child.fileno(),
                       "options": scratch.tmpfs_options(watch.max_bytes, watch.max_files, uid)}
       pass_fds.append(sock_child.fileno())
     start = time.monotonic()
