@@ -278,8 +278,9 @@ def test_eval_changes_neither_state_nor_data(tmp_path):
 
 
 def test_eval_config_errors(tmp_path):
-  with pytest.raises(ValueError, match="config.train.eval_every must be >= 0"):
+  # config.validate rejects both before anything is built (a ConfigError, a ValueError)
+  with pytest.raises(ValueError, match="config.train.eval_every: expected an int >= 0, got -1"):
     loop.run(small_config(**{"train.eval_every": -1}), str(tmp_path), handle_signals=False)
-  with pytest.raises(ValueError, match="config.train.eval_batches must be >= 1"):
+  with pytest.raises(ValueError, match="config.train.eval_batches: expected an int >= 1, got 0"):
     loop.run(small_config(**{"train.eval_every": 2, "train.eval_batches": 0}), str(tmp_path),
              handle_signals=False)

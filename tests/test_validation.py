@@ -65,6 +65,8 @@ MIDTRAIN_CASES = [
     ({"data.stages": ({"until_step": 0, "weights": {"calculator": 1.0}}, {"weights": None})},
      "data.stages[0].until_step"),
     ({"data.batch_size": 6, "optim.grad_accum": 4}, "data.batch_size"),
+    ({"data.pack_groups": 0}, "data.pack_groups"),
+    ({"data.pack_groups": 3}, "data.pack_groups"),  # does not divide batch_size 8
     ({"optim.lr": NAN}, "optim.lr"),
     ({"optim.lr": INF}, "optim.lr"),
     ({"optim.lr": -3e-4}, "optim.lr"),

@@ -9,11 +9,12 @@ Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
   optim       AdamW chain, "wsd" / "cosine" schedules, weight-decay mask
   step        make_train_step(model_cfg, config, ...) -> pure train_step(state, batch)
   flops       model FLOPs per step for MFU (activated experts only)
-  checkpoint  Checkpointer: orbax async keep-N of {state, data iterator, meta}, corrupt fallback
+  checkpoint  Checkpointer: orbax async keep-N of {state, data iterator, meta}, corrupt fallback,
+              config mismatches named (a ConfigError, nothing on disk changed)
   input       build_input(config, workdir, ...): built-in / JSONL / synthetic sources
   runtime     StopFlag (SIGTERM/SIGINT), config_diff: shared by the run loops (also rl/loop.py)
   eval        make_eval_step / evaluate: held-out loss on a fixed eval set (data seed + 1000003)
   metrics     progress bar, metrics.jsonl, TensorBoard (tensorboard.py), summary.json, loss.png
-  config      model_section / model_config / load_config / check_required
+  config      model_section / model_config / load_config / validate (ConfigError naming the key)
   loop        run(config, workdir): resume, SIGTERM, NaN policy, final summary
 """

@@ -255,6 +255,10 @@ def _check_data(config: Any, num_devices: int, num_processes: int) -> None:
       with config_errors("config.data.stages", under="config.data"):
         pipeline.parse_stages([s.to_dict() if hasattr(s, "to_dict") else dict(s)
                                for s in config.data.stages], names, weights)
+  if "pack_groups" in config.data:
+    from agentic_jax.data import groups  # pylint: disable=import-outside-toplevel
+    with config_errors("config.data.pack_groups"):
+      groups.check_groups(rows, config.data.pack_groups)
   accum = int(config.optim.grad_accum)
   if rows % accum:
     raise ConfigError(f"config.data.batch_size: {rows} rows do not split into "
