@@ -15,7 +15,8 @@ import pytest
 
 from agentic_jax.rl import sandbox_scratch
 from agentic_jax.rl.sandbox import run_command, run_python
-from tests.sandbox_fixtures import ROOT, code, processes_with, scratch_modes, scratch_root  # noqa: F401
+from tests.sandbox_fixtures import ROOT, code, processes_with, scratch_modes
+from tests.sandbox_fixtures import scratch_root  # noqa: F401 (a fixture)
 from tests.sandbox_fixtures import unharmed_test_process  # noqa: F401 (autouse)
 
 _UNISOLATED = {"bwrap_path": "/nonexistent/bwrap", "allow_unisolated": True}
@@ -103,6 +104,7 @@ def test_dev_is_read_only_and_dev_shm_counts_against_the_scratch_limits(scratch_
   assert res.stdout == "EROFS\n" and res.limit == "scratch_files"
   if scratch_fs == "tmpfs":  # a hard limit: the 30th entry (main.py is one) fails
     assert res.scratch_files == 30 and "No space left on device: '/dev/shm/f29'" in res.stderr
+    assert res.killed_reason is None
 
 
 def test_immutable_and_append_only_flags_cannot_block_the_clean_up(scratch_root):
@@ -224,8 +226,8 @@ def test_daemons_and_pipe_holders_do_not_outlive_the_run(mode):
 
 
 def test_signals_the_program_sends_itself():
-  res = run_python("import os, signal\nprint('x', flush=True)\nos.kill(os.getpid(), signal.SIGSTOP)",
-                   timeout_s=1.0)
+  res = run_python("import os, signal\nprint('x', flush=True)\n"
+                   "os.kill(os.getpid(), signal.SIGSTOP)", timeout_s=1.0)
   assert (res.killed_reason, res.limit, res.stdout) == ("timeout", "timeout", "x\n")
   res = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
   assert (res.returncode, res.killed_reason, res.limit) == (-signal.SIGSEGV, "signal SIGSEGV",

@@ -82,8 +82,9 @@ class SandboxResult:
   stdout: str              # utf-8 (invalid bytes replaced), at most max_output_bytes
   stderr: str
   timed_out: bool
-  # None, "timeout", "output_limit", "scratch_bytes", "scratch_files" (we killed it), "cpu"
-  # (SIGXCPU, or we killed it past the run's CPU budget), "memory" (the memory cgroup OOM-killed
+  # None, "timeout", "output_limit", "scratch_bytes", "scratch_files" (we killed it; scratch
+  # only when watched, a tmpfs scratch fails the writes instead), "cpu" (SIGXCPU, or we
+  # killed it past the run's CPU budget), "memory" (the memory cgroup OOM-killed
   # a process of the run, possibly a child while the main program went on, or Python died of
   # MemoryError under RLIMIT_AS), "file_size" (SIGXFSZ) or "signal SIGNAME".
   killed_reason: Optional[str]
@@ -91,8 +92,8 @@ class SandboxResult:
   duration_s: float
   enforced: tuple[str, ...] = ()  # the mechanisms in effect, e.g. ("bwrap", "uid=65534", ...)
   # The limit the run met: killed_reason's limits, or "scratch_bytes"/"scratch_files" when the
-  # program ran into a full scratch (ENOSPC) and ended by itself (found by polling and at the
-  # end: best effort when it had unlinked what it held). None for "signal ..." deaths.
+  # program ran into a full tmpfs scratch (ENOSPC; found by polling and at the end: best
+  # effort when it had unlinked what it held). None for "signal ..." deaths.
   limit: Optional[str] = None
   limit_detail: Optional[str] = None  # in words, naming the option that sets the limit
   cpu_s: float = 0.0       # CPU seconds of all the run's processes together (as measured)

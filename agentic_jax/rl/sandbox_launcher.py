@@ -89,8 +89,8 @@ def _send_fd(sock_fd: int, path: str) -> None:
 
 def main(cfg: dict) -> None:
   """cfg: argv, err_fd, rlimits [(name, soft, hard)], cgroup_procs [paths], uid, gid, cwd, and
-  optionally tmpfs {target, options, skeleton, stage, sock_fd}; or probe_tmpfs (a directory): only check
-  that a private tmpfs can be mounted, exit 0 if so."""
+  optionally tmpfs {target, options, skeleton, stage, sock_fd}; or probe_tmpfs (a directory):
+  only check that a private tmpfs can be mounted, exit 0 if so."""
   import resource
   err = cfg["err_fd"]
   try:

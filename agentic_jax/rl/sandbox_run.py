@@ -117,9 +117,10 @@ Hit = tuple[str, str]  # (limit name, the limit in words)
 
 class _Watch:
   """Polls the limits that no kernel mechanism enforces for the run as a whole: total CPU time
-  of all its processes, and (for a watched directory) scratch usage; for a tmpfs, where the
-  kernel enforces the limits, it notices a full tmpfs so that the result says why writes failed.
-  poll() returns the first limit found past; `stopped` keeps it."""
+  of all its processes, and (for a watched directory) scratch usage; poll() returns the first
+  found past (the run is then killed), `stopped` keeps it. A tmpfs enforces its limits itself:
+  the program gets ENOSPC and may handle it (its output stays deterministic: not killed at a
+  poll's whim), and a full tmpfs seen is only noted, so the result can say why writes failed."""
 
   def __init__(self, root_pid: int, cgroups: Optional[limits.RunCgroups],
                cpu_s: Optional[float], watch: Optional[ScratchWatch],
@@ -130,6 +131,7 @@ class _Watch:
     self.cpu_peak = 0.0
     self.usage = scratch.Usage(0, 0)
     self.stopped: Optional[Hit] = None
+    self.tmpfs_full: Optional[Hit] = None
     self.next_cpu = self.next_scratch = 0.0
     self.scratch_every = TMPFS_POLL_S if watch is not None and watch.layout.tmpfs else (
         WATCH_POLL_MIN_S)
@@ -143,15 +145,20 @@ class _Watch:
       hit = self._check_scratch(WATCH_WALK_S)
       spent = time.monotonic() - now
       self.next_scratch = now + max(self.scratch_every, 10 * spent)
+      if hit is not None and self.watch.layout.tmpfs:
+        self.tmpfs_full = self.tmpfs_full or hit
+        hit = None
     self.stopped = hit
     return hit[0] if hit else None
 
   def final(self) -> Optional[Hit]:
-    """After the run: the last CPU total and scratch usage; a hit when the scratch is still
-    full (a program that met ENOSPC and then ended by itself). Best effort: what the program
-    held open but had unlinked was freed when it ended, and may be missed."""
+    """After the run: the last CPU total and scratch usage; a hit when the scratch is full now
+    or a tmpfs was seen full (a program that met ENOSPC and ended by itself). Best effort: what
+    a program held open but had unlinked was freed when it ended, and may be missed."""
     self._check_cpu()
-    return self._check_scratch(4 * WATCH_WALK_S) if self.watch is not None else None
+    if self.watch is None:
+      return None
+    return self._check_scratch(4 * WATCH_WALK_S) or self.tmpfs_full
 
   def _check_cpu(self) -> Optional[Hit]:
     used = self.cgroups.cpu_s() if self.cgroups is not None else None

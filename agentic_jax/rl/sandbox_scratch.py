@@ -4,11 +4,10 @@ that nothing the program leaves can break.
 
 Host layout of one run: BASE (ours, mode 0711) / fs (the limited space, owned by the program's
 uid) / {tmp (the sandbox's /tmp) / scratch (the working directory, holding the given files),
-shm (its /dev/shm)}; BASE/stage holds the working directory's files before a tmpfs run copies
-them in (BASE then lies on /dev/shm when possible: a run's few host-side entries cost ~3 ms each
-to remove on a disk mounted with `discard`, ~nothing on a tmpfs). The limits
-cover the whole of BASE/fs, so neither /tmp nor /dev/shm is a way around them (bwrap's own /dev is
-remounted read-only).
+shm (its /dev/shm)}. The limits cover the whole of BASE/fs, so neither /tmp nor /dev/shm is a
+way around them (bwrap's own /dev is remounted read-only). In a tmpfs run BASE/stage holds the
+working directory's files until the launcher copies them in, and BASE lies on /dev/shm when
+possible: each host-side entry costs ~3 ms to remove on a disk mounted with `discard`.
 
 Two mechanisms (`SandboxResult.enforced` names the one used):
 - "scratch:tmpfs" (a caller that may mount, i.e. root with CAP_SYS_ADMIN): the launcher mounts a
@@ -18,9 +17,10 @@ Two mechanisms (`SandboxResult.enforced` names the one used):
   read with fstatvfs on a descriptor of the tmpfs, O(1) however many files there are.
 - "scratch:watch" (anywhere else): BASE/fs is a host directory which the sandbox measures while
   the program runs (dir_usage(), bounded in time and entries) and kills the run once over a limit.
-  Soft: a program may exceed a limit by what it writes between two polls (RLIMIT_FSIZE still
-  caps each file). Clean-up is remove_tree(): iterative, descriptor-relative, never follows
-  symlinks, fixes permissions and immutable flags, stays on one filesystem, never raises.
+  Soft: a program may exceed a limit by what it writes between two polls, and files it unlinks
+  while holding them open are not seen (RLIMIT_FSIZE still caps each file, RLIMIT_NOFILE their
+  number). Clean-up is remove_tree(): iterative, descriptor-relative, never follows symlinks,
+  fixes permissions and immutable flags, stays on one filesystem, never raises.
 """
 
 from __future__ import annotations
