@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from agentic_jax.models import moe_dispatch
+from agentic_jax.models import moe_mesh
 from agentic_jax.models.config import ModelConfig
 from agentic_jax.models.layers import SwiGLU, dtype_of, normal_init, param
 
@@ -119,7 +119,8 @@ class MoE(nn.Module):
   Expert matmuls run in cfg.dtype, the combine in float32. Dispatch: cfg.moe_dispatch
   ("dense" | "capacity" | "dropless" with cfg.dropless_backend "blocked" | "ragged_dot" |
   "expert_parallel": experts split over a mesh axis, see moe_expert_parallel);
-  all give the same result when capacity drops nothing (see moe_dispatch).
+  all give the same result when capacity drops nothing (see moe_dispatch). Under a device
+  mesh moe_mesh runs the loop kernels per shard (no collectives inside their loops).
   """
 
   cfg: ModelConfig
@@ -133,8 +134,8 @@ class MoE(nn.Module):
     x2d = x.reshape(b * t, d)
     r = Router(cfg, name="router")(x2d)
     wg, wu, wd = Experts(cfg, name="experts")(d)
-    y, stats = moe_dispatch.dispatch(cfg, x2d.astype(cdt), r.idx, r.gates, wg.astype(cdt),
-                                     wu.astype(cdt), wd.astype(cdt))
+    y, stats = moe_mesh.dispatch(cfg, x2d.astype(cdt), r.idx, r.gates, wg.astype(cdt),
+                                 wu.astype(cdt), wd.astype(cdt))
     is_zero = r.idx >= n
     if cfg.zero_expert_num:
       zero_gate = jnp.sum(jnp.where(is_zero, r.gates, 0.0), axis=-1)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import jax.numpy as jnp
@@ -227,30 +227,44 @@ def dense_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
 
 
 def capacity_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array, wd: Array, *,
-                      capacity_factor: float, chunk: int) -> tuple[Array, dict]:
+                      capacity_factor: float, chunk: int, num_tokens: Optional[int] = None,
+                      rank_offset: Optional[Array] = None) -> tuple[Array, dict]:
   """Per-expert buffers [N, C, d] filled in token order; overflow slots are dropped and
   counted. The buffer is processed in chunks of `chunk` rows of all N experts at once
   (batched [N, chunk, d] einsums); chunks past the fullest expert's fill are skipped at
   run time. Each chunk's gate-weighted outputs are scatter-added into the token outputs
-  (the combine), so no [N, C, d] output buffer is materialised."""
+  (the combine), so no [N, C, d] output buffer is materialised.
+
+  Sharded use (moe_mesh): `x` holds one shard's tokens of a batch of `num_tokens` tokens
+  (C is computed from num_tokens), and `rank_offset` [N] counts each expert's FFN slots in
+  the shards before this one, so a slot is kept iff its rank in the WHOLE batch is < C:
+  exactly the single-device decisions."""
   m, k = idx.shape
   n = wg.shape[0]
-  cap = capacity_of(m, k, n, capacity_factor)
-  cb = min(chunk, cap)
-  nc = -(-cap // cb)
+  cap = capacity_of(m if num_tokens is None else num_tokens, k, n, capacity_factor)
+  offset = jnp.zeros((n,), jnp.int32) if rank_offset is None else rank_offset.astype(jnp.int32)
+  limit = jnp.clip(cap - offset, 0, cap)  # slots of each expert this shard may still keep
+  local_cap = min(cap, m)  # a token picks an expert at most once
+  cb = min(chunk, local_cap)
+  nc = -(-local_cap // cb)
   cap_pad = nc * cb
   key = _ffn_key(idx, n)
   counts, rank, _ = _rank_within_expert(key, n)
   ffn = key < n
-  kept = ffn & (rank < cap)
+  kept = ffn & (rank < limit[jnp.minimum(key, n - 1)])
   dest = jnp.where(kept, key * cap_pad + rank, n * cap_pad)  # n*cap_pad: no row
   row_slot = _row_slots(dest, n * cap_pad).reshape(n, nc, cb)
-  n_active = (jnp.max(jnp.minimum(counts, cap)) + cb - 1) // cb
+  n_active = (jnp.max(jnp.minimum(counts, limit)) + cb - 1) // cb
   y = routed_swiglu("chunked", x, gates, row_slot, jnp.zeros((1,), jnp.int32), n_active,
                     wg, wu, wd)
   stats = {"dropped_slots": jnp.sum(ffn & ~kept).astype(jnp.int32),
            "expert_rows": (n_active * cb * n).astype(jnp.int32)}
   return y, stats
+
+
+def expert_counts(idx: Array, n_experts: int) -> Array:
+  """FFN slots per expert [N] int32 (zero-expert slots, idx >= N, not counted)."""
+  return _rank_within_expert(_ffn_key(idx, n_experts), n_experts)[0]
 
 
 def blocked_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array, wd: Array, *,
@@ -301,17 +315,19 @@ def ragged_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
 
 def dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
              wd: Array) -> tuple[Array, dict]:
-  """Routes to the path chosen by cfg.moe_dispatch / cfg.dropless_backend."""
-  if cfg.moe_dispatch == "expert_parallel":
-    from agentic_jax.models import moe_expert_parallel  # pylint: disable=import-outside-toplevel  (cycle)
-    return moe_expert_parallel.expert_parallel_dispatch(cfg, x, idx, gates, wg, wu, wd)
+  """The single-shard kernel of cfg.moe_dispatch / cfg.dropless_backend ("expert_parallel"
+  without an expert mesh axis is the exact blocked kernel). Under a device mesh, models call
+  moe_mesh.dispatch, which runs these kernels per shard."""
   if cfg.moe_dispatch == "dense":
     return dense_dispatch(x, idx, gates, wg, wu, wd)
   if cfg.moe_dispatch == "capacity":
-    # One capacity iteration runs all N experts, so half a dropless block per expert still
-    # makes large GEMMs while halving the granularity at which empty chunks are skipped.
-    return capacity_dispatch(x, idx, gates, wg, wu, wd, capacity_factor=cfg.capacity_factor,
-                             chunk=max(1, cfg.dropless_block_size // 2))
-  if cfg.dropless_backend == "blocked":
+    return capacity_dispatch(x, idx, gates, wg, wu, wd, **capacity_options(cfg))
+  if cfg.moe_dispatch == "expert_parallel" or cfg.dropless_backend == "blocked":
     return blocked_dispatch(x, idx, gates, wg, wu, wd, block=cfg.dropless_block_size)
   return ragged_dispatch(x, idx, gates, wg, wu, wd)
+
+
+def capacity_options(cfg: "ModelConfig") -> dict:
+  # One capacity iteration runs all N experts, so half a dropless block per expert still
+  # makes large GEMMs while halving the granularity at which empty chunks are skipped.
+  return {"capacity_factor": cfg.capacity_factor, "chunk": max(1, cfg.dropless_block_size // 2)}
