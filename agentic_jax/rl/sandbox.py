@@ -150,7 +150,8 @@ def run_command(argv: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
   directory polled against the limits) or "auto" (tmpfs where possible). run_as_uid applies only
   when the caller is root (None: stay root, rely on cgroups). host_paths are the host directories
   visible (read-only) inside; ("/",) shows the whole host filesystem. scratch_root: where the
-  run's directory is made (default: the system temp dir). Raises SandboxUnavailable (see module
+  run's host directory is made (default: /dev/shm for a tmpfs run where usable, else the
+  system temp dir). Raises SandboxUnavailable (see module
   docstring) and ValueError on bad arguments, never because of what the program does.
   """
   if not argv:

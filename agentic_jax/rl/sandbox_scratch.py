@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 Content = Union[str, bytes]
 # Made by us below fs, not the program's entries; the last one is the working directory.
 SKELETON = ("shm", "tmp", "tmp/scratch")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS = 0x80086601, 0x40086602
 _FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
@@ -129,7 +130,7 @@ def check_files(files: Mapping[str, Content], max_bytes: int, max_files: int) ->
       raise TypeError(f"files[{path!r}]: expected str or bytes, got {type(content).__name__}")
     out[path] = content.encode("utf-8") if isinstance(content, str) else content
     dirs.update("/".join(parts[:i]) for i in range(1, len(parts)))
-  size = sum(len(c) for c in out.values())
+  size = sum(-(-len(c) // _PAGE) * _PAGE for c in out.values())  # as a tmpfs allocates them
   if size > max_bytes or len(out) + len(dirs) > max_files:
     raise ValueError(f"files: {len(out) + len(dirs)} entries of {size} bytes exceed the scratch "
                      f"limits ({max_files} entries, {max_bytes} bytes)")
