@@ -94,6 +94,9 @@ def _base() -> ml_collections.ConfigDict:
   r.progress = True  # progress bar on stderr
   r.eval_every = 80  # held-out eval every n steps and at the end (0 = never); train/eval.py
   r.eval_batches = 4  # global batches of the fixed held-out set per evaluation
+  # A step (or eval / checkpoint write) still waiting on its collectives after this many
+  # seconds ends the run with a message naming the step and mesh (train/watchdog.py); 0 = off.
+  r.step_timeout_s = 600.0
 
   k = c.checkpoint = ml_collections.ConfigDict()
   k.every = 80

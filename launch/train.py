@@ -26,6 +26,10 @@ non-finite, or when no checkpoint in WORKDIR is readable; 2 for a bad command li
 an unknown config key, job or variant, a missing config file, an invalid value (zero size,
 non-finite lr, unknown choice, a mesh the devices do not fill), or checkpoints written under
 another config. These print one line `error: ...` naming the key, without a traceback.
+Exit status 3 when a step (or evaluation / checkpoint write) is stuck in its collectives for
+longer than config.train.step_timeout_s, or a SIGTERM finds it stuck (train/watchdog.py): a
+`[watchdog] step N did not finish ... on mesh {...}` line names it. XLA:CPU's own in-process
+collective abort (40 s by default) is moved past that limit, so the named message comes first.
 """
 
 from __future__ import annotations
@@ -119,6 +123,21 @@ def _job_module(job: str):
     raise
 
 
+def _defer_xla_cpu_collective_abort(config) -> None:
+  """XLA:CPU ends the process from C++ when an in-process collective waits 40 s (message
+  without step or mesh). With a watchdog limit, move that past it (unless XLA_FLAGS sets it),
+  so a slow-but-progressing step on a loaded host is not killed and a stuck one is reported
+  by the watchdog. Must run before the CPU backend is created."""
+  try:
+    limit = float(config.train.get("step_timeout_s", 0) or 0)
+  except (AttributeError, KeyError, TypeError, ValueError):
+    return  # not a training config with a limit; validation reports bad values later
+  flag = "xla_cpu_collective_call_terminate_timeout_seconds"
+  current = os.environ.get("XLA_FLAGS", "")
+  if limit > 0 and flag not in current:
+    os.environ["XLA_FLAGS"] = f"{current} --{flag}={int(limit) + 60}".strip()
+
+
 def main(argv: list[str]) -> None:
   del argv
   if not flags.FLAGS["verbosity"].present:  # library INFO logs (orbax, jax) only on request
@@ -134,6 +153,7 @@ def main(argv: list[str]) -> None:
     job = _job(_CONFIG.value)
   except OSError as e:  # ml_collections defers a config file it could not open to first use
     _fail(f"--config: {_last_line(e)}", 2)
+  _defer_xla_cpu_collective_abort(_CONFIG.value)
   try:
     info = distributed.initialize_distributed(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,

@@ -24,6 +24,11 @@ same step (parallel.any_process), and every process calls the checkpoint save/re
 TensorBoard events, summary.json and loss.png. WORKDIR must be shared by the processes
 (checkpoints; process 0 trains the tokenizer there unless data.tokenizer.path is set).
 
+Stuck steps: a step, evaluation, stop-signal exchange or checkpoint write that has not
+finished train.step_timeout_s seconds after it began (a collective that never completes:
+a peer process died or stalled) ends the process with a message naming the step and the
+mesh, exit status 3 (train/watchdog.py); so does a SIGTERM that finds a step stuck.
+
 Stopping early:
   * SIGTERM (preemption) or SIGINT: the current step finishes, a checkpoint is written,
     the run returns status "preempted" (launch/train.py exits 0); rerunning resumes.
@@ -63,6 +68,7 @@ from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import runtime
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import step as step_lib
+from agentic_jax.train import watchdog as watchdog_lib
 
 NAN_POLICIES = config_lib.NAN_POLICIES
 
@@ -215,14 +221,24 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
     result["status"] = "preempted"
     _say(f"[train] {stop.signal or 'signal'} during setup: exiting before step {start + 1} "
          f"(nothing new to save)")
+  # Every section that waits on devices (and so on the other processes' collectives) is
+  # watched: stuck past train.step_timeout_s, the process ends with a message naming it.
+  saved = {"step": ckpt.latest_step()}
+  dog = watchdog_lib.Watchdog(
+      float(config.train.get("step_timeout_s", 0) or 0),
+      f"mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))} over {jax.process_count()} "
+      f"process(es) (this is process {jax.process_index()})",
+      note=lambda: f"The newest checkpoint is step {saved['step']} in {ckpt.directory}; rerun "
+                   "the same command to resume from it.")
   try:
     while step < num_steps and result["status"] == "completed":
       t0 = time.perf_counter()
       if batch is None:
         batch = to_global(next(inp.iterator))
-      state, m = compiled(state, batch)
-      batch = None
-      m = jax.device_get(m)  # replicated: every process reads the global values
+      with dog.watch(f"step {step + 1}"):
+        state, m = compiled(state, batch)
+        batch = None
+        m = jax.device_get(m)  # replicated: every process reads the global values
       step += 1
       seconds = time.perf_counter() - t0
       result["losses"].append((step, np.float32(m["loss"])))
@@ -230,7 +246,8 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
       extra = None
       if evaluator is not None and not halt and (step % eval_every == 0 or step == num_steps):
         t1 = time.perf_counter()
-        extra = evaluator(state)
+        with dog.watch(f"the evaluation after step {step}"):
+          extra = evaluator(state)
         last_eval = {"eval_step": step, **extra}
         t_eval += time.perf_counter() - t1
       logger.step(step, m, seconds, extra)
@@ -246,10 +263,13 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
                f"(nan_policy=skip; further skips are counted in metrics)")
           warned_skip = True
       # The same verdict on every process: a signal that reached any of them stops all.
-      signalled = distributed.any_process(stop.signal is not None)
+      with dog.watch(f"the stop-signal exchange after step {step}"):
+        signalled = distributed.any_process(stop.signal is not None)
       stopping = signalled or (stop_after_steps is not None and step - start >= stop_after_steps)
       if step % config.checkpoint.every == 0 or step == num_steps or stopping:
-        ckpt.save(state, inp.iterator, config_json)
+        with dog.watch(f"the checkpoint of step {step}"):
+          ckpt.save(state, inp.iterator, config_json)
+        saved["step"] = step
       if stopping:
         result["status"] = "preempted" if signalled else "stopped"
         why = (stop.signal or "signal on another process") if signalled else "stop_after_steps"
@@ -258,7 +278,9 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
         break
   finally:
     logger.close()
-    ckpt.close()
+    with dog.watch("the final checkpoint write"):
+      ckpt.close()
+    dog.close()
   t_train = time.perf_counter() - t_loop - t_eval
   ran = step - start
   skipped = int(jax.device_get(state.nan_skips)) - skips_before
