@@ -6,7 +6,8 @@
   expert_parallel  all-to-all over the expert axis (moe_expert_parallel);
   capacity,        the single-shard kernels of moe_dispatch, run PER SHARD inside
   dropless         jax.shard_map: each device routes its own token rows through all the
-                   experts, so the expert axis is one more batch axis for them.
+                   experts, so the expert axis is one more batch axis for them (also
+                   expert_parallel on a mesh without an expert axis: its exact blocked kernel).
 
 Why per shard: the capacity/dropless kernels are while loops over row blocks whose count is
 known only at run time. Partitioned by GSPMD, their bodies index expert weights and token
@@ -59,10 +60,12 @@ Array = jax.Array
 def dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
              wd: Array) -> tuple[Array, dict]:
   """cfg.moe_dispatch under the mesh being traced (if any); see the module docstring."""
-  if cfg.moe_dispatch == "expert_parallel":
-    return moe_expert_parallel.expert_parallel_dispatch(cfg, x, idx, gates, wg, wu, wd)
   mesh = jax.sharding.get_abstract_mesh()
-  if cfg.moe_dispatch == "dense" or mesh.empty or math.prod(mesh.shape.values()) == 1:
+  if mesh.empty or math.prod(mesh.shape.values()) == 1:
+    return md.dispatch(cfg, x, idx, gates, wg, wu, wd)
+  if cfg.moe_dispatch == "expert_parallel" and mesh.shape.get(cfg.expert_axis, 1) > 1:
+    return moe_expert_parallel.expert_parallel_dispatch(cfg, x, idx, gates, wg, wu, wd)
+  if cfg.moe_dispatch == "dense":
     return md.dispatch(cfg, x, idx, gates, wg, wu, wd)
   return _per_shard(cfg, mesh, x, idx, gates, wg, wu, wd)
 
