@@ -25,7 +25,8 @@ MESHES = ({"fsdp": 2, "tensor": 2, "expert": 2}, {"expert": 8}, {"data": 2, "exp
           {"tensor": 2, "expert": 4}, {"fsdp": 4, "tensor": 2})
 # capacity at factor 0.5 drops slots (the test checks it does), so equality also covers
 # WHICH slots are dropped; expert_parallel at factor 8 >= ep never drops.
-CASES = {"capacity": dict(moe_dispatch="capacity", capacity_factor=0.5),
+CASES = {"dense": dict(moe_dispatch="dense"),
+         "capacity": dict(moe_dispatch="capacity", capacity_factor=0.5),
          "dropless": dict(moe_dispatch="dropless", dropless_backend="blocked"),
          "ragged_dot": dict(moe_dispatch="dropless", dropless_backend="ragged_dot"),
          "expert_parallel": dict(moe_dispatch="expert_parallel", capacity_factor=8.0)}

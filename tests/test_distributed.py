@@ -5,39 +5,28 @@ data 2 x fsdp 2 x tensor 2 mesh, and match a one-process 8-device run."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests.launch_fixtures import cpu_env, free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("dist")
-  port = _free_port()
+  port = free_port()
   two = [subprocess.Popen(
       [sys.executable, WORKER, str(tmp / "two.npz"), f"--coordinator_address=localhost:{port}",
        "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=_env(4), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+      cwd=ROOT, env=cpu_env(4), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
       for i in range(2)]
-  one = subprocess.Popen([sys.executable, WORKER, str(tmp / "one.npz")], cwd=ROOT, env=_env(8),
+  one = subprocess.Popen([sys.executable, WORKER, str(tmp / "one.npz")], cwd=ROOT, env=cpu_env(8),
                          text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   logs = []
   for name, proc in [("process 0", two[0]), ("process 1", two[1]), ("single", one)]:

@@ -33,9 +33,9 @@ def cases():
 
 
 def test_every_mesh_and_dispatch_path_equals_one_device(cases):
-  assert {c["dispatch"] for c in cases} == {"capacity", "dropless", "ragged_dot",
+  assert {c["dispatch"] for c in cases} == {"dense", "capacity", "dropless", "ragged_dot",
                                             "expert_parallel"}
-  assert len(cases) == 4 * 5
+  assert len(cases) == 5 * 5
   for c in cases:
     where = (c["dispatch"], c["mesh"])
     assert c["loss_rel"] <= 1e-5, where

@@ -11,16 +11,16 @@ from __future__ import annotations
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from tests.launch_fixtures import cpu_env, free_port, records, rel, wait_all
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch", "train.py")
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 # configs/midtrain.py:tiny shrunk on the command line: synthetic rows (process-count
 # invariant), batch 8 x 32, a 1-layer ScMoE model; one record per step, an eval at the end.
@@ -42,47 +42,13 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-  return dict(os.environ, JAX_PLATFORMS="cpu",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}")
-
-
 def _two_process(workdir, *extra):
-  port = _free_port()
+  port = free_port()
   return [subprocess.Popen(
       [sys.executable, LAUNCH, *ARGS, *extra, f"--workdir={workdir}",
        f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=_env(4), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+      cwd=ROOT, env=cpu_env(4), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
       for i in range(2)]
-
-
-def _wait(named):
-  outs = []
-  for name, proc in named:
-    try:
-      out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-      for _, p in named:
-        p.kill()
-      pytest.fail(f"{name} timed out")
-    assert proc.returncode == 0, f"{name} failed:\n{out[-3000:]}\n{err[-5000:]}"
-    outs.append(out)
-  return outs
-
-
-def _records(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _rel(a, b):
-  return abs(a - b) / max(abs(b), 1e-30)
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +57,15 @@ def runs(tmp_path_factory):
   two_dir, one_dir = str(tmp / "two"), str(tmp / "one")
   two = _two_process(two_dir)
   one = subprocess.Popen([sys.executable, LAUNCH, *ARGS, f"--workdir={one_dir}"], cwd=ROOT,
-                         env=_env(8), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  logs = _wait([("process 0", two[0]), ("process 1", two[1]), ("single", one)])
-  first = (_records(two_dir), _records(one_dir))
+                         env=cpu_env(8), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  logs = wait_all([("process 0", two[0]), ("process 1", two[1]), ("single", one)])
+  first = (records(two_dir), records(one_dir))
   # The same two-process command with one more step: resumes from the step-3 checkpoint.
-  resumed = _wait(list(zip(("resumed 0", "resumed 1"),
+  resumed = wait_all(list(zip(("resumed 0", "resumed 1"),
                            _two_process(two_dir, "--config.train.num_steps=4",
                                         "--config.train.eval_every=0"))))
   return {"two_dir": two_dir, "one_dir": one_dir, "logs": logs, "first": first,
-          "resumed_logs": resumed, "resumed": _records(two_dir)}
+          "resumed_logs": resumed, "resumed": records(two_dir)}
 
 
 def test_two_process_losses_equal_one_process(runs):
@@ -107,13 +73,13 @@ def test_two_process_losses_equal_one_process(runs):
   assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
   for a, b in zip(two, one):
     for key in ("loss", "grad_norm", "accuracy", "moe/zero_expert_share"):
-      assert _rel(a[key], b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
+      assert rel(a[key], b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
   losses = [r["loss"] for r in one]
   assert len(set(losses)) == 3  # three real, different steps
   # An untrained model predicts about uniformly over the 128-token vocabulary.
   assert abs(losses[0] - np.log(128)) < 0.1
   # The held-out eval at the end (rows of a separate synthetic stream) agrees too.
-  assert _rel(two[-1]["eval_loss"], one[-1]["eval_loss"]) <= 1e-5
+  assert rel(two[-1]["eval_loss"], one[-1]["eval_loss"]) <= 1e-5
   assert two[-1]["eval_weight"] == one[-1]["eval_weight"] > 0
 
 
@@ -164,7 +130,7 @@ def test_two_process_resume_continues_the_run(runs):
   assert [r["step"] for r in recs] == [1, 2, 3, 4]
   assert recs[:3] == runs["first"][0]  # the records up to the checkpoint stay as they were
   # Step 4's loss is the loss of the step-3 params: recompute it on one device here.
-  assert _rel(recs[3]["loss"], _step4_loss(runs["one_dir"])) <= 1e-5
+  assert rel(recs[3]["loss"], _step4_loss(runs["one_dir"])) <= 1e-5
 
 
 def _config():

@@ -43,6 +43,13 @@ def test_a_stuck_section_fires_once_naming_it_and_the_mesh():
   assert dog.fired.endswith("The newest checkpoint is step 80.")
 
 
+def test_checkpoint_note_reads_complete_steps_from_disk(tmp_path):
+  assert "No complete checkpoint" in watchdog_lib.checkpoint_note(str(tmp_path / "none"))
+  for name in ("2", "10", "12.orbax-checkpoint-tmp-1", "4.corrupt-99"):
+    (tmp_path / name).mkdir()
+  assert "newest complete checkpoint is step 10 in" in watchdog_lib.checkpoint_note(str(tmp_path))
+
+
 def test_zero_disables_the_timer_and_bad_limits_are_rejected():
   dog, fired = _dog(0)
   with dog.watch("step 1"):

@@ -223,13 +223,11 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
          f"(nothing new to save)")
   # Every section that waits on devices (and so on the other processes' collectives) is
   # watched: stuck past train.step_timeout_s, the process ends with a message naming it.
-  saved = {"step": ckpt.latest_step()}
   dog = watchdog_lib.Watchdog(
       float(config.train.get("step_timeout_s", 0) or 0),
       f"mesh {dict(zip(mesh.axis_names, mesh.axis_sizes))} over {jax.process_count()} "
       f"process(es) (this is process {jax.process_index()})",
-      note=lambda: f"The newest checkpoint is step {saved['step']} in {ckpt.directory}; rerun "
-                   "the same command to resume from it.")
+      note=lambda: watchdog_lib.checkpoint_note(ckpt.directory))
   try:
     while step < num_steps and result["status"] == "completed":
       t0 = time.perf_counter()
@@ -269,7 +267,6 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
       if step % config.checkpoint.every == 0 or step == num_steps or stopping:
         with dog.watch(f"the checkpoint of step {step}"):
           ckpt.save(state, inp.iterator, config_json)
-        saved["step"] = step
       if stopping:
         result["status"] = "preempted" if signalled else "stopped"
         why = (stop.signal or "signal on another process") if signalled else "stop_after_steps"

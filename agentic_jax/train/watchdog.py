@@ -41,6 +41,20 @@ from typing import Callable, Iterator, Optional
 EXIT_STUCK = 3  # launch/train.py: 1 = halted on NaN, 2 = bad config / command line
 
 
+def checkpoint_note(directory: str) -> str:
+  """Which checkpoint a rerun resumes from, read from disk when the watchdog fires (orbax
+  renames a step's directory to its number only once the step is complete; an async save in
+  flight is not counted)."""
+  try:
+    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
+  except OSError:
+    steps = []
+  if not steps:
+    return f"No complete checkpoint in {directory} yet; a rerun starts from step 0."
+  return (f"The newest complete checkpoint is step {max(steps)} in {directory}; rerun the same "
+          "command to resume from it.")
+
+
 class Watchdog:
   """See the module docstring. `note()` may add run state (e.g. the newest checkpoint)."""
 
