@@ -49,7 +49,9 @@ def _base() -> ml_collections.ConfigDict:
   # it never depends on the number of processes (agentic_jax.data.groups). A multiple of the
   # process count avoids packing rows twice on multi-process jobs.
   d.pack_groups = 1
-  d.mask_policy = "all"  # "all" | "assistant_only" | "error_masked"
+  # "all" | "assistant_only" | "error_masked" (KAT-Coder: agent actions only, failed calls and
+  # their rationale 0) | "all_error_masked" (all, failed calls 0); see agentic_jax.data.render
+  d.mask_policy = "all"
   d.on_bad_record = "raise"  # JSONL sources: "raise" | "skip" (skips counted and reported)
   d.overlong = "split"  # "split" | "drop" (counted)
   # Stage schedule: () = the source_weights throughout; else a tuple of dicts

@@ -7,11 +7,14 @@ MASK_KINDS indices: context 0, file 1, summary 2, edit 3, system 4, user 5, assi
 tool_call 7, observation 8, special 9.
 """
 
+import random
+
 import numpy as np
 import pytest
 
 from agentic_jax.data import render as rd
 from agentic_jax.data import tokenizer as tk
+from agentic_jax.data.builtin import agent, calculator
 from agentic_jax.data.schema import ContextSample, EnvSample, Span, Turn
 
 BT = tk.ByteTokenizer()
@@ -46,9 +49,10 @@ PARTS = [
 ]
 # per-part weights under each policy (parts: bos, sys, user, asst(think), call(err), obs, asst, call, obs, eos)
 WEIGHTS = {
-    "all":            [0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
-    "assistant_only": [0, 0, 0, 1, 1, 0, 1, 1, 0, 0],
-    "error_masked":   [0, 1, 1, 0, 0, 1, 1, 1, 1, 1],
+    "all":              [0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+    "assistant_only":   [0, 0, 0, 1, 1, 0, 1, 1, 0, 0],
+    "error_masked":     [0, 0, 0, 0, 0, 0, 1, 1, 0, 0],
+    "all_error_masked": [0, 1, 1, 0, 0, 1, 1, 1, 1, 1],
 }
 
 
@@ -94,11 +98,104 @@ def test_error_masked_only_the_assistant_turn_right_before():
       Turn("user", "q"), Turn("assistant", "a"), Turn("assistant", "b"),
       Turn("tool_call", "x", "t", error=True), Turn("observation", "y", "t"),
       Turn("tool_call", "z", "t", error=True)))
-  r = rd.render(s, BT, "error_masked")
+  assert rd.failed_step_turns(s.turns) == {2, 3, 5}
   # bos | user 3 | asst a 3 | asst b 3 (masked) | call 5 (masked) | obs 5 | call 5 (masked, no
-  # assistant turn before it: the observation stays trained) | eos
-  expected = [0] + [1] * 3 + [1] * 3 + [0] * 3 + [0] * 5 + [1] * 5 + [0] * 5 + [1]
-  assert r.loss_weights.tolist() == expected
+  # assistant turn before it: the observation is not part of the step) | eos
+  expected = {
+      "error_masked":     [0] + [0] * 3 + [1] * 3 + [0] * 3 + [0] * 5 + [0] * 5 + [0] * 5 + [0],
+      "all_error_masked": [0] + [1] * 3 + [1] * 3 + [0] * 3 + [0] * 5 + [1] * 5 + [0] * 5 + [1],
+  }
+  for policy, weights in expected.items():
+    assert rd.render(s, BT, policy).loss_weights.tolist() == weights, policy
+
+
+# A calculator-style episode built by hand: a failed call with its rationale (think block), the
+# error observation, the reflection and the fixed call, then a call with no rationale before it.
+KAT = EnvSample("k1", "calc", (
+    Turn("system", "Use calc."),
+    Turn("user", "6/0+1?"),
+    Turn("assistant", "<|think|>div<|end_think|>go"),
+    Turn("tool_call", "calc(6/0)", "calc", error=True),
+    Turn("observation", "error: division by zero", "calc"),
+    Turn("assistant", "Fix it."),
+    Turn("tool_call", "calc(6/2)", "calc"),
+    Turn("observation", "3", "calc"),
+    Turn("tool_call", "answer(4)", "answer"),
+    Turn("observation", "correct", "answer"),
+))
+KAT_PARTS = [
+    ([1], 9),                                            # <s>
+    ([4] + b("Use calc.") + [9], 4),                     # system
+    ([5] + b("6/0+1?") + [9], 5),                        # user
+    ([6, 14] + b("div") + [15] + b("go") + [9], 6),      # rationale of the failed call
+    ([7] + b("calc\ncalc(6/0)") + [9], 7),               # failed call (error=True)
+    ([8] + b("calc\nerror: division by zero") + [9], 8), # the error text
+    ([6] + b("Fix it.") + [9], 6),                       # reflection after the failure
+    ([7] + b("calc\ncalc(6/2)") + [9], 7),               # fixed call
+    ([8] + b("calc\n3") + [9], 8),
+    ([7] + b("answer\nanswer(4)") + [9], 7),             # call with no rationale
+    ([8] + b("answer\ncorrect") + [9], 8),
+    ([2], 9),                                            # </s>
+]
+#                    bos sys usr rat ERR err fix call obs ans obs eos
+KAT_WEIGHTS = {
+    "error_masked":     [0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 0, 0],   # actions only, failed step 0
+    "all_error_masked": [0, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1],   # everything but the failed step
+    "assistant_only":   [0, 0, 0, 1, 1, 0, 1, 1, 0, 1, 0, 0],
+    "all":              [0] + [1] * 11,
+}
+
+
+@pytest.mark.parametrize("policy", rd.POLICIES)
+def test_error_masked_weights_on_a_hand_built_trajectory(policy):
+  r = rd.render(KAT, BT, policy)
+  tokens, kinds, weights = _expand(KAT_PARTS, KAT_WEIGHTS[policy])
+  assert r.tokens.tolist() == tokens and r.mask_kind.tolist() == kinds
+  assert r.loss_weights.tolist() == weights
+
+
+def test_error_masked_is_the_kat_form():
+  """KAT-Coder error-masked SFT: only the agent's actions are targets, a failed step (call and
+  rationale) has weight 0 but stays in the context; the reflection after it is trained."""
+  r = rd.render(KAT, BT, "error_masked")
+  w, kind = r.loss_weights, r.mask_kind
+  for name in ("system", "user", "observation", "special"):
+    assert not w[kind == rd.KIND_ID[name]].any(), name        # none of these is ever a target
+  ids = r.tokens.tolist()
+  err = b("error: division by zero")
+  at = next(i for i in range(len(ids)) if ids[i:i + len(err)] == err)
+  assert w[at:at + len(err)].tolist() == [0.0] * len(err)   # the error text: in context, weight 0
+  failed = b("calc(6/0)")
+  at = next(i for i in range(len(ids)) if ids[i:i + len(failed)] == failed)
+  assert w[at:at + len(failed)].tolist() == [0.0] * len(failed)
+  # versus assistant_only, exactly the failed step's tokens (rationale + call, markers included)
+  only = rd.render(KAT, BT, "assistant_only").loss_weights
+  sizes = [len(ids) for ids, _ in KAT_PARTS]
+  step = range(sum(sizes[:3]), sum(sizes[:5]))
+  assert np.flatnonzero(only != w).tolist() == list(step)
+  assert w.sum() == sum(sizes[6:8]) + sizes[9] == 9 + 16 + 18   # "Fix it." | calc(6/2) | answer(4)
+
+
+def test_error_masked_on_a_builtin_episode():
+  """The failed-call flag the calculator environment sets reaches the weights: the planted
+  failing call and its thought get 0, the "The call failed: ..." reflection is trained."""
+  problem = calculator.make_problem(0, 0, "basic")
+  policy = agent.calculator_policy(problem, random.Random(0), error_step=0)
+  ep = agent.run_episode(calculator.CalculatorEnv(level="basic"), problem.task, policy,
+                         sample_id="e0", source="calculator_basic")
+  errs = [k for k, t in enumerate(ep.turns) if t.error]
+  assert len(errs) == 1 and ep.turns[errs[0] - 1].role == "assistant"
+  assert ep.turns[errs[0] + 2].content.startswith("The call failed: ")
+  r = rd.render(ep, BT, "error_masked")
+  per_turn, at = [], 1
+  for t in ep.turns:
+    n = len(rd.render_turn(t, BT))
+    assert len(set(r.loss_weights[at:at + n].tolist())) == 1   # constant within a turn
+    per_turn.append(float(r.loss_weights[at]))
+    at += n
+  expected = [0.0 if t.role not in ("assistant", "tool_call") or k in (errs[0] - 1, errs[0])
+              else 1.0 for k, t in enumerate(ep.turns)]
+  assert per_turn == expected and r.loss_weights[0] == r.loss_weights[-1] == 0.0
 
 
 def test_context_sample():
@@ -107,8 +204,9 @@ def test_context_sample():
       Span("edit", "y", "a.py"), Span("file", "z")))
   parts = [([1], 9), ([10, 89], 0), ([11] + b("a.py\nx"), 1), ([12, 131], 2),
            ([13] + b("a.py\ny"), 3), ([11, 16 + ord("z")], 1), ([2], 9)]
-  for policy, pw in (("all", [0, 1, 1, 1, 1, 1, 1]), ("error_masked", [0, 1, 1, 1, 1, 1, 1]),
-                     ("assistant_only", [0, 0, 0, 0, 1, 0, 0])):
+  for policy, pw in (("all", [0, 1, 1, 1, 1, 1, 1]), ("all_error_masked", [0, 1, 1, 1, 1, 1, 1]),
+                     ("assistant_only", [0, 0, 0, 0, 1, 0, 0]),
+                     ("error_masked", [0, 0, 0, 0, 1, 0, 0])):  # edits are the actions
     r = rd.render(s, BT, policy)
     tokens, kinds, weights = _expand(parts, pw)
     assert len(tokens) == 22
@@ -135,7 +233,11 @@ def test_sentencepiece_renders_the_same_template():
   kinds = r.mask_kind.tolist()
   runs = [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k]
   assert runs == [9, 4, 5, 6, 7, 8, 6, 7, 8, 9]
-  assert r.tokens[r.mask_kind == 6][0] == 6 and r.loss_weights[r.mask_kind == 4].tolist() == [1.0] * 3
+  assert r.tokens[r.mask_kind == 6][0] == 6
+  starts = [i for i in range(len(kinds)) if i == 0 or kinds[i - 1] != kinds[i]] + [len(kinds)]
+  run_weights = [r.loss_weights[a:z].tolist() for a, z in zip(starts, starts[1:])]
+  assert run_weights == [[w] * (z - a) for w, a, z in
+                         zip(WEIGHTS["error_masked"], starts, starts[1:])]
 
 
 def test_bad_arguments():

@@ -16,16 +16,34 @@ The name line and the content are tokenized separately, so "name\\n" is a stable
 
 `loss_weights[i]` is the weight of token i as a prediction target; `mask_kind[i]` indexes MASK_KINDS:
 the role / span kind of the turn or span the token belongs to (its marker, name/path line, content
-and <|end_turn|> included), "special" for <s> and </s>. Policies:
+and <|end_turn|> included), "special" for <s> and </s>.
 
-  all             every token 1 (daVinci-Dev mid-training: files, observations, tool output too)
-  assistant_only  assistant and tool_call turn tokens 1, all else 0 (SFT convention); in a context
-                  sample the edit spans are the agent's actions and get 1
-  error_masked    like all, but a tool_call turn with error=True and the assistant turn right before
-                  it (its rationale) get 0; they stay in the context (KAT-Coder / ROME)
+Action tokens are the tokens the agent writes: assistant turns (its text and rationale) and
+tool_call turns; in a context sample, the edit spans. A failed step is a tool_call turn with
+error=True (the schema's failed-call flag: set by the environment for built-in episodes, by
+`adp.observation_failed` on import) together with the assistant turn right before it, which is
+that call's rationale. Policies:
 
-<s> always has weight 0 (nothing predicts it); </s> has 1 under all / error_masked and 0 under
-assistant_only. Every weight is then multiplied by `source_weight`.
+  all               every token 1 (daVinci-Dev mid-training: files, observations, tool output too)
+  assistant_only    action tokens 1, all else 0 (SFT convention)
+  error_masked      KAT-Coder error-masked SFT: action tokens 1, all else 0, and failed steps 0;
+                    the failed steps stay in the context
+  all_error_masked  like all, but failed steps 0 (error_masked before issue 11): mid-training on
+                    observations, error text included, without imitating the failed calls
+
+Why error_masked trains assistant text and calls but nothing else, and zeroes the rationale with
+the failed call (objectives-spec §6, KAT-Coder entry: "turns whose tool call errored get zero
+loss but stay in the context ... same mechanics as the ROME formula"; KAT's details there are
+second-hand). ROME's SFT loss is L = -(sum_k m_k |c_k|)^-1 sum_k m_k log pi(c_k | s_k) with
+m_k = 1[turn k has no runtime error]: only the agent's completion c_k of each turn is a target,
+the state s_k (system, user, observations) only conditions it. STeP weights a step as the pair
+(thought_i, action_i), so a failed step's rationale goes with its call. The training loss
+sum(w * CE) / sum(w) over a batch gives ROME's normalisation. The assistant turn after a failure
+(its reflection and fix) keeps weight 1.
+
+<s> always has weight 0 (nothing predicts it); </s> has 1 under all / all_error_masked and 0
+under assistant_only / error_masked (the agent does not write it). Every weight is then
+multiplied by `source_weight`.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from typing import Sequence
 
 import numpy as np
 
@@ -42,7 +61,9 @@ from agentic_jax.data.tokenizer import Tokenizer
 MASK_KINDS = ("context", "file", "summary", "edit", "system", "user", "assistant", "tool_call",
               "observation", "special")
 KIND_ID = {k: i for i, k in enumerate(MASK_KINDS)}
-POLICIES = ("all", "assistant_only", "error_masked")
+POLICIES = ("all", "assistant_only", "error_masked", "all_error_masked")
+_ACTIONS_ONLY = ("assistant_only", "error_masked")      # non-action tokens get 0
+_FAILED_MASKED = ("error_masked", "all_error_masked")   # failed steps get 0
 THINK, END_THINK, END_TURN = "<|think|>", "<|end_think|>", "<|end_turn|>"
 _ACTION_ROLES = ("assistant", "tool_call")
 
@@ -70,19 +91,19 @@ class _Builder:
     self.weights.extend([weight] * len(ids))
 
 
+def failed_step_turns(turns: Sequence[Turn]) -> frozenset[int]:
+  """Indices of the turns of failed steps: each tool_call turn with error=True and the assistant
+  turn right before it (its rationale); an assistant turn further back is a separate step."""
+  calls = [k for k, t in enumerate(turns) if t.role == "tool_call" and t.error]
+  rationales = [k - 1 for k in calls if k > 0 and turns[k - 1].role == "assistant"]
+  return frozenset(calls + rationales)
+
+
 def _turn_weights(sample: EnvSample, policy: str) -> list[float]:
-  turns = sample.turns
-  if policy == "all":
-    return [1.0] * len(turns)
-  if policy == "assistant_only":
-    return [1.0 if t.role in _ACTION_ROLES else 0.0 for t in turns]
-  weights = [1.0] * len(turns)
-  for k, t in enumerate(turns):
-    if t.role == "tool_call" and t.error:
-      weights[k] = 0.0
-      if k > 0 and turns[k - 1].role == "assistant":
-        weights[k - 1] = 0.0
-  return weights
+  failed = failed_step_turns(sample.turns) if policy in _FAILED_MASKED else frozenset()
+  actions_only = policy in _ACTIONS_ONLY
+  return [0.0 if k in failed or (actions_only and t.role not in _ACTION_ROLES) else 1.0
+          for k, t in enumerate(sample.turns)]
 
 
 def _content_ids(tok: Tokenizer, role: str, content: str) -> list[int]:
@@ -121,7 +142,7 @@ def render(sample: Sample, tokenizer: Tokenizer, policy: str,
       b.add(render_turn(turn, tok), turn.role, w)
   elif isinstance(sample, ContextSample):
     for span in sample.spans:
-      w = 1.0 if policy != "assistant_only" or span.kind == "edit" else 0.0
+      w = 1.0 if policy not in _ACTIONS_ONLY or span.kind == "edit" else 0.0
       ids = [tok.special_id(f"<|{span.kind}|>")]
       if span.path is not None:
         ids += tok.encode(span.path + "\n")
@@ -129,7 +150,7 @@ def render(sample: Sample, tokenizer: Tokenizer, policy: str,
       b.add(ids, span.kind, w)
   else:
     raise TypeError(f"expected a ContextSample or EnvSample, got {type(sample).__name__}")
-  b.add([tok.eos_id], "special", 0.0 if policy == "assistant_only" else 1.0)
+  b.add([tok.eos_id], "special", 0.0 if policy in _ACTIONS_ONLY else 1.0)
   weights = np.asarray(b.weights, np.float32) * np.float32(source_weight)
   return Rendered(np.asarray(b.tokens, np.int32), weights, np.asarray(b.kinds, np.int8),
                   sample.source)
