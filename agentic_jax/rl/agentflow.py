@@ -1,55 +1,97 @@
-"""AgentFlow in-the-flow episodes (objectives-spec §1): planner, executor, verifier, generator.
+"""AgentFlow in-the-flow episodes (objectives-spec §1): query analysis, then per step planner ->
+executor -> environment -> verifier, then the generator.
 
     episodes = run_agentflow(sampler, params, make_env, tasks, tokenizer, group_size=8, seed=0,
-                             max_turns=3)                       # scripted executor/verifier/generator
+                             max_turns=3)                       # scripted modules
     batch = rollout.policy_batch(episodes, seq_len=256, mode="turn")   # one row per planner turn
 
-Per task, `group_size` trajectories run in lockstep (one batched planner call per step). Step t:
-  1. planner (the trained policy) reads the query and the memory of steps 1..t-1 (its own prompt,
-     rebuilt every step, never a growing transcript) and writes a plan: an optional thought (the
-     sub-goal) and the tool call it proposes;
-  2. executor turns the plan into a tool call. "scripted": the call written in the plan;
-     "reference": the frozen reference model writes the call after the plan. A call to one of
-     the env's answer tools (calculator answer, code/repo submit) is not executed: it is the
-     proposed final answer. Any other call runs in the environment; (plan, call, result) joins
-     the memory;
-  3. verifier decides STOP/CONTINUE. "scripted": STOP iff the call is a proposed answer;
-     "reference": the reference model's reply starts with STOP. The environment ending the
-     episode itself (e.g. its step limit) always stops.
-Planning ends at STOP ("answer" with a proposed answer, "verifier" without), after max_turns
-planner steps ("max_turns"), when a planner prompt exceeds max_context_tokens ("token_budget"),
-when the planner writes </s> instead of a call ("eos"), or when the environment ends the
-episode during execution ("env_step_limit" / "env_done": its reward is final, no generator).
-Then the generator writes the final answer, which the environment scores (that reward is the
+Per task, `group_size` trajectories run in lockstep (one batched call per module per step).
+  0. analyzer writes the query analysis once per trajectory. "scripted": the tools with their
+     signatures, the answer tool(s) and the numbers the query states; "reference": the frozen
+     reference model's reply to ANALYSIS_PROMPT.
+  Step t = 1..T (T = max_turns):
+  1. planner (the trained policy) reads the query, the analysis, the memory of steps 1..t-1 and
+     the step count, and writes a plan that ENDS in a sub-goal and a tool choice
+     (`[free text]Sub-goal: ...\\nTool: NAME`, agentflow_modules), never the command;
+  2. executor turns (sub-goal, tool) into the command. "scripted": a deterministic rule read off
+     the tool's signature (`scripted_command`: calc(EXPRESSION) / answer(VALUE) take the longest
+     arithmetic stretch of the sub-goal, other arguments a `quoted` text or what follows the last
+     ':', a body the sub-goal's fenced code block); "reference": the frozen reference model
+     writes the call text after `<|assistant|>SUB-GOAL<|end_turn|><|tool_call|>TOOL\\n`. A command
+     that does not call the chosen tool is not run (error in memory). A command of an answer
+     tool (calculator answer, code/repo submit) is not run either: it is the proposed final
+     answer. Any other command runs in the environment; (plan, command, result) joins the memory;
+  3. verifier decides STOP/CONTINUE. "scripted": STOP iff an answer was proposed; "reference":
+     the reference model's reply starts with STOP. The environment ending the episode (e.g. its
+     step limit) always stops.
+Planning ends at STOP ("answer" with a proposed answer, "verifier" without), after T steps
+("max_turns"), when a planner prompt exceeds max_context_tokens ("token_budget"), when the
+planner writes </s> instead of a plan ("eos"), or when the environment ends the episode during
+execution ("env_step_limit" / "env_done": its reward is final, no generator). Then the
+generator writes the final answer, which the environment scores (that reward is the
 trajectory's R_i). "scripted": the proposed answer if any, else one built from the memory
 (answer tool with an argument: the last successful result; with a body: the body of the last
-successful body-taking call; without argument: `submit()`); "reference": the reference model's
-tool call, submitted if it calls an answer tool. No answer -> reward 0. A malformed call of an
-answer tool is executed like any call (its error joins the memory, planning goes on).
+successful body-taking command; without argument: `submit()`); "reference": the reference
+model's tool call, submitted if it calls an answer tool. No answer -> reward 0. A plan without a
+usable tool, or one the executor cannot turn into a command, costs the step: its error joins
+the memory and planning goes on.
 
-Only planner turns are trainable (TurnRecord.role "planner"); executor/verifier/generator turns
-are recorded with trainable=False (a scripted one: its decision as text with zero log-probs, and
-as context what it read: the planner's prompt + plan for the executor, head + memory for the
-verifier and generator; policy_batch needs every turn to have a context). Each
-planner TurnRecord.context is exactly the prompt the planner saw and its response the sampled
-tokens, so a trajectory is T_i single-turn samples and Flow-GRPO's broadcast of R_i to every
-planner turn applies exactly as in the paper. Episode.transcript is None.
+What is trained. Only the planner's tokens (TurnRecord.role "planner", trainable=True): its plan
+is the one action of the trained policy that reaches the environment (through the executor).
+Every other module's turn is recorded with trainable=False (a scripted one: its output as text
+with zero log-probs, and as context what it read), so policy_batch gives them no rows and no
+weight. Each planner TurnRecord.context is exactly the prompt it saw and its response exactly
+its plan, so a trajectory is T_i single-turn samples and Flow-GRPO's broadcast of R_i applies as
+in the paper. Every module's turn ends at its first <|end_turn|> (MODULE_TURN; the generator
+keeps the sampler's tool-call rule): the plain policy rule would let the planner run on into a
+tool call of its own, tokens that would be trained without ever acting. Episode.transcript is
+None.
 
-Prompt formats (special tokens by id, text tokenized as data/render.py does, i.e. each turn is
-`render_turn`; `[x]` only if present; SYSTEM = env.system_prompt, QUERY = env.reset(task)):
+Prompt formats (special tokens by id, text as data/render.py's `render_turn`; `[x]` only if
+present; SYSTEM = env.system_prompt, QUERY = env.reset(task)):
 
   head        <s><|system|>SYSTEM<|end_turn|><|user|>QUERY<|end_turn|>
-  memory k    [<|assistant|>PLAN_k<|end_turn|>][<|tool_call|>TOOL_k\\nCALL_k<|end_turn|>]
+  analysis    <|user|>Query analysis:\\nANALYSIS<|end_turn|>
+  memory k    <|assistant|>PLAN_k<|end_turn|>[<|tool_call|>TOOL_k\\nCOMMAND_k<|end_turn|>]
               <|observation|>TOOL_k\\nRESULT_k<|end_turn|>
-              (TOOL_k = the tool the environment parsed, "invalid" when it could not; a plan with
-              no call has no tool_call turn and RESULT_k explains the error)
-  planner t   head + memory 1..t-1                          -> generates
-              [<|assistant|>PLAN<|end_turn|>]<|tool_call|>TOOL\\nCALL<|end_turn|>
-  executor    head + memory 1..t-1 [+ <|assistant|>PLAN<|end_turn|>]   -> generates the tool call
-  verifier    head + memory 1..t + <|user|>VERIFY_PROMPT<|end_turn|>   -> "STOP" / "CONTINUE"
+              (PLAN_k = `Sub-goal: ...\\nTool: NAME` re-rendered from the parsed plan, or the raw
+              text of an unusable plan; TOOL_k = the environment's parsed tool, the chosen tool
+              when nothing ran, "invalid" when no tool was chosen)
+  planner t   head + analysis + memory 1..t-1 + <|user|>STEP_TEXT(t, T)<|end_turn|>
+              -> generates <|assistant|>[TEXT\\n]Sub-goal: SUB-GOAL\\nTool: NAME<|end_turn|>
+  executor    head + <|assistant|>SUB-GOAL<|end_turn|><|tool_call|>NAME\\n -> generates COMMAND
+  verifier    head + analysis + memory 1..t + <|user|>VERIFY_PROMPT<|end_turn|> -> STOP/CONTINUE
   generator   head + memory 1..T + <|user|>ANSWER_PROMPT<|end_turn|>   -> the answer tool call
-With the scripted executor the planner's prompt is the render of the plain multi-turn episode so
-far: what a model mid-trained on our environment episodes already knows how to continue.
+  analyzer    head + <|user|>ANALYSIS_PROMPT<|end_turn|>                -> ANALYSIS
+
+Choices and the released code they follow (lupantech/AgentFlow, agentflow/agentflow/; line
+numbers of the snapshot read for this module):
+  - query analysis once, before the loop, by the fixed engine: solver.py L79
+    (`planner.analyze_query`), planner.py L126 (`llm_engine_fixed`) -> a frozen module here.
+  - the planner's inputs: query, query analysis, tools, previous steps (planner.py L263-266)
+    and the step count "Current Step: t in T steps / Remaining Steps: T - t" (planner.py
+    L204-205). That count is in the multimodal branch; the default text-only branch
+    (L258-280) lacks it. We always show it (spec §1 lists it among the planner's inputs).
+  - the plan ends in Context / Sub-Goal / Tool Name; the last match is taken and the tool name
+    normalised (planner.py L132, L175-178). Ours drops the separate Context section: the
+    sub-goal carries the data (planner.py L237), the free text before it is kept as written.
+  - a tool that is not available gets no command and no result, and the step is spent
+    (solver.py L110).
+  - the executor reads the query, sub-goal, tool name, tool metadata and the planner's context,
+    not the memory (executor.py L82-91): ours reads the query (head, with the tools in SYSTEM),
+    the sub-goal and the tool. It runs only the chosen tool (executor.py: the command is
+    executed against that tool's instance) -> a command calling another tool is refused.
+  - memory entry = (tool, sub-goal, command, result) per step (solver.py L150, memory.py L65).
+  - the verifier reads query, analysis and memory (verifier.py L114) and runs after every step;
+    STOP ends the loop (solver.py L155, L171); the fixed engine (verifier.py L141).
+  - the final answer from query + memory by the fixed engine (solver.py L183-189,
+    planner.py L363/L413).
+  - only the planner is trained: train/rollout.py L44 model_engine = [planner_main=trainable,
+    planner_fixed, executor]; only `generate_next_step`'s calls (planner.py L287,
+    `self.llm_engine`) hit the trainable engine.
+  Differences kept on purpose: our answer tools let the planner propose the final answer
+  itself (scripted verifier STOPs on it); plans, commands and results are chat turns of our
+  render format, not one JSON-ish text prompt.
 """
 
 from __future__ import annotations
@@ -65,42 +107,24 @@ from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, INVALID_TOOL, 
 from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
 from agentic_jax.rl import envs as envs_lib
+# ANALYSIS_PROMPT / ANSWER_PROMPT / VERIFY_PROMPT are re-exported: the prompts of this module
+from agentic_jax.rl.agentflow_modules import (  # noqa: F401
+    ANALYSIS_HEADER, ANALYSIS_PROMPT, ANSWER_PROMPT, MODULE_TURN, VERIFY_PROMPT, Plan, calls_tool,
+    first_turn, format_plan, missing_argument, parse_plan, scripted_analysis, scripted_command,
+    step_text, turn_text, with_stop)
 from agentic_jax.rl.rollout import TOOL_CALL_ID, Episode, TurnRecord, tool_call_action
 
 MODULES = ("scripted", "reference")
-VERIFY_PROMPT = ("Verify the steps so far. If the final answer can be given now, reply STOP; "
-                 "otherwise reply CONTINUE.")
-ANSWER_PROMPT = "Give the final answer now, as one tool call."
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  thought: str            # the assistant turn's text ('' when absent)
-  call: Optional[str]     # the tool call's text after its NAME line (None: no <|tool_call|>)
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEntry:
-  plan: str
-  call: str               # '' when the plan had no usable call
-  tool: str               # the environment's parsed tool name, or "invalid"
+  plan: str               # the plan as the memory shows it (module doc)
+  sub_goal: str           # '' when the plan had none
+  tool: str               # the environment's parsed tool, the chosen one, or "invalid"
+  call: str               # the executor's command ('' when none)
   result: str
   error: bool
-
-
-def parse_plan(tokens: Sequence[int], tokenizer) -> Plan:
-  """The thought (the first assistant turn's text) and the call of a generated policy turn; the
-  call is extracted exactly as plain rollouts do (`rollout.tool_call_action`)."""
-  ids = np.asarray(tokens, np.int32)
-  thought = ""
-  asst, end = tokenizer.special_id("<|assistant|>"), tokenizer.special_id("<|end_turn|>")
-  hits = np.flatnonzero(ids == asst)
-  if hits.size:
-    rest = ids[hits[0] + 1:]
-    stops = np.flatnonzero((rest == end) | (rest == TOOL_CALL_ID))
-    # kept verbatim: the memory re-renders it as the planner wrote it
-    thought = tokenizer.decode(rest[:stops[0]] if stops.size else rest)
-  return Plan(thought, tool_call_action(ids, tokenizer))
 
 
 def _derive_seed(seed: int, *parts: Any) -> int:
@@ -115,7 +139,10 @@ class _State:
   group_id: int
   traj_id: int
   env: Any
+  query: str
   head: list[int]
+  analysis: str = ""
+  analysis_ids: list[int] = dataclasses.field(default_factory=list)
   memory: list[MemoryEntry] = dataclasses.field(default_factory=list)
   memory_ids: list[int] = dataclasses.field(default_factory=list)  # rendered memory (cached)
   turns: list[TurnRecord] = dataclasses.field(default_factory=list)
@@ -124,11 +151,25 @@ class _State:
   final: Optional[StepResult] = None   # the environment's last result once it said done
   env_steps: int = 0
 
-  def context(self, *extra: Turn, tok) -> list[int]:
-    out = self.head + self.memory_ids
-    for turn in extra:
-      out = out + render_turn(turn, tok)
-    return out
+  def set_analysis(self, text: str, tok) -> None:
+    self.analysis = text
+    self.analysis_ids = render_turn(Turn("user", ANALYSIS_HEADER + text), tok)
+
+  def planner_context(self, step: int, max_steps: int, tok) -> list[int]:
+    return (self.head + self.analysis_ids + self.memory_ids
+            + render_turn(Turn("user", step_text(step, max_steps)), tok))
+
+  def verifier_context(self, tok) -> list[int]:
+    return (self.head + self.analysis_ids + self.memory_ids
+            + render_turn(Turn("user", VERIFY_PROMPT), tok))
+
+  def generator_context(self, tok, *, prompt: bool) -> list[int]:
+    extra = render_turn(Turn("user", ANSWER_PROMPT), tok) if prompt else []
+    return self.head + self.memory_ids + extra
+
+  def executor_context(self, plan: Plan, tok) -> list[int]:
+    return (self.head + render_turn(Turn("assistant", plan.sub_goal), tok)
+            + [TOOL_CALL_ID] + tok.encode(plan.tool + "\n"))
 
   def remember(self, entry: MemoryEntry, tok) -> None:
     self.memory.append(entry)
@@ -167,7 +208,7 @@ def _is_answer(call: Optional[str], env) -> bool:
 def _fallback_answer(s: _State) -> Optional[str]:
   """The scripted generator's answer when none was proposed (module docstring)."""
   tools = s.env.tools
-  ok = [m for m in reversed(s.memory) if not m.error]
+  ok = [m for m in reversed(s.memory) if not m.error and m.call]
   for name in envs_lib.answer_tools(s.env):
     tool = tools[name]
     if tool.takes_body:  # e.g. code submit(): the last body that ran without a call error
@@ -192,14 +233,16 @@ def _success(result: StepResult) -> bool:
   return float(result.reward) >= 1.0
 
 
-def _check_args(executor: str, verifier: str, generator: str, reference_variables,
-                group_size: int, max_turns: int, max_context_tokens: Optional[int]) -> None:
-  for key, value in (("executor", executor), ("verifier", verifier), ("generator", generator)):
+def _check_args(modules: dict, reference_variables, group_size: int, max_turns: int,
+                max_context_tokens: Optional[int]) -> None:
+  for key, value in modules.items():
+    # analyzer is not a config key yet (rl/loop.py passes the other three)
+    where = "run_agentflow(analyzer=...)" if key == "analyzer" else f"config.rl.agentflow.{key}"
     if value not in MODULES:
-      raise ValueError(f"config.rl.agentflow.{key}: expected one of {list(MODULES)}, got {value!r}")
+      raise ValueError(f"{where}: expected one of {list(MODULES)}, got {value!r}")
     if value == "reference" and reference_variables is None:
-      raise ValueError(f"config.rl.agentflow.{key}='reference' needs the frozen reference model: "
-                       f"pass reference_variables")
+      raise ValueError(f"{where}='reference' needs the frozen reference model: pass "
+                       f"reference_variables")
   for key, value in (("group_size", group_size), ("max_turns", max_turns),
                      ("max_context_tokens", max_context_tokens)):
     if value is None and key == "max_context_tokens":
@@ -208,36 +251,42 @@ def _check_args(executor: str, verifier: str, generator: str, reference_variable
       raise ValueError(f"config.rl.{key}: expected an int >= 1, got {value!r}")
 
 
-def _generate(sampler, variables, contexts: list[list[int]], seed: int) -> list:
+def _generate(sampler, variables, contexts: list[list[int]], seed: int, tok) -> list:
+  """One module call over `contexts`, each generation cut after its first turn (MODULE_TURN)."""
   gens = sampler.generate(variables, [np.asarray(c, np.int32) for c in contexts], seed)
   if len(gens) != len(contexts):
     raise RuntimeError(f"run_agentflow: the sampler returned {len(gens)} generations for "
                        f"{len(contexts)} contexts")
-  return gens
+  return [first_turn(g, tok.eos_id) for g in gens]
+
+
+def _ended_by_eos(gen, tok) -> bool:
+  return (not gen.truncated and len(gen.tokens) > 0 and int(gen.tokens[-1]) == tok.eos_id)
 
 
 def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks: Sequence,
                   tokenizer, *, group_size: int, seed: int, max_turns: int,
                   executor: str = "scripted", verifier: str = "scripted",
-                  generator: str = "scripted", reference_variables=None,
-                  reference_sampler=None,
+                  generator: str = "scripted", analyzer: str = "scripted",
+                  reference_variables=None, reference_sampler=None,
                   max_context_tokens: Optional[int] = None) -> list[Episode]:
   """AgentFlow episodes, Q tasks x G trajectories ordered by task then trajectory (group_id =
   task index, traj_id = 0..G-1).
 
   planner / reference_sampler: `.generate(variables, contexts, seed) -> list[Generation]` (a
-  rollout.Sampler; tests script one); the reference modules use reference_sampler (default: the
-  planner's) with reference_variables. max_context_tokens: a planner prompt longer than this is
-  not sampled (as plain rollouts). Deterministic given seed. stop_reason (why planning ended):
-  "answer" (an answer was proposed and the verifier stopped), "verifier" (the verifier stopped
-  without one), "eos" (the planner wrote </s> instead of a tool call), "env_step_limit" (the
-  environment ended the episode at its step limit), "env_done" (ended it otherwise),
-  "max_turns", "token_budget". The generator then answers unless the environment is done.
+  rollout.Sampler, whose stop rule is set per module here; tests script one); the frozen
+  modules use reference_sampler (default: the planner's) with reference_variables.
+  executor / verifier / generator / analyzer: "scripted" | "reference" (module doc).
+  max_context_tokens: a planner prompt longer than this is not sampled. Deterministic given
+  seed. stop_reason: "answer", "verifier", "eos", "env_step_limit", "env_done", "max_turns",
+  "token_budget" (module doc).
   """
-  _check_args(executor, verifier, generator, reference_variables, group_size, max_turns,
-              max_context_tokens)
+  modules = {"executor": executor, "verifier": verifier, "generator": generator,
+             "analyzer": analyzer}
+  _check_args(modules, reference_variables, group_size, max_turns, max_context_tokens)
   tok = tokenizer
   ref = reference_sampler if reference_sampler is not None else planner
+  planner_turn, ref_turn = with_stop(planner, MODULE_TURN), with_stop(ref, MODULE_TURN)
   states: list[_State] = []
   for q, task in enumerate(tasks):
     for g in range(group_size):
@@ -245,48 +294,72 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
       query = env.reset(task)
       head = ([tok.bos_id] + render_turn(Turn("system", env.system_prompt), tok)
               + render_turn(Turn("user", query), tok))
-      states.append(_State(task, q, g, env, head))
+      states.append(_State(task, q, g, env, query, head))
+
+  # 0. query analysis (once per trajectory, before the loop)
+  if analyzer == "reference":
+    ctxs = [s.head + render_turn(Turn("user", ANALYSIS_PROMPT), tok) for s in states]
+    gens = _generate(ref_turn, reference_variables, ctxs, _derive_seed(seed, "analyzer"), tok)
+    for s, ctx, gen in zip(states, ctxs, gens):
+      s.turns.append(_record("analyzer", ctx, tok, gen=gen))
+      s.set_analysis(turn_text(gen.tokens, tok).strip(), tok)
+  else:
+    for s in states:
+      text = scripted_analysis(s.env, s.query)
+      s.turns.append(_record("analyzer", s.head, tok, text=text))
+      s.set_analysis(text, tok)
 
   for step in range(max_turns):
+    contexts = {}
     for s in states:
-      if (s.stop_reason is None and max_context_tokens is not None
-          and len(s.head) + len(s.memory_ids) > max_context_tokens):
-        s.stop_reason = "token_budget"
+      if s.stop_reason is None:
+        ctx = s.planner_context(step + 1, max_turns, tok)
+        if max_context_tokens is not None and len(ctx) > max_context_tokens:
+          s.stop_reason = "token_budget"
+        else:
+          contexts[id(s)] = ctx
     active = [s for s in states if s.stop_reason is None]
     if not active:
       break
     # 1. planner: the only trainable module
-    contexts = [s.context(tok=tok) for s in active]
-    gens = _generate(planner, planner_variables, contexts, _derive_seed(seed, "planner", step))
+    ctxs = [contexts[id(s)] for s in active]
+    gens = _generate(planner_turn, planner_variables, ctxs, _derive_seed(seed, "planner", step),
+                     tok)
     plans = []
-    for s, ctx, gen in zip(active, contexts, gens):
+    for s, ctx, gen in zip(active, ctxs, gens):
       s.turns.append(_record("planner", ctx, tok, gen=gen, trainable=True))
-      plans.append(parse_plan(gen.tokens, tok))
-    # 2. executor
-    planner_gens = gens
-    if executor == "reference":
-      ctxs = [s.context(*([Turn("assistant", p.thought)] if p.thought else []), tok=tok)
-              for s, p in zip(active, plans)]
-      gens = _generate(ref, reference_variables, ctxs, _derive_seed(seed, "executor", step))
-      for s, ctx, gen in zip(active, ctxs, gens):
+      plan = parse_plan(gen.tokens, tok, s.env.tools)
+      if plan.error is not None and _ended_by_eos(gen, tok):
+        s.stop_reason = "eos"  # the planner wrote </s> instead of a plan: planning is over
+      plans.append(plan)
+    # 2. executor: (sub-goal, tool) -> command, for the usable plans
+    todo = [(s, p) for s, p in zip(active, plans) if p.error is None and s.stop_reason is None]
+    commands: dict[int, Optional[str]] = {}
+    if executor == "reference" and todo:
+      ctxs = [s.executor_context(p, tok) for s, p in todo]
+      gens = _generate(ref_turn, reference_variables, ctxs, _derive_seed(seed, "executor", step),
+                       tok)
+      for (s, _), ctx, gen in zip(todo, ctxs, gens):
         s.turns.append(_record("executor", ctx, tok, gen=gen))
-      plans = [Plan(p.thought, parse_plan(g.tokens, tok).call) for p, g in zip(plans, gens)]
+        commands[id(s)] = turn_text(gen.tokens, tok).strip() or None
     else:
-      for s, plan in zip(active, plans):
-        plan_ctx = np.concatenate([s.turns[-1].context, s.turns[-1].response])  # reads the plan
-        s.turns.append(_record("executor", plan_ctx, tok, text=plan.call or ""))
-    for s, plan, gen in zip(active, plans, planner_gens):
-      _execute(s, plan, gen, tok)
+      for s, p in todo:
+        command = scripted_command(p.sub_goal, s.env.tools[p.tool])
+        s.turns.append(_record("executor", s.executor_context(p, tok), tok, text=command or ""))
+        commands[id(s)] = command
+    for s, plan in zip(active, plans):
+      if s.stop_reason is None:
+        _act(s, plan, commands.get(id(s)), tok)
     # 3. verifier
     pending = [s for s in active if s.stop_reason is None]
     if verifier == "reference" and pending:
-      ctxs = [s.context(Turn("user", VERIFY_PROMPT), tok=tok) for s in pending]
-      gens = _generate(ref, reference_variables, ctxs, _derive_seed(seed, "verifier", step))
+      ctxs = [s.verifier_context(tok) for s in pending]
+      gens = _generate(ref_turn, reference_variables, ctxs, _derive_seed(seed, "verifier", step),
+                       tok)
       for s, ctx, gen in zip(pending, ctxs, gens):
         rec = _record("verifier", ctx, tok, gen=gen)
         s.turns.append(rec)
-        words = [w for w in rec.text.replace("<|", " <|").replace("|>", "|> ").split()
-                 if not (w.startswith("<|") or w in ("<s>", "</s>"))]
+        words = turn_text(gen.tokens, tok).split()
         if words and words[0].strip(".:,!").upper() == "STOP":
           s.stop_reason = "answer" if s.proposed else "verifier"
         else:
@@ -294,7 +367,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
     else:
       for s in pending:
         stop = s.proposed is not None
-        s.turns.append(_record("verifier", s.context(tok=tok), tok,
+        s.turns.append(_record("verifier", s.verifier_context(tok), tok,
                                text="STOP" if stop else "CONTINUE"))
         if stop:
           s.stop_reason = "answer"
@@ -303,41 +376,54 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
       s.stop_reason = "max_turns"
 
   # 4. generator (unless the environment already ended the episode)
-  todo = [s for s in states if s.final is None]
-  if generator == "reference" and todo:
-    ctxs = [s.context(Turn("user", ANSWER_PROMPT), tok=tok) for s in todo]
-    gens = _generate(ref, reference_variables, ctxs, _derive_seed(seed, "generator"))
-    for s, ctx, gen in zip(todo, ctxs, gens):
+  todo_states = [s for s in states if s.final is None]
+  if generator == "reference" and todo_states:
+    ctxs = [s.generator_context(tok, prompt=True) for s in todo_states]
+    # the generator writes a tool call: the sampler's own (tool-call) stop rule
+    gens = ref.generate(reference_variables, [np.asarray(c, np.int32) for c in ctxs],
+                        _derive_seed(seed, "generator"))
+    for s, ctx, gen in zip(todo_states, ctxs, gens):
       s.turns.append(_record("generator", ctx, tok, gen=gen))
-      call = parse_plan(gen.tokens, tok).call
+      call = tool_call_action(np.asarray(gen.tokens, np.int32), tok)
       _submit(s, call if _is_answer(call, s.env) else None)
   else:
-    for s in todo:
+    for s in todo_states:
       call = s.proposed if s.proposed is not None else _fallback_answer(s)
-      s.turns.append(_record("generator", s.context(tok=tok), tok, text=call or ""))
+      s.turns.append(_record("generator", s.generator_context(tok, prompt=False), tok,
+                             text=call or ""))
       _submit(s, call)
   return [_episode(s) for s in states]
 
 
-def _execute(s: _State, plan: Plan, planner_gen, tok) -> None:
-  """Runs the plan's call in the environment, or keeps an answer call as the proposed answer;
-  the result goes to this step's executor record (s.turns[-1])."""
-  ended = (plan.call is None and not planner_gen.truncated and len(planner_gen.tokens) > 0
-           and int(planner_gen.tokens[-1]) == tok.eos_id)
-  if ended:
-    s.stop_reason = "eos"  # the planner wrote </s> instead of a call: planning is over
-  elif _is_answer(plan.call, s.env):
-    s.proposed = plan.call
+def _act(s: _State, plan: Plan, command: Optional[str], tok) -> None:
+  """The environment side of one step: an unusable plan or command costs the step (its error
+  joins the memory); an answer command becomes the proposed answer; any other command runs.
+  The outcome is written to this step's last record (the executor's, or the planner's when no
+  executor ran)."""
+  rec = s.turns[-1]
+  if plan.error is not None:
+    entry = MemoryEntry(plan.text, plan.sub_goal or "", INVALID_TOOL, "", f"error: {plan.error}",
+                        True)
+  elif command is None or not calls_tool(command, plan.tool):
+    tool = s.env.tools[plan.tool]
+    result = (missing_argument(tool) if command is None else
+              f"error: the command does not call the chosen tool {plan.tool}")
+    entry = MemoryEntry(format_plan(plan.sub_goal, plan.tool), plan.sub_goal, plan.tool,
+                        command or "", result, True)
+  elif _is_answer(command, s.env):
+    s.proposed = command
+    return
   else:
-    result = s.env.step(plan.call if plan.call is not None else "")  # "" -> the env explains
+    result = s.env.step(command)
     s.env_steps += 1
-    tool = result.info.get(INFO_TOOL) or INVALID_TOOL
-    s.remember(MemoryEntry(plan.thought, plan.call or "", tool, result.observation,
-                           bool(result.info.get(INFO_ERROR))), tok)
-    s.turns[-1].observation = result.observation
+    entry = MemoryEntry(format_plan(plan.sub_goal, plan.tool), plan.sub_goal,
+                        result.info.get(INFO_TOOL) or INVALID_TOOL, command, result.observation,
+                        bool(result.info.get(INFO_ERROR)))
     if result.done:
       s.final = result
       s.stop_reason = "env_step_limit" if result.info.get("step_limit") else "env_done"
+  s.remember(entry, tok)
+  rec.observation = entry.result
 
 
 def _submit(s: _State, call: Optional[str]) -> None:
@@ -358,6 +444,7 @@ def _episode(s: _State) -> Episode:
       turns=s.turns, reward=reward, success=done and _success(s.final),
       stop_reason=s.stop_reason, transcript=None,
       info={"mode": "agentflow", "planner_turns": sum(t.role == "planner" for t in s.turns),
-            "env_steps": s.env_steps, "memory": [dataclasses.asdict(m) for m in s.memory],
+            "env_steps": s.env_steps, "analysis": s.analysis,
+            "memory": [dataclasses.asdict(m) for m in s.memory],
             "final_observation": s.turns[-1].observation if s.turns else "",
             "tool_errors": sum(m.error for m in s.memory)})

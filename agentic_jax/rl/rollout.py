@@ -298,7 +298,7 @@ def policy_batch(episodes: Sequence[Episode], *, seq_len: int, mode: str,
   rows = _rows(episodes, mode)
   over = {r.ep for r in rows if len(r.seq) - 1 > seq_len}
   if over and on_overlong == "error":
-    r = next(r for r in rows if r.ep in over)
+    r = next(r for r in rows if len(r.seq) - 1 > seq_len)  # the row that is over, not its first
     raise ValueError(f"policy_batch: episode {r.ep} (task {episodes[r.ep].task_id!r}, group "
                      f"{r.group}, traj {r.traj}, turn {r.turn}) needs {len(r.seq) - 1} positions "
                      f"> seq_len={seq_len}; raise seq_len or pass on_overlong='drop'")
