@@ -64,8 +64,8 @@ present; SYSTEM = env.system_prompt, QUERY = env.reset(task)):
   generator   head + memory 1..T + <|user|>ANSWER_PROMPT<|end_turn|>   -> the answer tool call
   analyzer    head + <|user|>ANALYSIS_PROMPT<|end_turn|>                -> ANALYSIS
 
-Choices and the released code they follow (lupantech/AgentFlow, agentflow/agentflow/; line
-numbers of the snapshot read for this module):
+Choices and the released code they follow (lupantech/AgentFlow at commit b940064, files under
+agentflow/agentflow/ unless named; L = line):
   - query analysis once, before the loop, by the fixed engine: solver.py L79
     (`planner.analyze_query`), planner.py L126 (`llm_engine_fixed`) -> a frozen module here.
   - the planner's inputs: query, query analysis, tools, previous steps (planner.py L263-266)
@@ -79,8 +79,9 @@ numbers of the snapshot read for this module):
     (solver.py L110).
   - the executor reads the query, sub-goal, tool name, tool metadata and the planner's context,
     not the memory (executor.py L82-91): ours reads the query (head, with the tools in SYSTEM),
-    the sub-goal and the tool. It runs only the chosen tool (executor.py: the command is
-    executed against that tool's instance) -> a command calling another tool is refused.
+    the sub-goal and the tool. It runs only the chosen tool (executor.py L299, L317: the
+    command is executed against that tool's instance) -> a command calling another tool is
+    refused.
   - memory entry = (tool, sub-goal, command, result) per step (solver.py L150, memory.py L65).
   - the verifier reads query, analysis and memory (verifier.py L114) and runs after every step;
     STOP ends the loop (solver.py L155, L171); the fixed engine (verifier.py L141).
