@@ -288,10 +288,13 @@ def _mb(b, old, adv, ref_logp):
   assert list(rows) == list(range(len(rows)))  # the tests below keep rows in place
   idx = packed["index"]
   take = lambda x: np.take_along_axis(x, idx[:, 0], 1)[:, None]  # noqa: E731  [F, 1, L]
+  # the minibatch is the whole rollout batch here: its own (GRPO) weights are the carried ones
+  weights = step_lib.objective_from_config(rl_test_config()).token_weights(
+      packed["mask"][:, 0], sample_mask=packed["sample_mask"][:, 0])[:, None]
   return {**{k: packed[k] for k in step_lib.TOKEN_KEYS}, "index": idx, "old_logp": take(old),
           "ref_logp": take(ref_logp), "mask": packed["mask"], "adv": np.asarray(adv)[:, None],
           "keep": packed["sample_mask"], "group_id": packed["group_id"],
-          "traj_id": packed["traj_id"]}
+          "traj_id": packed["traj_id"], "weights": np.asarray(weights)}
 
 
 @pytest.mark.parametrize("sign", [1.0, -1.0])

@@ -15,17 +15,43 @@ Per token (§0): r = exp(clip(logp - old_logp, -log_ratio_clamp, +log_ratio_clam
 loss = agg(l) + kl_coef * agg(k) [kl_where="loss"] - entropy_coef * agg(entropy),
 with agg(x) = sum(W * x) for the aggregation weights W of `aggregation_weights`.
 
-Aggregation modes (§0, verl names) over the mask m (already times sample_mask):
+Aggregation modes (§0, verl names) over the mask m (already times sample_mask: padding slots
+and filtered rows take no part in any count):
   token-mean                  sum m l / sum m                                  (DAPO, Flow-GRPO code)
   seq-mean-token-mean         mean over rows with >= 1 token of (sum_t m l / sum_t m)   (GRPO)
   seq-mean-token-sum          mean over valid rows of sum_t m l
-  seq-mean-token-sum-norm     sum m l / L_const, divided by the number of valid rows when
-                              norm_over_seqs (Dr. GRPO paper's 1/G; verl 0.5 does not divide).
+  seq-mean-token-sum-norm     sum m l / L_const, divided by the number of valid TRAJECTORIES when
+                              norm_over_seqs (Dr. GRPO's 1/G: a response is a trajectory, so with
+                              one row per turn a many-turn trajectory still counts once; rows of
+                              one trajectory share group_id and traj_id). verl 0.5 does not divide
+                              (core_algos.py agg_loss L709-711: sum / loss_mask.shape[-1]).
                               L_const = norm_constant, default the padded length L; use a fixed
-                              constant (max response length) so it does not depend on the data.
+                              constant (max response length) so it does not depend on the data
+                              (Dr. GRPO's released code: oat masked_sum(constant_normalizer=
+                              generate_max_length), understand-r1-zero train_zero_math.py L286-290).
   group-traj-turn-token-mean  Flow-GRPO paper's (1/G)(1/T_i)(1/|a|) weighting: per-turn token
                               mean, mean over the T_i turns of a trajectory, mean over the G
                               trajectories of a query, mean over the queries of the batch.
+
+Scope of the weights (option agg_scope) when one rollout batch is split into k minibatches:
+  "rollout"    W is computed ONCE over the whole rollout batch (after filters) and sliced with the
+               minibatches; minibatch b's loss is k * sum_{tokens of b} W x. Counts (Q, G, T_i,
+               tokens, rows) are therefore the rollout batch's, never a minibatch's, and over a
+               random split each minibatch loss is an unbiased estimate of the rollout batch's
+               loss: the k gradients at the same params average to the one-minibatch gradient
+               (so loss and gradient scale, and optim.clip_norm, do not depend on k). With
+               minibatches of equal row counts the seq-mean modes equal the released codes'
+               per-minibatch means (oat ppo.py L567-568: .mean() over a fixed-size minibatch);
+               with whole groups split evenly the paper weighting is the paper formula over the
+               minibatch's queries; token-mean divides by the rollout batch's tokens / k instead
+               of the minibatch's own.
+  "minibatch"  W is recomputed inside each minibatch over its own samples, as verl does
+               (dp_actor.py L377-381 loops epochs over fixed mini-batches, core_algos.py agg_loss
+               per mini-batch), but with the exact mini-batch token mean (below).
+Option minibatch_split: "rows" = each epoch a random permutation of the packed forward rows (a
+group's sequences may land in different minibatches; a plain-mode transcript is one sequence, so
+its turns stay together), "groups" = every group (query) lies in one minibatch (the packer lays
+whole groups out in k blocks of forward rows, rl/step.pack_batch(whole_groups=True)).
 Deliberate difference from verl (§0): for gradient accumulation compute `aggregation_weights` on
 the whole optimizer batch, slice them with the micro-batches and pass them as token_weights; the
 micro-batch losses then add up to the exact big-batch loss (verl averages micro-batch means).
@@ -80,7 +106,9 @@ BASE_OPTIONS: dict[str, Any] = {
     "log_ratio_clamp": 20.0,
     "agg": "token-mean",
     "norm_constant": None,       # L_const of seq-mean-token-sum-norm; None = padded length
-    "norm_over_seqs": True,      # seq-mean-token-sum-norm: also divide by the number of rows
+    "norm_over_seqs": True,      # seq-mean-token-sum-norm: also divide by the trajectories
+    "agg_scope": "rollout",      # "rollout" | "minibatch": population of the aggregation weights
+    "minibatch_split": "rows",   # "rows" | "groups": what a minibatch keeps whole
     "kl": "none",                # "none" | "k1" | "k2" | "k3"
     "kl_coef": 0.0,
     "kl_where": "loss",          # "loss" | "reward"
@@ -89,7 +117,8 @@ BASE_OPTIONS: dict[str, Any] = {
 
 _CHOICES = {"group_by": adv_lib.GROUP_BY, "overlong": ("none", "shape", "filter"),
             "agg": AGG_MODES, "kl": ("none",) + KL_ESTIMATORS, "kl_where": ("loss", "reward"),
-            "std_ddof": (0, 1)}
+            "std_ddof": (0, 1), "agg_scope": ("rollout", "minibatch"),
+            "minibatch_split": ("rows", "groups")}
 _BOOLS = ("std_norm", "overlong_counts_tool_tokens", "dynamic_sampling", "norm_over_seqs")
 
 
@@ -228,7 +257,9 @@ def kl_reward_penalty(rewards: Array, logp: Array, ref_logp: Array, mask: Array,
 def aggregation_weights(mask: Array, mode: str, *, sample_mask: Array | None = None,
                         group_id: Array | None = None, traj_id: Array | None = None,
                         norm_constant: float | None = None, norm_over_seqs: bool = True) -> Array:
-  """W [N, L] with agg(x) = sum(W * x); W is 0 wherever mask * sample_mask is 0 (module doc)."""
+  """W [N, L] with agg(x) = sum(W * x); W is 0 wherever mask * sample_mask is 0 (module doc).
+  Every count (rows, trajectories, turns, groups, tokens) is over the rows of sample_mask only,
+  so padding slots of a packed batch never dilute the weights."""
   m = jnp.asarray(mask, jnp.float32)
   n, length = m.shape
   rows = adv_lib.row_valid(n, sample_mask)
@@ -244,7 +275,13 @@ def aggregation_weights(mask: Array, mode: str, *, sample_mask: Array | None = N
     return m / jnp.maximum(jnp.sum(rows), 1)
   if mode == "seq-mean-token-sum-norm":
     w = m / float(length if norm_constant is None else norm_constant)
-    return w / jnp.maximum(jnp.sum(rows), 1) if norm_over_seqs else w
+    if not norm_over_seqs:
+      return w
+    if group_id is None:  # every row its own trajectory
+      trajs = jnp.sum(rows)
+    else:  # 1/G counts responses: the trajectories, whatever rows they are split into
+      trajs = jnp.sum(adv_lib.first_member(adv_lib.same_trajectory(group_id, traj_id, rows), rows))
+    return w / jnp.maximum(trajs, 1)
   if mode == "group-traj-turn-token-mean":
     if group_id is None:
       raise ValueError("aggregation 'group-traj-turn-token-mean' needs group_id (and traj_id)")
@@ -289,8 +326,10 @@ def clipped_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: A
     pg = jnp.where(a < 0, jnp.minimum(pg, -c * a), pg)
 
   if token_weights is None:
-    w = aggregation_weights(m, o["agg"], group_id=group_id, traj_id=traj_id,
-                            norm_constant=o["norm_constant"], norm_over_seqs=o["norm_over_seqs"])
+    # sample_mask too, not only m: the row and trajectory counts must skip padding slots
+    w = aggregation_weights(m, o["agg"], sample_mask=sample_mask, group_id=group_id,
+                            traj_id=traj_id, norm_constant=o["norm_constant"],
+                            norm_over_seqs=o["norm_over_seqs"])
   else:
     w = jnp.asarray(token_weights, jnp.float32) * m
   pg_loss = jnp.sum(w * pg)
@@ -342,9 +381,11 @@ DAPO_DEFAULTS = {"clip_eps_high": 0.28, "agg": "token-mean", "overlong": "shape"
 DR_GRPO_DEFAULTS = {"advantage": "dr_grpo", "std_norm": False, "agg": "seq-mean-token-sum-norm",
                     "norm_over_seqs": True}
 # Flow-GRPO paper (§1): trajectory-level group statistics, (1/G)(1/T_i)(1/|a|) weighting, one eps.
+# The objective is an expectation over queries of (1/G) sum_i over the query's G trajectories,
+# so an update sees whole groups (minibatch_split "groups") with G and T_i of the rollout batch.
 # The paper gives no beta or ddof: we take the released code's k3 / 0.001 and verl's ddof=1 [recon].
 FLOW_GRPO_DEFAULTS = {"group_by": "trajectory", "agg": "group-traj-turn-token-mean",
-                      "kl": "k3", "kl_coef": 0.001, "std_ddof": 1}
+                      "kl": "k3", "kl_coef": 0.001, "std_ddof": 1, "minibatch_split": "groups"}
 
 
 @register_policy_loss("grpo", defaults=GRPO_DEFAULTS)

@@ -10,23 +10,38 @@
 Options resolve as: BASE_OPTIONS (rl_losses) <- the loss's registered defaults <- the preset
 <- explicit options; the result is a complete dict (`obj.options`) to log with the run.
 
-Presets (objectives-spec section in brackets):
+Presets (objectives-spec section in brackets). Unless a preset says otherwise the aggregation
+weights are the whole rollout batch's (agg_scope "rollout", rl_losses module doc) and minibatches
+are random sets of packed rows (minibatch_split "rows").
   grpo       deepseekmath  the defaults: eps 0.2, seq-mean-token-mean, k3 loss beta 0.04 [§2]
-  dapo       paper         the defaults: eps 0.2/0.28, token-mean, overlong shaping 20480/4096
-                           factor 1, dynamic sampling, no KL [§2]
-             grpo_tcr      "Demystifying RL in Agentic Reasoning" script: eps 0.2/0.28,
-                           token-mean, dual clip c=10, overlong shaping 20480/4096 factor 1,
-                           NO dynamic sampling, no KL [§2]
-  dr_grpo    paper         the defaults: A = R - mean, seq-mean-token-sum-norm / number of rows [§2]
-             verl          same, but the sum-norm is not divided by the number of rows (verl 0.5) [§0]
+  dapo       paper         the defaults: eps 0.2/0.28, token-mean over the rollout batch's tokens
+                           (the paper's 1 / sum_i |o_i|), overlong shaping 20480/4096 factor 1,
+                           dynamic sampling (groups with equal rewards dropped in the step; the
+                           RL loop over-samples and refills the batch, config.rl.
+                           dapo_max_refill_rounds, rl/refill.py), no KL [§2]
+             grpo_tcr      "Demystifying RL in Agentic Reasoning" script (verl): eps 0.2/0.28,
+                           token-mean per minibatch (agg_scope "minibatch", as verl), dual clip
+                           c=10, overlong shaping 20480/4096 factor 1, NO dynamic sampling, no KL
+                           [§2]
+  dr_grpo    paper         the defaults: A = R - mean, seq-mean-token-sum-norm / number of
+                           trajectories of the rollout batch (1/G per group), minibatches of
+                           random rows as the authors' oat learner (ppo.py L468 permutes the
+                           sequences every epoch; L567-568 sum / generate_max_length, then the
+                           mean over the minibatch) [§2]
+             verl          sum-norm NOT divided by the number of rows and computed per minibatch
+                           (verl 0.5 core_algos.py agg_loss L709-711; dp_actor.py L377-381) [§0]
   flow_grpo  paper         the defaults: trajectory-level stats (ddof 1), turn broadcast,
-                           (1/G)(1/T_i)(1/|a|) weighting, eps 0.2, k3 loss beta 0.001 [§1]
+                           (1/G)(1/T_i)(1/|a|) weighting with Q, G, T_i of the rollout batch,
+                           whole groups per minibatch (minibatch_split "groups"), eps 0.2, k3
+                           loss beta 0.001 [§1]
              code          lupantech/AgentFlow as released: stats over all turn-samples of a
-                           query (ddof 1), token-mean, eps 0.2 low / 0.3 high, dual clip c=3,
-                           k3 loss beta 0.001, no KL in reward [§1 "What the code computes"].
-                           The code computes advantages before dropping over-long prompts:
-                           call advantages() on the full batch, then drop rows via sample_mask
-                           in loss() only.
+                           query (ddof 1; agentflow/verl/trainer.py L207-208 uid = data id),
+                           turn samples shuffled into minibatches (trainer.py L290-298), token-mean
+                           per minibatch (verl, agg_scope "minibatch"), eps 0.2 low / 0.3 high,
+                           dual clip c=3, k3 loss beta 0.001, no KL in reward [§1 "What the code
+                           computes"]. The code computes advantages before dropping over-long
+                           prompts: call advantages() on the full batch, then drop rows via
+                           sample_mask in loss() only.
 """
 
 from __future__ import annotations
@@ -49,14 +64,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "grpo_tcr": {"dynamic_sampling": False, "dual_clip_c": 10.0, "clip_eps_low": 0.2,
                      "clip_eps_high": 0.28, "agg": "token-mean", "overlong": "shape",
                      "overlong_max_len": 20480, "overlong_buffer": 4096, "overlong_factor": 1.0,
-                     "kl": "none", "kl_coef": 0.0},
+                     "kl": "none", "kl_coef": 0.0, "agg_scope": "minibatch"},
     },
-    "dr_grpo": {"paper": {}, "verl": {"norm_over_seqs": False}},
+    "dr_grpo": {"paper": {}, "verl": {"norm_over_seqs": False, "agg_scope": "minibatch"}},
     "flow_grpo": {
         "paper": {},
         "code": {"group_by": "sample", "std_ddof": 1, "agg": "token-mean", "clip_eps_low": 0.2,
                  "clip_eps_high": 0.3, "dual_clip_c": 3.0, "kl": "k3", "kl_coef": 0.001,
-                 "kl_where": "loss"},
+                 "kl_where": "loss", "agg_scope": "minibatch", "minibatch_split": "rows"},
     },
 }
 

@@ -113,6 +113,9 @@ def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
   r.top_p = 1.0
   r.ppo_epochs = 1
   r.minibatches = 2
+  # DAPO dynamic sampling (loss option dynamic_sampling): extra rollout rounds of tasks_per_step
+  # tasks that may refill the batch with informative groups (rl/refill.py); 0 = only drop
+  r.dapo_max_refill_rounds = 0
   r.old_logp = "sampler"  # "sampler" | "recompute"
   r.old_logp_tolerance = 1e-3  # warn when sampler and recomputed log-probs differ by more
   r.eval_tasks = 64  # held-out tasks for the success rate before/after
@@ -155,6 +158,9 @@ def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
     # overlong shaping at this scale: L_max = all turns' token budget, buffer = one turn
     c.rl.loss_options.overlong_max_len = r.max_turns * r.max_new_tokens
     c.rl.loss_options.overlong_buffer = r.max_new_tokens
+  if loss == "dapo":
+    # over-sample as the paper does, bounded (verl's DAPO script allows 10 gen batches of 3x)
+    c.rl.dapo_max_refill_rounds = 3
   if loss == "dr_grpo":
     # a fixed L_const independent of the batch: the policy tokens an episode can generate
     c.rl.loss_options.norm_constant = float(r.max_turns * r.max_new_tokens)
@@ -165,9 +171,9 @@ VARIANTS = ("tiny",)
 RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_options",
            "agentflow", "group_size", "tasks_per_step", "train_tasks", "max_turns",
            "max_new_tokens", "max_context_tokens", "seq_len", "row_bucket", "sample_bucket",
-           "temperature",
-           "top_p", "ppo_epochs", "minibatches", "old_logp", "old_logp_tolerance", "eval_tasks",
-           "eval_every", "eval_max_turns", "eval_temperature", "eval_samples")
+           "temperature", "top_p", "ppo_epochs", "minibatches", "dapo_max_refill_rounds",
+           "old_logp", "old_logp_tolerance", "eval_tasks", "eval_every", "eval_max_turns",
+           "eval_temperature", "eval_samples")
 
 
 def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
@@ -196,7 +202,7 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
               "minibatches", "eval_max_turns", "eval_samples")
   for key in positive:
     config_lib.check_int(config, f"rl.{key}")
-  for key in ("eval_tasks", "eval_every"):  # eval_every 0 = only before and after
+  for key in ("eval_tasks", "eval_every", "dapo_max_refill_rounds"):  # 0 = off
     config_lib.check_int(config, f"rl.{key}", 0)
   config_lib.check_number(config, "rl.eval_temperature", 0.0)  # 0 = greedy
   config_lib.check_number(config, "rl.temperature", 0.0)
@@ -229,4 +235,9 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
                       f"batch shards of config.mesh x config.rl.minibatches={rl.minibatches}")
   from agentic_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
   with config_lib.config_errors("config.rl.loss_options"):  # loss / preset / option values
-    step_lib.objective_from_config(config)
+    objective = step_lib.objective_from_config(config)
+  if rl.dapo_max_refill_rounds and not objective.options["dynamic_sampling"]:
+    raise ConfigError(f"config.rl.dapo_max_refill_rounds={rl.dapo_max_refill_rounds} needs "
+                      "config.rl.loss_options.dynamic_sampling (on for the dapo loss's 'paper' "
+                      "preset; off in 'grpo_tcr'): without it no group is dropped and none refilled; "
+                      "set it to 0")

@@ -12,9 +12,16 @@ rl.eval_temperature) -> per RL step s = 1..train.num_steps:
          depend only on s
   rollout  config.rl.mode "plain" (rollout.rollout) or "agentflow" (agentflow.run_agentflow),
          group_size episodes per task, sampling seed = rollout_seed(config.seed, s)
+  refill  with DAPO dynamic sampling (objective option dynamic_sampling): groups whose rewards
+         are all equal are dropped and up to config.rl.dapo_max_refill_rounds extra rounds of
+         tasks_per_step tasks (refill.refill_tasks(pool, seed, s, r), sampling seed
+         rollout_seed(config.seed, s, r)) refill the batch to tasks_per_step groups (rl/refill.py;
+         metrics dapo_fill, dapo_refill_rounds, ...). The episode metrics (reward_mean,
+         success_rate, ...) stay those of round 0, the step's own tasks.
   batch  rollout.policy_batch(mode=config.rl.batch_mode, rows padded to a multiple of
          config.rl.row_bucket, rows longer than config.rl.seq_len dropped with their whole
-         trajectory and COUNTED: dropped_rows / dropped_trajectories in metrics)
+         trajectory and COUNTED: dropped_rows / dropped_trajectories in metrics), packed with
+         whole groups per minibatch when the objective's minibatch_split is "groups")
   update  step.make_rl_step (ppo_epochs x minibatches AdamW updates), jitted, state donated
 -> the same eval ("after") -> summary.json.
 
@@ -43,6 +50,7 @@ import numpy as np
 
 from agentic_jax import models, parallel
 from agentic_jax.rl import envs as envs_lib
+from agentic_jax.rl import refill as refill_lib
 from agentic_jax.rl import rollout as rollout_lib
 from agentic_jax.rl import step as step_lib
 from agentic_jax.train import checkpoint as ckpt_lib
@@ -66,10 +74,11 @@ def _say(msg: str) -> None:
   print(msg, flush=True)
 
 
-def rollout_seed(seed: int, step: int) -> int:
-  """The sampling seed of RL step `step` (1-based): a function of (seed, step) only."""
-  return int((np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step) * np.uint64(7919))
-             % np.uint64(2**31 - 1))
+def rollout_seed(seed: int, step: int, round_: int = 0) -> int:
+  """The sampling seed of RL step `step` (1-based) and refill round `round_` (0 = the step's
+  own rollouts): a function of (seed, step, round) only."""
+  return int((np.uint64(seed) * np.uint64(1_000_003) + np.uint64(step) * np.uint64(7919)
+              + np.uint64(round_) * np.uint64(15_485_863)) % np.uint64(2**31 - 1))
 
 
 # ------------------------------------------------------------------ initial variables
@@ -226,10 +235,12 @@ def make_batch(config, episodes) -> tuple[dict, dict]:
                                    mode="trajectory" if rl.mode == "plain" else "turn",
                                    on_overlong="drop", stats=stats)
   sample_len = rl.max_new_tokens * (1 if by_turn or rl.mode != "plain" else rl.max_turns)
+  whole = step_lib.objective_from_config(config).options["minibatch_split"] == "groups"
   packed, pstats = step_lib.pack_batch(
       batch, seq_len=rl.seq_len, sample_by="turn" if by_turn and rl.mode == "plain" else "row",
-      sample_len=sample_len, row_bucket=rl.row_bucket, sample_bucket=rl.sample_bucket)
-  step_lib.check_packed(packed, minibatches=rl.minibatches)
+      sample_len=sample_len, row_bucket=rl.row_bucket, sample_bucket=rl.sample_bucket,
+      minibatches=rl.minibatches, whole_groups=whole)
+  step_lib.check_packed(packed, minibatches=rl.minibatches, whole_groups=whole)
   pstats["packing_efficiency"] = pstats["tokens"] / max(pstats["token_slots"], 1)
   return packed, {"dropped_rows": stats["dropped_rows"],
                   "dropped_trajectories": stats["dropped_trajectories"], **pstats}
@@ -379,6 +390,14 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
       tasks = [pool[(step * q + i) % len(pool)] for i in range(q)]
       episodes = _episodes(config, sampler, variables(state), ref_vars, make_env, tasks, tok,
                            rollout_seed(config.seed, step + 1))
+      first, refill_stats = episodes, {}
+      if objective.options["dynamic_sampling"]:
+        def more(r, s=step + 1, now=state):  # refill round r: tasks and seed of (seed, s, r)
+          return _episodes(config, sampler, variables(now), ref_vars, make_env,
+                           refill_lib.refill_tasks(pool, config.seed, s, r, q), tok,
+                           rollout_seed(config.seed, s, r))
+        episodes, refill_stats = refill_lib.refill(first, more, target_groups=q,
+                                                   max_rounds=rl.dapo_max_refill_rounds)
       packed, stats = make_batch(config, episodes)
       t1 = time.perf_counter()
       if jitted is None:
@@ -387,7 +406,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
       m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
       t2 = time.perf_counter()
       step += 1
-      rec = {"step": step, **_episode_metrics(episodes), **m, **stats,
+      rec = {"step": step, **_episode_metrics(first), **m, **stats, **refill_stats,
              "rollout_s": t1 - t0, "train_s": t2 - t1}
       for k in ("rollout_s", "train_s", "dropped_rows", "dropped_trajectories"):
         totals[k] += rec[k]

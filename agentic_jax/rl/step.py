@@ -32,13 +32,21 @@ One step (inside one jit):
   4. Once per rollout batch: DAPO dynamic-sampling filter (objective.filter_groups on outcome
      rewards), reward shaping (overlong, KL-in-reward with the OLD policy's log-probs;
      objective.shape_rewards), advantages over the kept samples (objective.advantages), loss
-     mask after overlong filtering (objective.train_mask).
-  5. rl.ppo_epochs x rl.minibatches AdamW updates (train/optim.py): each epoch a permutation of
-     the forward rows (from the step key) split into equal minibatches (whole sequences, so a
-     trajectory's turns stay together); each minibatch's loss is the objective's loss with its
-     own aggregation over its samples. lr = schedule(state.step) for every update of the step
-     (the schedule counts RL steps). A non-finite loss or gradient skips that update (counted
-     in `skipped`); a minibatch without trainable tokens (padding rows only) updates nothing.
+     mask after overlong filtering (objective.train_mask), and with agg_scope "rollout" the
+     aggregation weights W [F, S, L] of the whole batch (objective.token_weights: Q, G, T_i,
+     token and row counts of the rollout batch, padding slots excluded).
+  5. rl.ppo_epochs x rl.minibatches = k AdamW updates (train/optim.py). minibatch_split "rows":
+     each epoch a permutation of the forward rows (from the step key) split into k equal
+     minibatches (whole sequences, so a plain-mode trajectory's turns stay together);
+     "groups": the packer laid whole groups out in k blocks of F/k forward rows
+     (pack_batch(whole_groups=True)) and each epoch visits the blocks in a permuted order (the
+     same partition every epoch, as verl's dp_actor). Each minibatch's loss is k * sum W x over
+     its tokens with the carried W (agg_scope "rollout": the k gradients at equal params average
+     to the one-minibatch gradient), or the objective's aggregation over the minibatch's own
+     samples (agg_scope "minibatch", verl). lr = schedule(state.step) for every update of the
+     step (the schedule counts RL steps). A non-finite loss or gradient skips that update
+     (counted in `skipped`); a minibatch without trainable tokens (padding rows only) updates
+     nothing.
   6. state.step += 1 (TrainState.step counts RL steps). MoE router correction biases are frozen
      during RL (balanced in mid-training; RL batches are too small to steer them).
 
@@ -52,6 +60,7 @@ groups_dropped, rows_dropped, train_tokens, policy_tokens.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -130,15 +139,57 @@ def _runs(pos: np.ndarray) -> list[np.ndarray]:
   return np.split(pos, cuts)
 
 
+def _first_fit(items: list[int], lengths: list[int], seq_len: int) -> tuple[int, dict]:
+  """First-fit decreasing (stable, so deterministic) of sequences `items` with `lengths` into
+  rows of seq_len: (rows used, {item: (row, offset, segment id)})."""
+  fill: list[int] = []
+  count: list[int] = []
+  where = {}
+  for i in sorted(items, key=lambda i: -lengths[i]):
+    for j, used in enumerate(fill):
+      if used + lengths[i] <= seq_len:
+        break
+    else:
+      j = len(fill)
+      fill.append(0)
+      count.append(0)
+    count[j] += 1
+    where[i] = (j, fill[j], count[j])
+    fill[j] += lengths[i]
+  return len(fill), where
+
+
+def _group_blocks(groups: list[int], lengths: list[int], blocks: int) -> list[list[int]]:
+  """Sequences (their group ids, lengths) -> `blocks` lists of sequence indices holding whole
+  groups, balanced by tokens (largest group first onto the lightest block; ties by order)."""
+  members: dict[int, list[int]] = {}
+  for i, g in enumerate(groups):
+    members.setdefault(g, []).append(i)
+  load = [0] * blocks
+  out: list[list[int]] = [[] for _ in range(blocks)]
+  for g in sorted(members, key=lambda g: -sum(lengths[i] for i in members[g])):
+    k = min(range(blocks), key=lambda k: (load[k], k))
+    out[k].extend(members[g])
+    load[k] += sum(lengths[i] for i in members[g])
+  return out
+
+
 def pack_batch(batch: Mapping[str, Any], *, seq_len: int, sample_by: str, sample_len: int,
-               row_bucket: int = 1, sample_bucket: int = 1) -> tuple[dict, dict]:
+               row_bucket: int = 1, sample_bucket: int = 1, minibatches: int = 1,
+               whole_groups: bool = False) -> tuple[dict, dict]:
   """Packs a policy batch (module docstring) -> (packed arrays, stats). Rows with
   sample_mask False (padding, or dropped by policy_batch) are left out; a sequence longer than
   seq_len or a sample longer than sample_len raises ValueError naming the row. F is rounded up
   to a multiple of row_bucket and S of sample_bucket (padding samples: sample_mask False).
+  whole_groups with minibatches = k > 1: the sequences of each group (group_id) go to one of k
+  blocks of F/k forward rows (block b = rows [b F/k, (b+1) F/k)), groups balanced by tokens,
+  so a minibatch of blocks holds whole groups (minibatch_split "groups").
   stats: sequences, forward_rows, samples, sample_slots, tokens (real), token_slots (F x T)."""
   if sample_by not in SAMPLE_BY:
     raise ValueError(f"pack_batch: sample_by must be one of {SAMPLE_BY}, got {sample_by!r}")
+  if minibatches < 1 or (whole_groups and row_bucket % minibatches):
+    raise ValueError(f"pack_batch: minibatches={minibatches} must be >= 1 and divide "
+                     f"row_bucket={row_bucket} for whole groups")
   missing = [k for k in POLICY_KEYS if k not in batch]
   if missing:
     raise ValueError(f"policy batch: missing field(s) {missing}; expected {list(POLICY_KEYS)}")
@@ -178,25 +229,26 @@ def pack_batch(batch: Mapping[str, Any], *, seq_len: int, sample_by: str, sample
           "tool_len": (int(nxt - p[-1] - 1) if nxt is not None else 0) if sample_by == "turn"
                       else (int(p[-1] - p[0] + 1 - len(p)) if len(p) else 0)}))
     seqs.append((r, length))
-  # first-fit decreasing (stable): deterministic for a given batch
-  rows: list[list[int]] = []
-  fill: list[int] = []
+  lengths = [length for _, length in seqs]
+  if whole_groups and minibatches > 1:
+    blocks = _group_blocks([int(b["group_id"][r]) for r, _ in seqs], lengths, minibatches)
+  else:
+    blocks = [list(range(len(seqs)))]
+  packed_blocks = [_first_fit(items, lengths, seq_len) for items in blocks]
+  if len(blocks) > 1:  # equal blocks, together a multiple of row_bucket
+    unit = row_bucket // minibatches
+    per_block = -(-max(max(used for used, _ in packed_blocks), 1) // unit) * unit
+    f = per_block * len(blocks)
+  else:
+    per_block = 0
+    f = -(-max(packed_blocks[0][0], 1) // row_bucket) * row_bucket
   where = [None] * len(seqs)
-  for i in sorted(range(len(seqs)), key=lambda i: -seqs[i][1]):
-    for j, used in enumerate(fill):
-      if used + seqs[i][1] <= seq_len:
-        break
-    else:
-      j = len(rows)
-      rows.append([])
-      fill.append(0)
-    where[i] = (j, fill[j], len(rows[j]) + 1)
-    rows[j].append(i)
-    fill[j] += seqs[i][1]
-  per_row = np.zeros(max(len(rows), 1), np.int64)
+  for k, (_, placed) in enumerate(packed_blocks):
+    for i, (j, off, seg) in placed.items():
+      where[i] = (k * per_block + j, off, seg)
+  per_row = np.zeros(f, np.int64)
   for s, _ in samples:
     per_row[where[s][0]] += 1
-  f = -(-max(len(rows), 1) // row_bucket) * row_bucket
   s_max = -(-max(int(per_row.max()), 1) // sample_bucket) * sample_bucket
   out = {k: np.zeros((f, seq_len), np.int32) for k in TOKEN_KEYS}
   out["index"] = np.zeros((f, s_max, sample_len), np.int32)
@@ -222,14 +274,16 @@ def pack_batch(batch: Mapping[str, Any], *, seq_len: int, sample_by: str, sample
     out["old_logp"][j, k, :m] = b["old_logp"][r, d["pos"]]
     for key in SAMPLE_KEYS:
       out[key][j, k] = True if key == "sample_mask" else d[key]
-  tokens = int(sum(length for _, length in seqs))
+  tokens = int(sum(lengths))
   return out, {"sequences": len(seqs), "forward_rows": f, "samples": len(samples),
                "sample_slots": f * s_max, "tokens": tokens, "token_slots": f * seq_len}
 
 
-def check_packed(packed: Mapping[str, Any], *, minibatches: int) -> dict[str, int]:
+def check_packed(packed: Mapping[str, Any], *, minibatches: int,
+                 whole_groups: bool = False) -> dict[str, int]:
   """Host-side check of a packed batch; ValueError naming the field. Returns the counts of
-  objectives.rl.validate_rollout_batch over the samples (rows, trajectories, groups, tokens)."""
+  objectives.rl.validate_rollout_batch over the samples (rows, trajectories, groups, tokens).
+  whole_groups: every group must lie in one block of F / minibatches forward rows."""
   keys = TOKEN_KEYS + SAMPLE_TOKEN_KEYS + SAMPLE_KEYS
   missing = [k for k in keys if k not in packed]
   if missing:
@@ -247,6 +301,14 @@ def check_packed(packed: Mapping[str, Any], *, minibatches: int) -> dict[str, in
                      f"{minibatches} (config.rl.row_bucket must be a multiple of it)")
   if a["index"].min() < 0 or a["index"].max() >= t:
     raise ValueError(f"packed batch: field 'index' must be in [0, {t})")
+  if whole_groups:
+    block = np.repeat(np.arange(f) // (f // minibatches), s).reshape(f, s)
+    seen: dict[int, int] = {}
+    for g, k in zip(a["group_id"][a["sample_mask"]], block[a["sample_mask"]]):
+      if seen.setdefault(int(g), int(k)) != int(k):
+        raise ValueError(f"packed batch: group {int(g)} spans minibatch blocks {seen[int(g)]} and "
+                         f"{int(k)}; pack it with pack_batch(minibatches={minibatches}, "
+                         "whole_groups=True) for minibatch_split='groups'")
   flat = {k: a[k].reshape(f * s, l) if k in SAMPLE_TOKEN_KEYS else a[k].reshape(f * s)
           for k in SAMPLE_TOKEN_KEYS + SAMPLE_KEYS}
   return rl_obj.validate_rollout_batch({**flat, "logp": flat["old_logp"]})
@@ -276,10 +338,13 @@ def make_loss_fn(model_cfg: ModelConfig, config: Any,
                  objective: Optional[rl_obj.RLObjective] = None) -> Callable:
   """loss_fn(params, router_state, mb) -> (loss, (objective metrics, logp [f, S, L])) of one
   minibatch: TOKEN_KEYS [f, T], index [f, S, L], and the prepared per-sample fields old_logp,
-  ref_logp, mask [f, S, L], adv, keep, group_id, traj_id [f, S]. What the step differentiates."""
-  obj, _, _, temperature = _settings(config, objective)
+  ref_logp, mask [f, S, L], adv, keep, group_id, traj_id [f, S], and with agg_scope "rollout"
+  weights [f, S, L] (the rollout batch's aggregation weights; the loss is rl.minibatches times
+  their weighted sum). What the step differentiates."""
+  obj, _, n_mb, temperature = _settings(config, objective)
   model = models.build(model_cfg)
   entropy_grad = obj.options["entropy_coef"] != 0
+  carried = obj.options["agg_scope"] == "rollout"
 
   def loss_fn(params, router_state, mb):
     logp_t, ent_t = token_logp(model, variables_of(params, router_state), mb, temperature)
@@ -287,22 +352,29 @@ def make_loss_fn(model_cfg: ModelConfig, config: Any,
     entropy = gather_samples(ent_t, mb["index"])
     if not entropy_grad:  # a metric only: no gradient through it
       entropy = jax.lax.stop_gradient(entropy)
+    # k * (this minibatch's share of the rollout batch's loss): unbiased over the random split
+    weights = float(n_mb) * _flat(mb["weights"]) if carried else None
     loss, m = obj.loss(_flat(logp), _flat(mb["old_logp"]), _flat(mb["adv"]), _flat(mb["mask"]),
                        ref_logp=_flat(mb["ref_logp"]), entropy=_flat(entropy),
                        sample_mask=_flat(mb["keep"]), group_id=_flat(mb["group_id"]),
-                       traj_id=_flat(mb["traj_id"]))
+                       traj_id=_flat(mb["traj_id"]), token_weights=weights)
     return loss, (m, jax.lax.stop_gradient(logp))
 
   return loss_fn
 
 
 def make_rl_step(model_cfg: ModelConfig, config: Any,
-                 objective: Optional[rl_obj.RLObjective] = None) -> Callable:
-  """rl_step(state, ref_variables, packed) -> (state, metrics); see the module docstring."""
+                 objective: Optional[rl_obj.RLObjective] = None, *,
+                 optimizer: Optional[optax.GradientTransformation] = None) -> Callable:
+  """rl_step(state, ref_variables, packed) -> (state, metrics); see the module docstring.
+  `optimizer`: the lr-free transformation of each update's gradients (default config.optim's
+  AdamW chain; state.opt_state must be its state)."""
   obj, epochs, n_mb, temperature = _settings(config, objective)
   recompute = config.rl.old_logp == "recompute"
   model = models.build(model_cfg)
-  tx = optim_lib.make_optimizer(config.optim)
+  tx = optimizer if optimizer is not None else optim_lib.make_optimizer(config.optim)
+  carried = obj.options["agg_scope"] == "rollout"
+  by_group = obj.options["minibatch_split"] == "groups"
   schedule = optim_lib.schedule_from_config(config)
   grad_fn = jax.value_and_grad(make_loss_fn(model_cfg, config, obj), has_aux=True)
   o = obj.options
@@ -338,15 +410,25 @@ def make_rl_step(model_cfg: ModelConfig, config: Any,
     adv = obj.advantages(shaped, fl["group_id"], traj_id=fl["traj_id"], sample_mask=keep)
     train_mask = obj.train_mask(_flat(mask), fl["truncated"]).reshape(mask.shape)
     keep_f = keep.astype(jnp.float32)
-
-    # -- ppo_epochs x minibatches updates over the forward rows
-    key = step_key(state)
-    order = jnp.stack([jax.random.permutation(jax.random.fold_in(key, e), f)
-                       for e in range(epochs)]).reshape(epochs * n_mb, f // n_mb)
-    lr = schedule(state.step)
     per_row = {**fwd_rows, "index": p["index"], "old_logp": old_logp, "ref_logp": ref_logp,
                "mask": train_mask, "adv": adv.reshape(f, s), "keep": keep.reshape(f, s),
                "group_id": p["group_id"], "traj_id": p["traj_id"], "sampler_logp": sampler_logp}
+    if carried:  # the rollout batch's weights, counted once, sliced with the minibatches
+      per_row["weights"] = jax.lax.stop_gradient(obj.token_weights(
+          _flat(train_mask), sample_mask=keep, group_id=fl["group_id"],
+          traj_id=fl["traj_id"]).reshape(mask.shape))
+
+    # -- ppo_epochs x minibatches updates over the forward rows
+    key = step_key(state)
+    if by_group:  # the packer's k blocks of whole groups, in a permuted order each epoch
+      rows_per = f // n_mb
+      order = jnp.concatenate([
+          jax.random.permutation(jax.random.fold_in(key, e), n_mb)[:, None] * rows_per
+          + jnp.arange(rows_per)[None, :] for e in range(epochs)])
+    else:
+      order = jnp.stack([jax.random.permutation(jax.random.fold_in(key, e), f)
+                         for e in range(epochs)]).reshape(epochs * n_mb, f // n_mb)
+    lr = schedule(state.step)
 
     def update(carry, idx):
       params, opt_state, skips = carry
