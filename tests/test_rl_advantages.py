@@ -229,6 +229,28 @@ def test_aggregation_modes(mode, kwargs, want):
     close(jnp.sum(w * jnp.asarray(AGG_L)), 1.5)
 
 
+def test_sum_modes_count_valid_rows_and_trajectories_only():
+  # Rows 0 and 1 are two turns of trajectory (0, 0), row 2 is trajectory (0, 1), row 3 a padding
+  # slot (sample_mask False; its ids -1 like the packer's). Token sums: 1 + 2 = 3, 5 + 6 + 7 =
+  # 18, 9 + 10 = 19 -> 40.
+  mask = jnp.asarray([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+  valid = jnp.asarray([True, True, True, False])
+  g, t = jnp.asarray([0, 0, 0, -1]), jnp.asarray([0, 0, 1, -1])
+  loss = jnp.asarray(AGG_L + [[100.0] * 4])
+  agg = lambda mode, **kw: float(jnp.sum(rl.aggregation_weights(  # noqa: E731
+      mask, mode, sample_mask=valid, **kw) * loss))
+  close(agg("seq-mean-token-sum"), 40 / 3)  # 3 valid rows, not 4 slots
+  # Dr. GRPO's 1/G: 2 trajectories (not 3 rows, not 4 slots), L_const 8
+  close(agg("seq-mean-token-sum-norm", group_id=g, traj_id=t, norm_constant=8), 40 / 8 / 2)
+  close(agg("seq-mean-token-sum-norm", norm_constant=8), 40 / 8 / 3)  # no ids: rows
+  close(agg("seq-mean-token-sum-norm", norm_constant=8, norm_over_seqs=False), 40 / 8)
+  # through the loss: the sample mask reaches the weights (ratio 1, A = -1: each term is 1)
+  obj = rl.rl_loss("dr_grpo", norm_constant=8)
+  ones = jnp.zeros((4, 4))
+  got, _ = obj.loss(ones, ones, -jnp.ones(4), mask, sample_mask=valid, group_id=g, traj_id=t)
+  close(got, 7 / 8 / 2)  # 2 + 3 + 2 valid tokens
+
+
 def test_paper_flow_weights():
   # (1/Q)(1/G)(1/T_i) per row, split evenly over the row's tokens: Q=2 queries, group 0 has
   # G=2 (a: 3 turns, b: 1), group 1 has G=3 (c: 1, d: 2, e: 1).

@@ -2,7 +2,8 @@
 with padding: Dr. GRPO's 1/G and L_const counted over real trajectories only (never the packed
 batch's padding slots), Flow-GRPO paper weights with Q, G and T_i of the whole rollout batch
 when turns and groups are split over minibatches, 1 minibatch vs k minibatches giving the same
-gradient for one epoch (no clipping active), and DAPO's refill reaching the target batch size.
+gradient for one epoch (no clipping active), the released-code presets still recounting per
+minibatch (verl), and DAPO's refill reaching the target batch size (and its config checks).
 
 Expected values are computed by hand (the arithmetic is in the comments) from the model's own
 log-probs (tests/test_rl_step.np_logp, float64 numpy); nothing is read back from the code under
@@ -31,6 +32,7 @@ from agentic_jax.train import config as config_lib
 from agentic_jax.train import state as state_lib
 from tests.test_rl_loop import small_rl_config, tokenizer_path  # noqa: F401  (fixture)
 from tests.test_rl_step import T, make_batch, np_k3, np_logp, rl_test_config
+from tests.train_fixtures import ROOT
 
 EPS = 1e-6
 
@@ -322,3 +324,47 @@ def test_dapo_run_refills_the_batch_to_its_size(tokenizer_path, tmp_path, monkey
   # round 0's episodes are the step's reported ones: 1 success out of 4
   assert rec["success_rate"] == 0.25
 
+
+
+def test_flow_grpo_code_preset_recounts_per_minibatch_as_verl():
+  """agg_scope "minibatch" (the released AgentFlow code on verl): the first update's loss is the
+  token mean over ITS minibatch's tokens, with turn-sample statistics over the whole batch."""
+  two = run_step("flow_grpo", FLOW_ROWS, 2, over={"rl.preset": "code"})
+  assert not two["whole"]
+  # turn-sample stats (every turn counts, unbiased std): group 0 rows R = 1, 1, 1, 0: mean 3/4,
+  # var (3/16 + 9/16) / 3 = 1/4, std 1/2 -> A = (1/4) / (1/2) (traj 0), -(3/4) / (1/2) (traj 1);
+  # group 1 rows 1, 0, 0, 0: mean 1/4, std 1/2 -> (3/4) / (1/2), -(1/4) / (1/2); group 2 rows
+  # 1/2, 1/2, 0: mean 1/3, var (2/36 + 4/36) / 2 = 1/12 -> (1/6) / sqrt(1/12), -(1/3) / sqrt(1/12).
+  s2 = math.sqrt(1 / 12)
+  adv = {(0, 0): 0.25 / (0.5 + EPS), (0, 1): -0.75 / (0.5 + EPS), (1, 0): 0.75 / (0.5 + EPS),
+         (1, 1): -0.25 / (0.5 + EPS), (1, 2): -0.25 / (0.5 + EPS), (2, 0): (1 / 6) / (s2 + EPS),
+         (2, 1): -(1 / 3) / (s2 + EPS)}
+  b = two["b"]
+  logp = np_logp(two["model_cfg"], step_lib.variables_of(two["state"].params,
+                                                         two["state"].router_state), b)
+  k3 = np_k3(logp, np_logp(two["model_cfg"], two["ref"], b))
+  mb0 = first_minibatch_samples(two, 2)
+  num = den = 0.0
+  for i, row in enumerate(FLOW_ROWS):
+    if (row["group"], row["traj"], row["turn"]) in mb0 and row.get("valid", True):
+      m = np.asarray(row["mask"], np.float64)
+      num += (m * (-adv[(row["group"], row["traj"])] + 0.001 * k3[i])).sum()
+      den += m.sum()
+  assert float(two["metrics"]["first_loss"]) == pytest.approx(num / den, rel=2e-5, abs=1e-7)
+
+
+def test_refill_config_is_checked():
+  from agentic_jax.rl import config as rl_config  # pylint: disable=import-outside-toplevel
+  dapo = config_lib.load_config(f"{ROOT}/configs/dapo.py:tiny")
+  assert dapo.rl.dapo_max_refill_rounds == 3
+  rl_config.check_rl_config(dapo)
+  dapo.rl.dapo_max_refill_rounds = -1
+  with pytest.raises(ValueError, match="config.rl.dapo_max_refill_rounds: expected an int >= 0"):
+    rl_config.check_rl_config(dapo)
+  dapo.rl.dapo_max_refill_rounds = 2
+  dapo.rl.preset = "grpo_tcr"  # no dynamic sampling: nothing would ever be refilled
+  with pytest.raises(ValueError, match="dapo_max_refill_rounds=2 needs config.rl.loss_options"):
+    rl_config.check_rl_config(dapo)
+  grpo = config_lib.load_config(f"{ROOT}/configs/grpo.py:tiny")
+  assert grpo.rl.dapo_max_refill_rounds == 0
+  rl_config.check_rl_config(grpo)
