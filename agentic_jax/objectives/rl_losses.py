@@ -52,6 +52,10 @@ Option minibatch_split: "rows" = each epoch a random permutation of the packed f
 group's sequences may land in different minibatches; a plain-mode transcript is one sequence, so
 its turns stay together), "groups" = every group (query) lies in one minibatch (the packer lays
 whole groups out in k blocks of forward rows, rl/step.pack_batch(whole_groups=True)).
+Line numbers cite: volcengine/verl tag v0.5.0 (verl/trainer/ppo/core_algos.py,
+verl/workers/actor/dp_actor.py, recipe/dapo/), sail-sg/oat
+c1a074c (oat/algorithms/ppo.py), sail-sg/understand-r1-zero dfca49d, lupantech/AgentFlow
+b940064 (agentflow/verl/trainer.py); the papers by section (objectives-spec §1-2).
 Deliberate difference from verl (§0): for gradient accumulation compute `aggregation_weights` on
 the whole optimizer batch, slice them with the micro-batches and pass them as token_weights; the
 micro-batch losses then add up to the exact big-batch loss (verl averages micro-batch means).
