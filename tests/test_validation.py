@@ -114,6 +114,7 @@ RL_CASES = [
     ({"rl.batch_mode": "episode"}, "rl.batch_mode"),
     ({"rl.env": "chess"}, "rl.env"),
     ({"rl.agentflow.executor": "human"}, "rl.agentflow.executor"),
+    ({"rl.agentflow.analyzer": "oracle"}, "rl.agentflow.analyzer"),
     ({"rl.old_logp": "guess"}, "rl.old_logp"),
     ({"rl.group_size": 0}, "rl.group_size"),
     ({"rl.tasks_per_step": -1}, "rl.tasks_per_step"),

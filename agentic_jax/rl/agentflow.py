@@ -237,8 +237,7 @@ def _success(result: StepResult) -> bool:
 def _check_args(modules: dict, reference_variables, group_size: int, max_turns: int,
                 max_context_tokens: Optional[int]) -> None:
   for key, value in modules.items():
-    # analyzer is not a config key yet (rl/loop.py passes the other three)
-    where = "run_agentflow(analyzer=...)" if key == "analyzer" else f"config.rl.agentflow.{key}"
+    where = f"config.rl.agentflow.{key}"
     if value not in MODULES:
       raise ValueError(f"{where}: expected one of {list(MODULES)}, got {value!r}")
     if value == "reference" and reference_variables is None:

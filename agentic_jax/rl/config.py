@@ -95,6 +95,7 @@ def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
   e.level = config_dict.placeholder(str)
   e.allow_unisolated = False  # never run model-written code without the sandbox unless set
   a = r.agentflow = ml_collections.ConfigDict()
+  a.analyzer = "scripted"  # query analysis once per trajectory: "scripted" | "reference"
   a.executor = "scripted"  # "scripted" | "reference" (the frozen reference model)
   a.verifier = "scripted"
   a.generator = "scripted"
@@ -195,7 +196,7 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
     config_lib.check_choice(config, f"rl.{key}", allowed)
   from agentic_jax.rl import agentflow, envs  # pylint: disable=import-outside-toplevel
   config_lib.check_choice(config, "rl.env", sorted(envs.ENVS))
-  for key in ("executor", "verifier", "generator"):
+  for key in ("analyzer", "executor", "verifier", "generator"):
     config_lib.check_choice(config, f"rl.agentflow.{key}", agentflow.MODULES)
   positive = ("group_size", "tasks_per_step", "train_tasks", "max_turns", "max_new_tokens",
               "max_context_tokens", "seq_len", "row_bucket", "sample_bucket", "ppo_epochs",

@@ -217,7 +217,8 @@ def _episodes(config, sampler, variables, ref_variables, make_env, tasks, tok, s
     return agentflow.run_agentflow(
         sampler, variables, make_env, tasks, tok, group_size=rl.group_size, seed=seed,
         max_turns=rl.max_turns, executor=a.executor, verifier=a.verifier, generator=a.generator,
-        reference_variables=ref_variables, max_context_tokens=rl.max_context_tokens)
+        analyzer=a.analyzer, reference_variables=ref_variables,
+        max_context_tokens=rl.max_context_tokens)
   return rollout_lib.rollout(sampler, variables, make_env, tasks, tok, group_size=rl.group_size,
                              seed=seed, max_turns=rl.max_turns,
                              max_context_tokens=rl.max_context_tokens)
@@ -281,7 +282,7 @@ def evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables=Non
     eps = agentflow.run_agentflow(
         sampler, variables, make_env, tasks, tok, group_size=samples, seed=EVAL_SEED,
         max_turns=rl.eval_max_turns, executor=a.executor, verifier=a.verifier,
-        generator=a.generator, reference_variables=ref_variables,
+        generator=a.generator, analyzer=a.analyzer, reference_variables=ref_variables,
         max_context_tokens=rl.max_context_tokens)
   else:
     eps = rollout_lib.rollout(sampler.greedy() if greedy else sampler, variables, make_env, tasks,
