@@ -79,9 +79,14 @@ def test_recipe_runs_resumes_stage_by_stage_and_writes_the_summary(tokenizer_pat
   assert set(second["seconds"]) >= {"midtrain", "rl"}
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
-  for key in ("success_rate_before_rl", "success_rate_after_rl"):
+  for key in ("success_rate_before_rl", "success_rate_after_rl",
+              "greedy_success_rate_before_rl", "greedy_success_rate_after_rl"):
     assert 0.0 <= summary[key] <= 1.0
   assert summary["stages"]["rl"]["eval_after"]["tasks"] == 4
+  # ... and greedy decoding, one episode per task, reported beside it
+  greedy = summary["stages"]["rl"]["eval_after"]["greedy"]
+  assert greedy["episodes"] == 4 and greedy["temperature"] == 0.0
+  assert summary["greedy_success_rate_after_rl"] == greedy["success_rate"]
   # the recipe's eval samples config.rl.eval_samples episodes per task at the eval temperature
   assert summary["stages"]["rl"]["eval_after"]["episodes"] == 4 * config.rl.eval_samples
   assert summary["stages"]["rl"]["eval_after"]["temperature"] == config.rl.eval_temperature > 0
@@ -92,5 +97,6 @@ def test_recipe_runs_resumes_stage_by_stage_and_writes_the_summary(tokenizer_pat
 
   third = recipe.run(config, workdir, handle_signals=False)  # every stage already done
   assert third["status"] == "completed" and set(third["seconds"]) == {"data", "total_this_run"}
-  for key in ("success_rate_before_rl", "success_rate_after_rl"):
+  for key in ("success_rate_before_rl", "success_rate_after_rl",
+              "greedy_success_rate_before_rl", "greedy_success_rate_after_rl"):
     assert third[key] == summary[key]

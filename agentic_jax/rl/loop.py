@@ -269,12 +269,25 @@ def evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables=Non
   """Success rate on `tasks` in config.rl.mode (plain episodes or the AgentFlow system with its
   configured modules): greedy with config.rl.eval_temperature 0 (one episode per task), else
   config.rl.eval_samples sampled episodes per task at that temperature (fixed seed, so "before"
-  and "after" draw the same random numbers). `sampler` has the eval temperature already."""
+  and "after" draw the same random numbers). `sampler` has the eval temperature already.
+  A sampled evaluation also reports greedy decoding (one episode per task) under "greedy":
+  RL can move the sampled policy toward what greedy decoding already does without changing
+  greedy's choices, so both are needed to read a gain."""
+  out = _evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables,
+                  greedy=config.rl.eval_temperature == 0)
+  if tasks and config.rl.eval_temperature != 0:
+    greedy_sampler = sampler.replace(batch_bucket=len(tasks)).greedy()
+    out["greedy"] = _evaluate(config, greedy_sampler, variables, make_env, tasks, tok,
+                              ref_variables, greedy=True)
+  return out
+
+
+def _evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables, *,
+              greedy: bool) -> dict:
   rl = config.rl
   if not tasks:
     return {"success_rate": None, "reward_mean": None, "turns_mean": None, "tasks": 0}
   t0 = time.perf_counter()
-  greedy = rl.eval_temperature == 0
   samples = 1 if greedy else rl.eval_samples
   if rl.mode == "agentflow":
     from agentic_jax.rl import agentflow  # pylint: disable=import-outside-toplevel
@@ -292,7 +305,7 @@ def evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables=Non
   return {"success_rate": sum(bool(e.success) for e in eps) / n,
           "reward_mean": sum(e.reward for e in eps) / n,
           "turns_mean": sum(len(e.turns) for e in eps) / n, "tasks": len(tasks),
-          "episodes": len(eps), "temperature": float(rl.eval_temperature),
+          "episodes": len(eps), "temperature": 0.0 if greedy else float(rl.eval_temperature),
           "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -372,7 +385,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   if before is None:
     before = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
     _say(f"[eval] before RL: success rate {before['success_rate']} on {before['tasks']} "
-         f"held-out tasks ({before.get('seconds')}s)")
+         f"held-out tasks, greedy {_greedy_rate(before)} ({before.get('seconds')}s)")
   extra = {"init": init, "eval_before": before}
 
   writer = _Writer(workdir, start, progress=config.train.progress, log_every=config.train.log_every,
@@ -453,7 +466,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   after = None
   if result["status"] == "completed":
     after = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
-    _say(f"[eval] after RL: success rate {after['success_rate']} (before {before['success_rate']})")
+    _say(f"[eval] after RL: success rate {after['success_rate']} (before "
+         f"{before['success_rate']}), greedy {_greedy_rate(after)} (before {_greedy_rate(before)})")
   recs = metrics_lib.read_jsonl(writer.path) if os.path.exists(writer.path) else []
   summary = {
       "status": result["status"], "job": "rl", "loss": rl.loss, "preset": rl.preset,
@@ -461,6 +475,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
       "start_step": start, "final_step": step, "num_steps": num_steps, "init": init,
       "success_rate_before": before["success_rate"],
       "success_rate_after": after["success_rate"] if after else None,
+      "greedy_success_rate_before": _greedy_rate(before),
+      "greedy_success_rate_after": _greedy_rate(after),
       "eval_before": before, "eval_after": after,
       "train_reward_first": recs[0]["reward_mean"] if recs else None,
       "train_reward_last": recs[-1]["reward_mean"] if recs else None,
@@ -479,6 +495,15 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
        f"{summary['seconds']['rollout']}s, train {summary['seconds']['train']}s, total "
        f"{summary['seconds']['total']}s")
   return summary
+
+
+def _greedy_rate(result: Optional[dict]) -> Optional[float]:
+  """The greedy success rate of an evaluation (itself when it was greedy)."""
+  if not result:
+    return None
+  if result.get("temperature") == 0.0:
+    return result.get("success_rate")
+  return (result.get("greedy") or {}).get("success_rate")
 
 
 class _Writer:

@@ -16,7 +16,8 @@ Each stage resumes from its own checkpoints, and a completed stage (its summary.
 not run again, so rerunning the same command resumes stage by stage. `stop_after_steps` counts
 training steps of this invocation across both stages (tests).
 
-WORKDIR/summary.json: status, success_rate_before_rl, success_rate_after_rl, seconds per stage
+WORKDIR/summary.json: status, success_rate_before_rl, success_rate_after_rl (sampled),
+greedy_success_rate_before_rl, greedy_success_rate_after_rl (greedy decoding), seconds per stage
 (this invocation) and each stage's summary (abridged).
 """
 
@@ -35,6 +36,7 @@ DATA_FILE = "calculator_basic.jsonl"
 _MT_KEYS = ("status", "final_step", "num_steps", "first_loss", "final_loss", "tokens_per_s",
             "seconds", "nan_skips")
 _RL_KEYS = ("status", "final_step", "num_steps", "success_rate_before", "success_rate_after",
+            "greedy_success_rate_before", "greedy_success_rate_after",
             "eval_before", "eval_after", "train_reward_first", "train_reward_last",
             "dropped_rows", "nan_skips", "seconds", "objective_options")
 
@@ -177,6 +179,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
       "status": status, "job": "recipe",
       "success_rate_before_rl": rl_sum.get("success_rate_before"),
       "success_rate_after_rl": rl_sum.get("success_rate_after"),
+      "greedy_success_rate_before_rl": rl_sum.get("greedy_success_rate_before"),
+      "greedy_success_rate_after_rl": rl_sum.get("greedy_success_rate_after"),
       "seconds": {**seconds, "total_this_run": round(sum(seconds.values()), 2)},
       "stages": {"midtrain": {k: summaries.get("midtrain", {}).get(k) for k in _MT_KEYS},
                  "rl": {k: rl_sum.get(k) for k in _RL_KEYS} if rl_sum else None},
@@ -186,8 +190,10 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   metrics_lib.write_summary(workdir, summary)
   if status == "completed":
     _say(f"== recipe: success rate before RL {summary['success_rate_before_rl']} -> after RL "
-         f"{summary['success_rate_after_rl']} ({summary['stages']['rl']['eval_after']['tasks']} "
-         f"held-out tasks) | seconds {summary['seconds']}")
+         f"{summary['success_rate_after_rl']}, greedy {summary['greedy_success_rate_before_rl']} "
+         f"-> {summary['greedy_success_rate_after_rl']} "
+         f"({summary['stages']['rl']['eval_after']['tasks']} held-out tasks) | seconds "
+         f"{summary['seconds']}")
   else:
     _say(f"== recipe {status}: rerun the same command to resume")
   return summary
