@@ -144,6 +144,42 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(tokenizer_path, tmp_pat
   assert again["status"] == "completed" and again["start_step"] == 1 and again["final_step"] == 2
 
 
+def test_a_stuck_update_is_reported_by_the_watchdog(tokenizer_path, tmp_path, monkeypatch):
+  """An RL update that does not return within train.step_timeout_s fires the watchdog with
+  the step named (the real one ends the process with status 3; here its exit is recorded and
+  the stuck update released, so the run can finish)."""
+  import threading  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import watchdog as watchdog_lib  # pylint: disable=import-outside-toplevel
+  config = small_rl_config(tokenizer_path, **{"train.num_steps": 1, "rl.eval_tasks": 0,
+                                              "train.step_timeout_s": 0.5})
+  release, dogs = threading.Event(), []
+  real_dog = watchdog_lib.Watchdog  # loop.watchdog_lib is this module: patched below
+
+  def recording_dog(limit_s, where, **kw):
+    dog = real_dog(limit_s, where, exit_fn=lambda code: release.set(), poll_s=0.05,
+                                **kw)
+    dogs.append(dog)
+    return dog
+
+  real_jit = loop._Placement.jit  # pylint: disable=protected-access
+
+  def stuck_jit(self, *args):
+    fn = real_jit(self, *args)
+
+    def blocked(*a):
+      assert release.wait(60), "the watchdog never fired"
+      return fn(*a)
+    return blocked
+
+  monkeypatch.setattr(loop.watchdog_lib, "Watchdog", recording_dog)
+  monkeypatch.setattr(loop._Placement, "jit", stuck_jit)  # pylint: disable=protected-access
+  out = loop.run(config, str(tmp_path), handle_signals=False)
+  assert out["status"] == "completed"
+  assert dogs and dogs[0].fired is not None
+  assert dogs[0].fired.startswith("[watchdog] the update of RL step 1 did not finish within 0.5 s "
+                                  "on mesh (one device) over 1 process")
+
+
 def test_every_update_skipped_is_not_a_success(tokenizer_path, tmp_path, monkeypatch):
   """A run whose every update was non-finite did not train: status all_skipped (launch/train.py
   exits 1), not completed."""

@@ -48,6 +48,7 @@ def _config(spec: str, overrides: dict):
 
 # (config file, {dotted key: bad value}, the key the message must start with)
 MIDTRAIN_CASES = [
+    ({"train.step_timeout_s": float("nan")}, "train.step_timeout_s"),
     ({"data.batch_size": 0}, "data.batch_size"),
     ({"data.batch_size": -8}, "data.batch_size"),
     ({"data.seq_len": 0}, "data.seq_len"),
@@ -108,6 +109,7 @@ MIDTRAIN_CASES = [
     ({"model.moe_dispatch": "magic"}, "model.moe_dispatch"),
 ]
 RL_CASES = [
+    ({"train.step_timeout_s": -1.0}, "train.step_timeout_s"),
     ({"rl.loss": "ppo"}, "rl.loss"),
     ({"rl.preset": "papr"}, "rl."),
     ({"rl.mode": "chat"}, "rl.mode"),

@@ -143,6 +143,7 @@ def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
   tr.log_every = 1
   tr.nan_policy = "skip"
   tr.progress = True
+  tr.step_timeout_s = 600.0  # an RL update stuck this long ends the run (train/watchdog.py); 0 = off
 
   k = c.checkpoint = ml_collections.ConfigDict()
   k.every = 10

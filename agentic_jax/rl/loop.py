@@ -59,6 +59,7 @@ from agentic_jax.train import metrics as metrics_lib
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import runtime
 from agentic_jax.train import state as state_lib
+from agentic_jax.train import watchdog as watchdog_lib
 from agentic_jax.train.tensorboard import EventWriter
 
 PLOT_FILE = "rl.png"
@@ -397,6 +398,12 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
             "skipped_steps": 0}
   if stop.signal is not None:
     result["status"] = "preempted"
+  # The update (the only part that waits on device collectives) is watched like a
+  # mid-training step: stuck past train.step_timeout_s, the process ends naming it (exit 3).
+  dog = watchdog_lib.Watchdog(
+      float(config.train.get("step_timeout_s", 0) or 0),
+      f"mesh {dict(place.mesh.shape) if place.sharded else '(one device)'} over 1 process",
+      note=lambda: watchdog_lib.checkpoint_note(ckpt.directory))
   try:
     while step < num_steps and result["status"] == "completed":
       t0 = time.perf_counter()
@@ -416,8 +423,9 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
       t1 = time.perf_counter()
       if jitted is None:
         jitted = place.jit(step_fn, ref_vars, packed)
-      state, m = jitted(state, ref_vars, place.put_batch(packed))
-      m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
+      with dog.watch(f"the update of RL step {step + 1}"):
+        state, m = jitted(state, ref_vars, place.put_batch(packed))
+        m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
       t2 = time.perf_counter()
       step += 1
       rec = {"step": step, **_episode_metrics(first), **m, **stats, **refill_stats,
@@ -458,6 +466,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   finally:
     writer.close()
     ckpt.close()
+    dog.close()
 
   if result["status"] != "halted" and step > start and totals["skipped_steps"] == step - start:
     result["status"] = "all_skipped"

@@ -192,6 +192,8 @@ def validate_common(config: Any, *, num_devices: Optional[int] = None) -> ModelC
     check_int(config, key)
   check_int(config, "optim.warmup_steps", 0)
   check_choice(config, "train.nan_policy", NAN_POLICIES)
+  if "step_timeout_s" in config.train:  # 0 = no watchdog timer (train/watchdog.py)
+    check_number(config, "train.step_timeout_s", 0.0)
   for key in ("train.progress", "checkpoint.async_save"):
     check_bool(config, key)
   check_number(config, "optim.lr", 0.0, low_open=True)
@@ -282,8 +284,6 @@ def validate_midtrain(config: Any, *, num_devices: Optional[int] = None,
   model_cfg = validate_common(config, num_devices=num_devices)
   _check_data(config, num_devices, num_processes)
   check_number(config, "train.peak_flops", 0.0, low_open=True)
-  if "step_timeout_s" in config.train:  # 0 = no watchdog timer (train/watchdog.py)
-    check_number(config, "train.step_timeout_s", 0.0)
   every = check_int(config, "train.eval_every", 0) if "eval_every" in config.train else 0
   if every or "eval_batches" in config.train:  # eval_every 0 = no evaluation
     check_int(config, "train.eval_batches", 1 if every else 0)
