@@ -6,7 +6,6 @@ the last readable checkpoint is never moved aside."""
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import shutil
 
@@ -22,6 +21,7 @@ from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train.input import SyntheticIterator
 from agentic_jax.train.state import TrainState
+from tests.train_fixtures import tree_digest
 
 
 def _state(step: int, scale: float = 1.0, router_state=None) -> TrainState:
@@ -172,28 +172,18 @@ def test_corrupt_latest_falls_back_to_previous_with_warning(tmp_path, damage):
   ck.close()
 
 
-def _tree_digest(directory: str) -> dict:
-  """{relative path: sha256} of every file under `directory` (what 'nothing changed' means)."""
-  out = {}
-  for root, _, files in os.walk(directory):
-    for f in files:
-      path = os.path.join(root, f)
-      out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-  return out
-
-
 def test_all_checkpoints_corrupt_raises_and_moves_nothing(tmp_path):
   directory = str(tmp_path / "ck")
   _save_two(directory)
   for step in ("2", "4"):
     shutil.rmtree(os.path.join(directory, step, "state"))
-  before = _tree_digest(directory)
+  before = tree_digest(directory)
   for _ in range(2):  # and again: the next run stops the same way instead of starting over
     ck = ckpt_lib.Checkpointer(directory)
     with pytest.raises(ckpt_lib.CorruptCheckpointError,
                        match=r"no readable checkpoint .*step 4: .*step 2: .*Nothing was moved"):
       ck.restore_latest(_abstract(_state(2)), _synthetic())
-    assert _tree_digest(directory) == before and ck.all_steps() == [2, 4]
+    assert tree_digest(directory) == before and ck.all_steps() == [2, 4]
   assert ckpt_lib.Checkpointer(str(tmp_path / "empty")).restore_latest(_abstract(_state(2))) is None
 
 
@@ -233,7 +223,7 @@ def _reshaped(state: TrainState, kernel_shape=None, norm_dtype=None):
 def test_shape_or_dtype_mismatch_is_a_config_error_and_changes_nothing(tmp_path, change, expected):
   directory = str(tmp_path / "ck")
   _save_two(directory, {"model": {"hidden_size": 16}, "train": {"num_steps": 6}})
-  before = _tree_digest(directory)
+  before = tree_digest(directory)
   ck = ckpt_lib.Checkpointer(directory)
   config_now = {"model": {"hidden_size": 32}, "train": {"num_steps": 9}}
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match=expected) as info:
@@ -245,7 +235,7 @@ def test_shape_or_dtype_mismatch_is_a_config_error_and_changes_nothing(tmp_path,
   assert "model.hidden_size: 16 -> 32" in msg and "train.num_steps: 6 -> 9" in msg
   # the optimizer moments mirror the parameter: 3 arrays differ, the parameter listed first
   assert "3 of its arrays differ" in msg and msg.index("params.") < msg.index("opt_state.")
-  assert _tree_digest(directory) == before and ck.all_steps() == [2, 4]
+  assert tree_digest(directory) == before and ck.all_steps() == [2, 4]
   # the right config still resumes from the newest step
   restored, meta = ckpt_lib.Checkpointer(directory).restore_latest(_abstract(_state(4)),
                                                                    _synthetic())
@@ -257,22 +247,22 @@ def test_mismatch_behind_a_damaged_step_moves_nothing_either(tmp_path):
   directory = str(tmp_path / "ck")
   _save_two(directory)
   shutil.rmtree(os.path.join(directory, "4", "state"))  # newest damaged, older one mismatched
-  before = _tree_digest(directory)
+  before = tree_digest(directory)
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match="checkpoint step 2"):
     ckpt_lib.Checkpointer(directory).restore_latest(_reshaped(_state(2), kernel_shape=(8, 8)))
-  assert _tree_digest(directory) == before
+  assert tree_digest(directory) == before
 
 
 def test_data_iterator_that_rejects_its_state_is_a_mismatch_not_damage(tmp_path):
   directory = str(tmp_path / "ck")
   _save_two(directory, {"seed": 1})
-  before = _tree_digest(directory)
+  before = tree_digest(directory)
   other_seed = SyntheticIterator(batch_size=2, seq_len=16, vocab_size=50, seed=2)
   with pytest.raises(ckpt_lib.CheckpointMismatchError,
                      match=r"^config\.seed: .*data iterator rejects its saved state .*seed 1"):
     ckpt_lib.Checkpointer(directory).restore_latest(_abstract(_state(4)), other_seed,
                                                     config_json={"seed": 2})
-  assert _tree_digest(directory) == before
+  assert tree_digest(directory) == before
 
 
 def test_fingerprint_sees_every_single_bit_flip():

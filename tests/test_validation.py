@@ -14,7 +14,6 @@ a checkpoint written under another config is a config error, not corruption.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,7 +25,7 @@ import pytest
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import loop
-from tests.train_fixtures import ROOT, persistent_compile_cache, set_dotted, small_config
+from tests.train_fixtures import ROOT, persistent_compile_cache, set_dotted, small_config, tree_digest
 
 LAUNCH = os.path.join(ROOT, "launch", "train.py")
 CONFIGS = os.path.join(ROOT, "configs")
@@ -209,15 +208,6 @@ def test_launcher_rejects_invalid_values_with_one_line_and_exit_2(tmp_path, args
   assert not workdir.exists()  # rejected before anything was written, built or compiled
 
 
-def _digest(directory: str) -> dict:
-  out = {}
-  for root, _, files in os.walk(directory):
-    for f in files:
-      path = os.path.join(root, f)
-      out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-  return out
-
-
 def _config_file(tmp_path, name: str, overrides: dict) -> str:
   path = tmp_path / f"{name}.py"
   path.write_text("import sys\n"
@@ -236,20 +226,20 @@ def test_mistyped_model_size_on_resume_changes_nothing_then_the_right_config_res
   first = loop.run(small_config(), workdir, stop_after_steps=2, handle_signals=False)
   assert first["status"] == "stopped" and first["final_step"] == 2
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  before = _digest(ckpt_dir)
+  before = tree_digest(ckpt_dir)
 
   with pytest.raises(ckpt_lib.CheckpointMismatchError) as info:
     loop.run(small_config(**{"model.hidden_size": 48}), workdir, handle_signals=False)
   msg = str(info.value)
   assert msg.startswith("config.model.hidden_size: checkpoint step 2")
   assert "params.embed_tokens.embedding: checkpoint (128, 32) float32, config (128, 48) float32" in msg
-  assert _digest(ckpt_dir) == before  # nothing renamed, moved or rewritten
+  assert tree_digest(ckpt_dir) == before  # nothing renamed, moved or rewritten
 
   # the same through the launcher: exit 2, one line, no traceback, still nothing touched
   proc = _launch(workdir, f"--config={_config_file(tmp_path, 'wide', {'model.hidden_size': 48})}")
   line = _assert_one_line_error(proc, "config.model.hidden_size: checkpoint step 2")
   assert "params.embed_tokens.embedding" in line
-  assert _digest(ckpt_dir) == before
+  assert tree_digest(ckpt_dir) == before
 
   second = loop.run(small_config(), workdir, handle_signals=False)
   assert second["start_step"] == 2 and second["final_step"] == 6

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from typing import Any, Iterator, Mapping
 
@@ -73,3 +74,14 @@ def persistent_compile_cache(cache_dir: str) -> Iterator[str]:
       jax.config.update(n, v)
     if compilation_cache is not None:
       compilation_cache.reset_cache()
+
+
+def tree_digest(directory: str) -> dict:
+  """{relative path: sha256} of every file under `directory` (what 'nothing changed' means)."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for f in files:
+      path = os.path.join(root, f)
+      with open(path, "rb") as fh:
+        out[os.path.relpath(path, directory)] = hashlib.sha256(fh.read()).hexdigest()
+  return out

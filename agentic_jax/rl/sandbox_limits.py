@@ -25,7 +25,7 @@ import stat
 import threading
 import time
 import uuid
-from typing import Optional
+from typing import Iterator, Optional
 
 log = logging.getLogger(__name__)
 
@@ -393,22 +393,24 @@ def sigkill(pid: int) -> None:
     pass
 
 
+def _proc_stats() -> Iterator[tuple[int, list[str]]]:
+  """(pid, fields of /proc/PID/stat after the command name) of every live process; fields[0]
+  is the state, [1] the ppid, [2] the process group, [11:15] utime stime cutime cstime."""
+  for name in os.listdir("/proc"):
+    if not name.isdigit():
+      continue
+    try:
+      with open(f"/proc/{name}/stat") as f:
+        yield int(name), f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+      continue  # exited meanwhile
+
+
 def wait_group_gone(pgid: int, timeout_s: float = 5.0) -> None:
   """Until no live (non-zombie) process is left in process group `pgid`, SIGKILLing it."""
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
-    alive = False
-    for name in os.listdir("/proc"):
-      if not name.isdigit():
-        continue
-      try:
-        with open(f"/proc/{name}/stat") as f:
-          fields = f.read().rsplit(")", 1)[1].split()
-      except OSError:
-        continue
-      if int(fields[2]) == pgid and fields[0] != "Z":
-        alive = True
-        break
+    alive = any(int(fields[2]) == pgid and fields[0] != "Z" for _, fields in _proc_stats())
     if not alive:
       return
     sigkill(-pgid)
@@ -423,15 +425,7 @@ def tree_cpu_s(root_pid: int) -> float:
   RLIMIT_CPU still bounds each of them."""
   parent: dict[int, int] = {}
   ticks: dict[int, int] = {}
-  for name in os.listdir("/proc"):
-    if not name.isdigit():
-      continue
-    try:
-      with open(f"/proc/{name}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-      continue  # exited meanwhile
-    pid = int(name)
+  for pid, fields in _proc_stats():
     parent[pid] = int(fields[1])
     ticks[pid] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
   children: dict[int, list[int]] = {}
