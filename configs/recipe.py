@@ -23,26 +23,34 @@ from agentic_jax.rl.config import load_midtrain, rl_config
 _DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+VARIANTS = ("tiny", "agentflow")
+
+
 def get_config(arg: str = "tiny"):
-  if arg != "tiny":
-    raise ValueError(f"configs/recipe.py: unknown variant {arg!r}; choose one of ('tiny',)")
+  if arg not in VARIANTS:
+    raise ValueError(f"configs/recipe.py: unknown variant {arg!r}; choose one of {VARIANTS}")
   c = rl_config("flow_grpo", "tiny", configs_dir=_DIR, preset="paper")
   c.job = "recipe"
+  c.variant = arg
   del c.model  # the RL stage uses config.midtrain.model
   del c.tokenizer  # and the mid-trained tokenizer
 
-  # Stage 0 (agentic_jax/rl/recipe.py): scripted calculator_basic episodes (one-line system
-  # prompt, ~75 tokens each) with the held-out eval questions removed.
+  # Stage 0 (agentic_jax/rl/recipe.py): scripted multi-step calculator episodes (three or four
+  # calculator steps composed from intermediate results, one-line system prompt) with the
+  # held-out eval questions removed. Every demonstration is a clean, correct solution: no slips,
+  # no answers without the tool, no failing calls (their error text would make a third of the
+  # episodes longer than the context), so nothing RL improves on was planted in the data.
   d = c.recipe_data = ml_collections.ConfigDict()
   d.seed = 1
   d.num_samples = 8000
-  # 30% of the scripted episodes answer from a mental estimate without calling the
-  # calculator (always a little off: reward 0), a habit the mid-trained policy copies and
-  # Flow-GRPO's outcome reward should unlearn.
-  d.no_tool_rate = 0.3
+  d.level = "multistep"  # calculator level: "basic" | "multistep" | "word"
+  d.format = "agentflow" if arg == "agentflow" else "plain"  # plain episodes | planner samples
+  d.no_tool_rate = 0.0  # share answering from a mental estimate without the calculator (reward 0)
+  d.slip_rate = 0.0  # share with an unnoticed mistake (reward 0)
+  d.error_rate = 0.0  # share with one failing call, then corrected
 
   mt = c.midtrain = load_midtrain(_DIR, "tiny")
-  mt.data.sources = ("calculator_basic={data}/calculator_basic.jsonl",)
+  mt.data.sources = ("calculator={data}/episodes.jsonl",)
   mt.data.source_weights = (1.0,)
   mt.data.loss_weights = (1.0,)
   mt.data.num_samples = (0,)  # used by built-in sources only
@@ -51,31 +59,33 @@ def get_config(arg: str = "tiny"):
   # SFT-style masking (actions only): copying numbers from the question and the tool output
   # is the skill that gates success; the loss on everything else only dilutes it
   mt.data.mask_policy = "assistant_only"
-  mt.data.seq_len = 256
+  mt.model.max_position_embeddings = 384  # RoPE: no parameters; room for the RL contexts
+  # plain episodes are <= 256 tokens; an agentflow planner sample (its whole context) <= ~320
+  mt.data.seq_len = 320 if arg == "agentflow" else 256
   mt.data.batch_size = 4
-  mt.train.num_steps = 2000  # copying numbers into calls forms after ~1000 updates
+  mt.train.num_steps = 2000
   mt.train.log_every = 50
   mt.checkpoint.every = 500
 
   r = c.rl
-  r.env_options.level = "basic"
+  r.env_options.level = d.level
+  r.mode = "agentflow" if arg == "agentflow" else "plain"
   r.tasks_per_step = 8
   r.group_size = 8
-  r.max_turns = 4
+  r.max_turns = 6  # four calculator steps, a corrected call and the answer
   r.max_new_tokens = 32
-  r.max_context_tokens = 224
-  r.seq_len = 256
+  r.max_context_tokens = 320 if arg == "agentflow" else 256
+  r.seq_len = r.max_context_tokens + r.max_new_tokens
   r.eval_tasks = 64
-  r.eval_max_turns = 4
-  # coarse buckets of the packed batch (36-48 forward rows of 256 tokens, <= 8 turns per row):
-  # two compiled update shapes instead of ~8 (each ~9 s on 2 cores)
+  r.eval_max_turns = 6
+  # coarse buckets of the packed batch: few compiled update shapes (each ~9 s on 2 cores)
   r.row_bucket = 16
   r.sample_bucket = 8
   # success rate = the policy's own: 4 episodes per held-out task sampled at the rollout
-  # temperature with a fixed seed (the same draws before and after RL)
+  # temperature with a fixed seed (the same draws before and after RL), and greedy
   r.eval_temperature = 1.0
   r.eval_samples = 4
-  c.optim.lr = 3e-4  # 1e-3 drifted (KL 0.4 to the reference) and lost copying accuracy
+  c.optim.lr = 3e-4
   c.train.num_steps = 30
   c.checkpoint.every = 10
   return c

@@ -18,13 +18,14 @@ from tests.test_rl_loop import compile_cache, tokenizer_path  # noqa: F401
 from tests.train_fixtures import ROOT, SMALL_MODEL
 
 
-def small_recipe(tokenizer_path):
-  config = config_lib.load_config(os.path.join(ROOT, "configs", "recipe.py:tiny"))
+def small_recipe(tokenizer_path, variant="tiny"):
+  config = config_lib.load_config(os.path.join(ROOT, "configs", f"recipe.py:{variant}"))
   config.unlock()
   mt = config.midtrain
   for k, v in {**SMALL_MODEL, "vocab_size": 400}.items():
     mt.model[k] = v
   config.recipe_data.num_samples = 120  # -> WORKDIR/data/*.jsonl, mt.data.sources read them
+  config.recipe_data.no_tool_rate = 0.3  # the knob works (the recipe's default plants nothing)
   mt.data.eval_num_samples = (4,)
   mt.data.tokenizer.path = tokenizer_path
   mt.data.batch_size, mt.data.seq_len = 2, 128
@@ -40,12 +41,20 @@ def small_recipe(tokenizer_path):
   return config
 
 
-def test_recipe_config_layout():
-  config = config_lib.load_config(os.path.join(ROOT, "configs", "recipe.py:tiny"))
+@pytest.mark.parametrize("variant", ["tiny", "agentflow"])
+def test_recipe_config_layout(variant):
+  config = config_lib.load_config(os.path.join(ROOT, "configs", f"recipe.py:{variant}"))
   assert config.job == "recipe" and "model" not in config
-  assert any("calculator_basic" in src for src in config.midtrain.data.sources)
+  assert config.midtrain.data.sources == ("calculator={data}/episodes.jsonl",)
   assert config.rl.loss == "flow_grpo" and config.rl.env == "calculator"
-  assert config.rl.env_options.level == "basic" and config.rl.eval_tasks >= 64
+  assert config.rl.env_options.level == config.recipe_data.level == "multistep"
+  assert config.rl.eval_tasks >= 64
+  # nothing planted: every demonstration is a correct solution with the tool
+  d = config.recipe_data
+  assert d.no_tool_rate == d.slip_rate == 0.0
+  assert config.rl.mode == d.format == ("agentflow" if variant == "agentflow" else "plain")
+  # every context the RL stage builds fits the model's positions
+  assert config.rl.seq_len <= config.midtrain.model.max_position_embeddings
   rl = recipe.rl_stage_config(config, "/somewhere/midtrain")
   rl_config.check_rl_config(rl)
   assert rl.job == "rl" and rl.init_from == "/somewhere/midtrain"
@@ -64,9 +73,9 @@ def test_recipe_runs_resumes_stage_by_stage_and_writes_the_summary(tokenizer_pat
   data = first["data"]  # stage 0: held-out eval questions never reach mid-training
   assert data["generated"] == 120 and data["held_out_questions_dropped"] > 0
   assert data["written"] == 120 - data["held_out_questions_dropped"]
-  with open(os.path.join(workdir, "data", "calculator_basic.jsonl")) as f:
+  with open(os.path.join(workdir, "data", "episodes.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  assert len(records) == data["written"]
+  assert len(records) == data["written"] == data["episodes"]
   no_tool = [r for r in records if not any(t["role"] == "tool_call" and t["content"].startswith(
       "calc(") for t in r["turns"])]
   assert len(no_tool) == data["no_tool"]
@@ -100,3 +109,46 @@ def test_recipe_runs_resumes_stage_by_stage_and_writes_the_summary(tokenizer_pat
   for key in ("success_rate_before_rl", "success_rate_after_rl",
               "greedy_success_rate_before_rl", "greedy_success_rate_after_rl"):
     assert third[key] == summary[key]
+
+
+def test_agentflow_recipe_writes_planner_samples_and_runs_agentflow_rl(tokenizer_path, tmp_path):
+  """The agentflow variant: stage 0 writes one planner sample per action (only the plan is a
+  target), mid-training reads them, and the RL stage runs in agentflow mode from the result."""
+  config = small_recipe(tokenizer_path, "agentflow")
+  config.unlock()
+  config.recipe_data.level = config.rl.env_options.level = "basic"  # short: 2-3 planner steps
+  config.recipe_data.no_tool_rate = 0.0
+  config.midtrain.data.seq_len = 256
+  r = config.rl
+  r.max_turns = r.eval_max_turns = 3
+  r.max_context_tokens, r.seq_len = 232, 256
+  config.train.num_steps = 1
+  config.lock()
+  res = recipe.run(config, str(tmp_path), handle_signals=False)
+  assert res["status"] == "completed", res
+  data = res["data"]
+  assert data["format"] == "agentflow" and data["too_long_for_planner"] == 0
+  with open(os.path.join(str(tmp_path), "data", "episodes.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == data["written"] > data["episodes"]  # 2-3 planner samples per episode
+  for rec in records:
+    trained = [t for t in rec["turns"] if t.get("weight", 1.0) != 0.0]
+    assert len(trained) == 1 and trained[0]["role"] == "assistant"
+    assert trained[0]["content"].split("\n")[-1] in ("Tool: calc", "Tool: answer")
+  with open(os.path.join(str(tmp_path), "rl", "summary.json")) as f:
+    assert json.load(f)["mode"] == "agentflow"
+
+
+def test_recipe_data_options_are_checked():
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "recipe.py:tiny"))
+  config.unlock()
+  config.recipe_data.format = "agentflow"  # planner samples but a plain RL stage
+  with pytest.raises(config_lib.ConfigError, match="config.recipe_data.format"):
+    recipe.validate_recipe(config)
+  config.recipe_data.format = "plane"
+  with pytest.raises(config_lib.ConfigError, match="config.recipe_data.format: expected one of"):
+    recipe.validate_recipe(config)
+  config.recipe_data.format = "plain"
+  config.recipe_data.level = "hard"
+  with pytest.raises(config_lib.ConfigError, match="config.recipe_data.level"):
+    recipe.validate_recipe(config)

@@ -254,3 +254,33 @@ def test_sample_texts():
                                    "pwd", "sh\n", "/"]
   ctx = ContextSample("c", "s", (Span("file", "x", "a.py"), Span("context", "")))
   assert rd.sample_texts(ctx) == ["a.py\n", "x"]
+
+
+@pytest.mark.parametrize("policy", rd.POLICIES)
+def test_turn_weight_multiplies_every_policy(policy):
+  """A turn's schema weight scales what the policy gives its tokens: weight 0 = context only."""
+  sample = EnvSample("w", "calc", (Turn("user", "q"), Turn("assistant", "a", weight=0.0),
+                                   Turn("tool_call", "x", "sh", weight=0.5),
+                                   Turn("observation", "o", "sh", weight=2.0)))
+  r = rd.render(sample, BT, policy)
+  # <s> | <|user|> q <|end_turn|> | <|assistant|> a <|end_turn|> | <|tool_call|> sh \n x <|end_turn|>
+  # | <|observation|> sh \n o <|end_turn|> | </s>: 1 + 3 + 3 + 6 + 6 + 1 tokens
+  actions_only = policy in ("assistant_only", "error_masked")
+  expected = ([0.0] + [0.0 if actions_only else 1.0] * 3 + [0.0] * 3 + [0.5] * 6
+              + [0.0 if actions_only else 2.0] * 6 + [0.0 if actions_only else 1.0])
+  assert r.loss_weights.tolist() == expected
+
+
+def test_turn_weight_in_records():
+  from agentic_jax.data import schema
+  s = EnvSample("w", "calc", (Turn("user", "q", weight=0.0), Turn("assistant", "a")))
+  rec = schema.to_record(s)
+  assert rec["turns"] == [{"role": "user", "content": "q", "weight": 0.0},
+                          {"role": "assistant", "content": "a"}]
+  assert schema.parse_record(rec) == s
+  for bad, why in ((-1, "expected a finite number >= 0"), (True, "expected a number"),
+                   ("1", "expected a number"), (float("inf"), "finite"),
+                   (None, "expected a finite number >= 0")):
+    rec["turns"][1]["weight"] = bad
+    with pytest.raises(schema.RecordError, match=r"f:3: turns\[1\]\.weight: .*" + why):
+      schema.parse_record(rec, file="f", line=3)

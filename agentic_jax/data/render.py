@@ -41,6 +41,9 @@ the state s_k (system, user, observations) only conditions it. STeP weights a st
 sum(w * CE) / sum(w) over a batch gives ROME's normalisation. The assistant turn after a failure
 (its reflection and fix) keeps weight 1.
 
+A turn's own `weight` (schema; default 1) multiplies what the policy gives its tokens, so a
+turn with weight 0 is context only under every policy.
+
 <s> always has weight 0 (nothing predicts it); </s> has 1 under all / all_error_masked and 0
 under assistant_only / error_masked (the agent does not write it). Every weight is then
 multiplied by `source_weight`.
@@ -102,7 +105,7 @@ def failed_step_turns(turns: Sequence[Turn]) -> frozenset[int]:
 def _turn_weights(sample: EnvSample, policy: str) -> list[float]:
   failed = failed_step_turns(sample.turns) if policy in _FAILED_MASKED else frozenset()
   actions_only = policy in _ACTIONS_ONLY
-  return [0.0 if k in failed or (actions_only and t.role not in _ACTION_ROLES) else 1.0
+  return [0.0 if k in failed or (actions_only and t.role not in _ACTION_ROLES) else t.weight
           for k, t in enumerate(sample.turns)]
 
 

@@ -8,12 +8,17 @@ Two sample kinds, one JSON object per line:
   environmentally-native {"schema_version": "1.0", "kind": "env", "id": str, "source": str,
                          "turns": [{"role": "system"|"user"|"assistant"|"tool_call"|"observation",
                                     "content": str, "name": str (tool name; tool_call/observation),
-                                    "error": bool (tool_call whose call failed; default false)}, ...],
+                                    "error": bool (tool_call whose call failed; default false),
+                                    "weight": number >= 0 (multiplies the turn's loss weights
+                                              under every mask policy; default 1)}, ...],
                          "reward": float | null (verifiable outcome)}
 
 Spans and turns are in causal order. `id`, `source`, a turn's `name` and a span's `path` are
 non-empty printable strings (no line breaks or control characters: they are shown in reports and
-rendered on lines of their own). `parse_record` validates one decoded JSON object and raises
+rendered on lines of their own). A turn's `weight` follows the OpenAI chat fine-tuning
+convention (`"weight": 0` keeps a turn as context only): e.g. one-step samples cut from a
+trajectory, where the earlier turns are the context and only the last turn is the target.
+`parse_record` validates one decoded JSON object and raises
 `RecordError` naming file, line, field and what was expected; nothing is coerced.
 """
 
@@ -82,6 +87,7 @@ class Turn:
   content: str
   name: Optional[str] = None
   error: bool = False
+  weight: float = 1.0  # multiplies the mask policy's loss weights of this turn's tokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +119,8 @@ def to_record(sample: Sample) -> dict:
                     for s in sample.spans]
   else:
     out["turns"] = [{k: v for k, v in dataclasses.asdict(t).items()
-                     if v is not None and not (k == "error" and v is False)} for t in sample.turns]
+                     if v is not None and not (k == "error" and v is False)
+                     and not (k == "weight" and v == 1.0)} for t in sample.turns]
     out["reward"] = sample.reward
   return out
 
@@ -228,7 +235,7 @@ def parse_record(obj: Any, *, file: str = "<memory>", line: int = 0) -> Sample:
     where = f"turns[{i}]."
     if not isinstance(t, dict):
       raise RecordError(file, line, f"turns[{i}]", f"expected an object, got {describe(t)}")
-    _unknown(t, {"role", "content", "name", "error"}, where, file, line)
+    _unknown(t, {"role", "content", "name", "error", "weight"}, where, file, line)
     role = _get(t, "role", str, where, file, line, expected=f"one of {list(ROLES)}")
     if role not in ROLES:
       raise RecordError(file, line, f"{where}role", f"expected one of {list(ROLES)}, got {role!r}")
@@ -236,6 +243,12 @@ def parse_record(obj: Any, *, file: str = "<memory>", line: int = 0) -> Sample:
     if role in ("tool_call", "observation") and not name:
       raise RecordError(file, line, f"{where}name", f"a {role} turn needs the tool name")
     error = _get(t, "error", bool, where, file, line, required=False) or False
-    turns.append(Turn(role, _get(t, "content", str, where, file, line), name, error))
+    weight = 1.0
+    if "weight" in t:
+      weight = _number(t["weight"], f"{where}weight", file, line)
+      if weight is None or weight < 0:
+        raise RecordError(file, line, f"{where}weight",
+                          f"expected a finite number >= 0, got {describe(t['weight'])}")
+    turns.append(Turn(role, _get(t, "content", str, where, file, line), name, error, weight))
   reward = _number(obj.get("reward"), "reward", file, line)
   return EnvSample(sid, source, tuple(turns), reward)

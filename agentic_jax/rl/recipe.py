@@ -32,7 +32,7 @@ from typing import Any, Optional
 from agentic_jax.train import metrics as metrics_lib
 
 STAGES = ("data", "midtrain", "rl")
-DATA_FILE = "calculator_basic.jsonl"
+DATA_FILE = "episodes.jsonl"
 _MT_KEYS = ("status", "final_step", "num_steps", "first_loss", "final_loss", "tokens_per_s",
             "seconds", "nan_skips")
 _RL_KEYS = ("status", "final_step", "num_steps", "success_rate_before", "success_rate_after",
@@ -67,24 +67,52 @@ def write_data(config: Any, data_dir: str) -> dict:
     with open(report_path) as f:
       return json.load(f)
   d = config.recipe_data
-  if not 0.0 <= d.no_tool_rate <= 1.0:
-    raise ValueError(f"config.recipe_data.no_tool_rate must be in [0, 1], got {d.no_tool_rate}")
-  samples = [s for _, s in agent.calculator_episodes(d.seed, d.num_samples, level="basic",
-                                                      no_tool_rate=d.no_tool_rate)]
-  kept = [s for s in samples
-          if envs.calculator_split(next(t.content for t in s.turns if t.role == "user")) == "train"]
+  _check_data_options(d)
+  episodes = agent.calculator_episodes(d.seed, d.num_samples, level=d.level,
+                                       no_tool_rate=d.no_tool_rate, slip_rate=d.slip_rate,
+                                       error_rate=d.error_rate)
+  kept = [(p, s) for p, s in episodes if envs.calculator_split(p.task.question) == "train"]
+  too_long = 0
+  if d.format == "agentflow":
+    from agentic_jax.rl import agentflow_data  # pylint: disable=import-outside-toplevel
+    env = envs.CalculatorEnv(level=d.level)
+    samples = []
+    for _, s in kept:
+      planner = agentflow_data.planner_samples(s, env.tools, answer_tools=env.answer_tools,
+                                               max_steps=config.rl.max_turns)
+      too_long += not planner
+      samples += planner
+  else:
+    samples = [s for _, s in kept]
   os.makedirs(data_dir, exist_ok=True)
   with open(path + ".tmp", "w") as f:
-    for s in kept:
+    for s in samples:
       f.write(json.dumps(schema.to_record(s)) + "\n")
   os.replace(path + ".tmp", path)
-  no_tool = sum(1 for s in kept if not any(t.role == "tool_call" and t.content.startswith("calc")
-                                          for t in s.turns))
-  report = {"generated": len(samples), "held_out_questions_dropped": len(samples) - len(kept),
-            "written": len(kept), "no_tool": no_tool}
+  no_tool = sum(1 for _, s in kept if not any(t.role == "tool_call" and t.content.startswith("calc")
+                                              for t in s.turns))
+  report = {"generated": len(episodes), "held_out_questions_dropped": len(episodes) - len(kept),
+            "episodes": len(kept), "written": len(samples), "format": d.format,
+            "too_long_for_planner": too_long,
+            "level": d.level, "no_tool": no_tool,
+            "reward_1": sum(1 for _, s in kept if s.reward == 1.0)}
   with open(report_path, "w") as f:
     json.dump(report, f)
   return report
+
+
+FORMATS = ("plain", "agentflow")
+
+
+def _check_data_options(d: Any) -> None:
+  from agentic_jax.data.builtin import calculator  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  if d.level not in calculator.LEVELS:
+    raise config_lib.ConfigError(f"config.recipe_data.level: expected one of "
+                                 f"{list(calculator.LEVELS)}, got {d.level!r}")
+  if d.format not in FORMATS:
+    raise config_lib.ConfigError(f"config.recipe_data.format: expected one of {list(FORMATS)}, "
+                                 f"got {d.format!r}")
 
 
 def midtrain_stage_config(config: Any, data_dir: str) -> Any:
@@ -121,7 +149,12 @@ def validate_recipe(config: Any, workdir: str = "WORKDIR") -> None:
   from agentic_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   for key, low in (("recipe_data.seed", 0), ("recipe_data.num_samples", 1)):
     config_lib.check_int(config, key, low)
-  config_lib.check_number(config, "recipe_data.no_tool_rate", 0.0, 1.0)
+  for key in ("no_tool_rate", "slip_rate", "error_rate"):
+    config_lib.check_number(config, f"recipe_data.{key}", 0.0, 1.0)
+  _check_data_options(config.recipe_data)
+  if config.recipe_data.format == "agentflow" and config.rl.mode != "agentflow":
+    raise config_lib.ConfigError("config.recipe_data.format: 'agentflow' (planner samples) needs "
+                                 f"config.rl.mode='agentflow', got {config.rl.mode!r}")
   if "midtrain" not in config:
     raise config_lib.ConfigError("config.midtrain: required section is missing")
   try:

@@ -169,20 +169,28 @@ def calculator_policy(problem: calculator.Problem, rng: random.Random, *,
 # (source name, episode rng prefix, planted-error rate, slip rate) per calculator level; basic
 # episodes slip less often: they are the examples a tiny model should learn to get right.
 _CALC_LEVELS = {"word": ("calculator", "calculator-episode", CALC_ERROR_RATE, CALC_SLIP_RATE),
-                "basic": ("calculator_basic", "calculator-basic-episode", 0.2, 0.1)}
+                "basic": ("calculator_basic", "calculator-basic-episode", 0.2, 0.1),
+                "multistep": ("calculator_multistep", "calculator-multistep-episode", 0.2, 0.1)}
 
 
 def calculator_episodes(seed: int, num_samples: int, level: str = "word", *,
-                        no_tool_rate: float = 0.0
+                        no_tool_rate: float = 0.0, slip_rate: Optional[float] = None,
+                        error_rate: Optional[float] = None
                         ) -> list[tuple[calculator.Problem, EnvSample]]:
   """Scripted episodes of calculator tasks of `level` ("word": source "calculator"; "basic":
-  source "calculator_basic"). A `no_tool_rate` share of them answers without the calculator
-  (one extra draw per episode; at rate 0 the stream is exactly the default one)."""
+  "calculator_basic"; "multistep": "calculator_multistep"). A `no_tool_rate` share of them answers
+  without the calculator (one extra draw per episode; at rate 0 the stream is exactly the default
+  one). `slip_rate` (unnoticed mistakes, reward 0) and `error_rate` (a failing call, then
+  corrected) replace the level's defaults when given."""
   if level not in _CALC_LEVELS:
     raise ValueError(f"calculator level must be one of {list(_CALC_LEVELS)}, got {level!r}")
-  if not 0.0 <= no_tool_rate <= 1.0:
-    raise ValueError(f"calculator_episodes: no_tool_rate must be in [0, 1], got {no_tool_rate}")
-  source, prefix, error_rate, slip_rate = _CALC_LEVELS[level]
+  for name, rate in (("no_tool_rate", no_tool_rate), ("slip_rate", slip_rate),
+                     ("error_rate", error_rate)):
+    if rate is not None and not 0.0 <= rate <= 1.0:
+      raise ValueError(f"calculator_episodes: {name} must be in [0, 1], got {rate}")
+  source, prefix, level_error_rate, level_slip_rate = _CALC_LEVELS[level]
+  error_rate = level_error_rate if error_rate is None else error_rate
+  slip_rate = level_slip_rate if slip_rate is None else slip_rate
   env, out = calculator.CalculatorEnv(level=level), []
   for i in range(num_samples):
     problem = calculator.make_problem(seed, i, level)

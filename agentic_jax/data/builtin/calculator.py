@@ -1,9 +1,11 @@
 """Calculator / tool-use arithmetic environment and its seeded task sources.
 
-Tasks have an exact rational answer, at two levels: "word" (multi-step word problems, the
-mid-training source "calculator") and "basic" (one- or two-step arithmetic such as
+Tasks have an exact rational answer, at three levels: "word" (multi-step word problems, the
+mid-training source "calculator"), "basic" (one- or two-step arithmetic such as
 "What is 37 + 45?" or "What is 12 * 7 - 5?" and short word problems, easy enough that a tiny
-mid-trained model succeeds sometimes: RL's starting point). The environment offers
+mid-trained model succeeds sometimes) and "multistep" (three or four steps composed from
+intermediate results, "What is 7 * 8 + 5 * 9?", with the basic level's short prompt and small
+numbers: the recipe's tasks). The environment offers
 `calc(EXPRESSION)` (evaluated by our own parser, `arith.evaluate`) and `answer(VALUE)` (ends the
 episode, reward 1 if VALUE equals the answer exactly, else 0).
 
@@ -69,7 +71,7 @@ class CalculatorEnv:
     if level not in LEVELS:
       raise ValueError(f"calculator level must be one of {list(LEVELS)}, got {level!r}")
     self.max_steps = max_steps
-    if level == "basic":  # else the class attribute (subclasses may override it)
+    if level != "word":  # else the class attribute (subclasses may override it)
       self.system_prompt = BASIC_SYSTEM_PROMPT
     self._task: Optional[CalcTask] = None
     self._steps = 0
@@ -338,25 +340,95 @@ def _basic_packs_left(rng):
   return question, steps, Fraction(a * b - c)
 
 
+def _multi_sum_mul_sub(rng):
+  a, b, c = rng.randint(2, 20), rng.randint(2, 20), rng.randint(2, 9)
+  d = rng.randint(1, (a + b) * c - 1)
+  steps = [Step("First the sum in parentheses.", f"{a} + {b}"),
+           Step("Multiply it.", f"{{r0}} * {c}"), Step("Then subtract.", f"{{r1}} - {d}")]
+  return f"What is ({a} + {b}) * {c} - {d}?", steps, Fraction((a + b) * c - d)
+
+
+def _multi_two_products(rng):
+  a, b, c, d = (rng.randint(2, 12) for _ in range(4))
+  steps = [Step("First product.", f"{a} * {b}"), Step("Second product.", f"{c} * {d}"),
+           Step("Add the two products.", f"{{r0}} + {{r1}}")]
+  return f"What is {a} * {b} + {c} * {d}?", steps, Fraction(a * b + c * d)
+
+
+def _multi_diff_times_sum(rng):
+  a = rng.randint(10, 40)
+  b = rng.randint(1, a - 1)
+  c, d = rng.randint(2, 9), rng.randint(2, 9)
+  steps = [Step("The difference.", f"{a} - {b}"), Step("The sum.", f"{c} + {d}"),
+           Step("Multiply the two results.", f"{{r0}} * {{r1}}")]
+  return f"What is ({a} - {b}) * ({c} + {d})?", steps, Fraction((a - b) * (c + d))
+
+
+def _multi_mul_sub_div(rng):
+  a, b = rng.randint(3, 12), rng.randint(3, 12)
+  d = rng.randint(2, min(9, a * b - 1))
+  # c in [1, a * b - d] with a * b - c a multiple of d: the quotient is a whole number >= 1
+  c = rng.choice([c for c in range(1, a * b - d + 1) if (a * b - c) % d == 0])
+  steps = [Step("First the product.", f"{a} * {b}"), Step("Subtract.", f"{{r0}} - {c}"),
+           Step("Then divide.", f"{{r1}} / {d}")]
+  return f"What is ({a} * {b} - {c}) / {d}?", steps, Fraction((a * b - c) // d)
+
+
+def _multi_two_packs_left(rng):
+  name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+  a, b, c, d = rng.randint(2, 9), rng.randint(2, 12), rng.randint(2, 9), rng.randint(2, 12)
+  e = rng.randint(1, a * b + c * d - 1)
+  question = (f"{name} buys {a} packs of {b} {thing} and {c} packs of {d}, then gives away {e}. "
+              "How many are left?")
+  steps = [Step("The first packs.", f"{a} * {b}"), Step("The second packs.", f"{c} * {d}"),
+           Step(f"All the {thing}.", f"{{r0}} + {{r1}}"),
+           Step(f"Take away the {e} given away.", f"{{r2}} - {e}")]
+  return question, steps, Fraction(a * b + c * d - e)
+
+
+def _multi_share_after_buying(rng):
+  name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+  d, q = rng.randint(2, 9), rng.randint(3, 15)
+  b, c = rng.randint(2, 6), rng.randint(2, 9)
+  while b * c >= d * q:
+    b, c = rng.randint(2, 6), rng.randint(2, 9)
+  a = d * q - b * c
+  question = (f"{name} has {a} {thing}, buys {b} boxes of {c} more and shares them all among "
+              f"{d} friends. How many does each get?")
+  steps = [Step("The new ones.", f"{b} * {c}"), Step(f"All the {thing}.", f"{a} + {{r0}}"),
+           Step("Share them.", f"{{r1}} / {d}")]
+  return question, steps, Fraction(q)
+
+
+# Multi-step level: three or four calculator steps whose later calls use earlier results (two of
+# them combine two intermediate results), small numbers as in the basic level. A tiny model
+# mid-trained on scripted episodes of these still miscopies numbers between steps, so RL has room
+# without any flaw planted in the data (the recipe's tasks).
+MULTISTEP_TEMPLATES: dict[str, Callable] = {
+    "sum_mul_sub": _multi_sum_mul_sub, "two_products": _multi_two_products,
+    "diff_times_sum": _multi_diff_times_sum, "mul_sub_div": _multi_mul_sub_div,
+    "two_packs_left": _multi_two_packs_left, "share_after_buying": _multi_share_after_buying,
+}
+
 BASIC_TEMPLATES: dict[str, Callable] = {
     "add": _basic_add, "sub": _basic_sub, "mul": _basic_mul, "div": _basic_div,
     "mul_sub": _basic_mul_sub, "add_mul": _basic_add_mul, "gets_more": _basic_gets_more,
     "gives_away": _basic_gives_away, "boxes": _basic_boxes, "share": _basic_share,
     "packs_left": _basic_packs_left,
 }
-LEVELS = ("word", "basic")
+LEVELS = ("word", "basic", "multistep")
+# level -> (task rng prefix, templates, task id prefix)
+_LEVEL_STREAMS = {"word": ("calculator-task", "calc"), "basic": ("calculator-basic-task", "calc-basic"),
+                  "multistep": ("calculator-multistep-task", "calc-multistep")}
 
 
 def make_problem(seed: int, index: int, level: str = "word") -> Problem:
   """Problem `index` of the stream for (`seed`, `level`) (independent of how many are drawn)."""
-  if level == "word":
-    rng, templates, task_id = (random.Random(f"calculator-task:{seed}:{index}"), TEMPLATES,
-                               f"calc-{seed}-{index:05d}")
-  elif level == "basic":
-    rng, templates, task_id = (random.Random(f"calculator-basic-task:{seed}:{index}"),
-                               BASIC_TEMPLATES, f"calc-basic-{seed}-{index:05d}")
-  else:
+  if level not in LEVELS:
     raise ValueError(f"calculator level must be one of {list(LEVELS)}, got {level!r}")
+  rng_prefix, id_prefix = _LEVEL_STREAMS[level]
+  templates = {"word": TEMPLATES, "basic": BASIC_TEMPLATES, "multistep": MULTISTEP_TEMPLATES}[level]
+  rng, task_id = random.Random(f"{rng_prefix}:{seed}:{index}"), f"{id_prefix}-{seed}-{index:05d}"
   name = rng.choice(sorted(templates))
   question, steps, answer = templates[name](rng)
   return Problem(CalcTask(task_id, question, Fraction(answer)), tuple(steps), name)
