@@ -21,6 +21,7 @@ from agentic_jax.parallel.rules import DEFAULT_RULES, ShardingRuleError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "parallel_worker.py")
+GOLDEN_DIR = os.path.join(ROOT, "tests", "golden", "sharding")  # the checked-in sharding tables
 # 8 devices; LLVM -O0 roughly halves the CPU time of the many small compiles.
 XLA_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
              "--xla_llvm_disable_expensive_passes=true")
@@ -146,9 +147,10 @@ def test_specs_like_params_for_adamw_state():
 @pytest.mark.parametrize("preset, sizes", golden.CASES,
                          ids=[f"{p}__{golden.mesh_name(m)}" for p, m in golden.CASES])
 def test_golden_sharding_table(preset, sizes):
-  d = golden.diff(preset, sizes, os.path.join(ROOT, "tests", "golden", "sharding"))
-  assert not d, ("sharding changed; if intended, regenerate with "
-                 "`python -m agentic_jax.parallel.golden --write` and review the diff:\n" + d)
+  d = golden.diff(preset, sizes, GOLDEN_DIR)
+  assert not d, ("sharding changed; if intended, regenerate with `python -m "
+                 "agentic_jax.parallel.golden --golden_dir=tests/golden/sharding --write` and "
+                 "review the diff:\n" + d)
 
 
 def test_golden_table_content_by_hand():

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 
 from agentic_jax.models.config import ModelConfig
-from agentic_jax.models.layers import RMSNorm, SwiGLU
+from agentic_jax.models.layers import RMSNorm, SwiGLU, constrain
 from agentic_jax.models.mla import MLA, AttentionContext, LayerCache
 from agentic_jax.models.moe import MoE
 
@@ -52,7 +52,7 @@ class ScMoELayer(nn.Module):
     h = h + a
     h = h + SwiGLU(cfg, cfg.intermediate_size, name="mlps_1")(_norm(cfg, "post_attention_layernorm_1")(h))
     h = h + moe_out.astype(h.dtype)
-    h = nn.with_logical_constraint(h, _ACT)
+    h = constrain(h, _ACT)
     return h, (None if cache is None else (c0, c1))
 
 
@@ -72,5 +72,5 @@ class DecoderLayer(nn.Module):
     x = _norm(cfg, "post_attention_layernorm")(h)
     ffn = MoE(cfg, name="mlp") if self.moe else SwiGLU(cfg, cfg.intermediate_size, name="mlp")
     h = h + ffn(x).astype(h.dtype)
-    h = nn.with_logical_constraint(h, _ACT)
+    h = constrain(h, _ACT)
     return h, (None if cache is None else (c0,))

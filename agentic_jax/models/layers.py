@@ -1,14 +1,17 @@
 """Shared building blocks: parameters with logical axes, RMSNorm, RoPE/YaRN, SwiGLU, embeddings.
 
 Every parameter is created through `param()`, which attaches logical axis names
-(`nn.with_logical_partitioning`). The names are mapped to mesh axes by one rules
-table per config (agentic_jax.parallel); the model itself never names mesh axes.
+(`nn.with_logical_partitioning`), and every activation constraint goes through `constrain()`
+(`nn.with_logical_constraint`). The names are mapped to mesh axes by one rules table per
+config (agentic_jax.parallel); the model itself never names mesh axes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -29,6 +32,36 @@ def param(module: nn.Module, name: str, shape: Sequence[int], axes: Sequence[str
   """Declares a parameter whose metadata carries one logical axis name per dimension."""
   assert len(shape) == len(axes), (name, shape, axes)
   return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+# The set that `constrain` adds its logical names to, while `recording_constraint_names()` is
+# active in this context (thread / task); None otherwise.
+_CONSTRAINT_NAMES: contextvars.ContextVar[Optional[set[str]]] = contextvars.ContextVar(
+    "agentic_jax_constraint_names", default=None)
+
+
+def constrain(x: Any, names: Any) -> Any:
+  """`nn.with_logical_constraint(x, names)`: the one way the models constrain an activation's
+  sharding by logical names. Also adds the names to the set of an enclosing
+  `recording_constraint_names()`, which is how agentic_jax.parallel finds every activation
+  name a model uses (to check each has a rule) without patching flax."""
+  seen = _CONSTRAINT_NAMES.get()
+  if seen is not None:
+    for leaf in jax.tree_util.tree_leaves(names, is_leaf=lambda n: isinstance(n, tuple)):
+      seen.update(n for n in leaf if isinstance(n, str))
+  return nn.with_logical_constraint(x, names)
+
+
+@contextlib.contextmanager
+def recording_constraint_names() -> Iterator[set[str]]:
+  """Yields a set that collects the logical names of every `constrain()` call traced or run
+  inside the block, in this context only (other threads are not affected)."""
+  seen: set[str] = set()
+  token = _CONSTRAINT_NAMES.set(seen)
+  try:
+    yield seen
+  finally:
+    _CONSTRAINT_NAMES.reset(token)
 
 
 def normal_init(std: float) -> Callable:
@@ -73,8 +106,8 @@ class SwiGLU(nn.Module):
     x2 = x.astype(cdt).reshape(-1, d)
     h = nn.silu(x2 @ gate.astype(cdt)) * (x2 @ up.astype(cdt))
     if len(lead) == 2:
-      h = nn.with_logical_constraint(h.reshape(*lead, self.width),
-                                     ("activation_batch", "activation_length", "activation_mlp"))
+      h = constrain(h.reshape(*lead, self.width),
+                    ("activation_batch", "activation_length", "activation_mlp"))
     return (h.reshape(-1, self.width) @ down.astype(cdt)).reshape(*lead, d)
 
 

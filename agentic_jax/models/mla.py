@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from agentic_jax.models import attention as attn_lib
 from agentic_jax.models.config import ModelConfig
-from agentic_jax.models.layers import Dense, RMSNorm, apply_rope, dtype_of
+from agentic_jax.models.layers import Dense, RMSNorm, apply_rope, constrain, dtype_of
 
 Array = jax.Array
 
@@ -71,7 +71,7 @@ class MLA(nn.Module):
     if cfg.mla_scale_kv_lora:
       c = c * math.sqrt(d / rkv)
     k_rope = apply_rope(z[..., rkv:], ctx.cos, ctx.sin, cfg.rope_interleave)
-    c = nn.with_logical_constraint(c, ("activation_batch", "activation_length", "activation_kv_lora"))
+    c = constrain(c, ("activation_batch", "activation_length", "activation_kv_lora"))
 
     kv_b = Dense((H, dn + dv), ("kv_lora", "heads", "kv_head_dim"), cfg, name="kv_b_proj")
     kw = dict(scale=cfg.softmax_scale, impl=cfg.attention_impl, chunk_size=cfg.attention_chunk_size)
@@ -79,8 +79,7 @@ class MLA(nn.Module):
       kv = kv_b(c)  # [B, T, H, dn + dv]
       k = jnp.concatenate([kv[..., :dn], jnp.broadcast_to(k_rope[:, :, None, :], (*kv.shape[:3], dr))], -1)
       query = jnp.concatenate([q_nope, q_rope], -1).astype(cdt)
-      query = nn.with_logical_constraint(query, ("activation_batch", "activation_length",
-                                                 "activation_heads", None))
+      query = constrain(query, ("activation_batch", "activation_length", "activation_heads", None))
       out = attn_lib.attention(query, k.astype(cdt), kv[..., dn:].astype(cdt), ctx.q_index,
                                ctx.k_index, ctx.q_segment, ctx.k_segment, **kw)
       new_cache = None

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from agentic_jax.models.blocks import DecoderLayer, ScMoELayer
 from agentic_jax.models.config import ModelConfig
-from agentic_jax.models.layers import Dense, Embed, RMSNorm, default_positions, rope_cos_sin
+from agentic_jax.models.layers import (Dense, Embed, RMSNorm, constrain, default_positions,
+                                       rope_cos_sin)
 from agentic_jax.models.mla import AttentionContext, LayerCache
 
 Array = jax.Array
@@ -116,8 +117,7 @@ class CausalLM(nn.Module):
     ctx = ctx._replace(cos=cos, sin=sin)
 
     embed = Embed(cfg, name="embed_tokens")
-    h = nn.with_logical_constraint(embed(tokens), ("activation_batch", "activation_length",
-                                                   "activation_embed"))
+    h = constrain(embed(tokens), ("activation_batch", "activation_length", "activation_embed"))
     new_latent, new_rope = [], []
     per = cfg.attention_per_layer
     for group in layer_groups(cfg):
@@ -152,8 +152,8 @@ class CausalLM(nn.Module):
       logits = embed.attend(h)
     else:
       logits = Dense((cfg.vocab_size,), ("embed", "vocab"), cfg, name="lm_head")(h)
-    logits = nn.with_logical_constraint(logits.astype(jnp.float32),
-                                        ("activation_batch", "activation_length", "activation_vocab"))
+    logits = constrain(logits.astype(jnp.float32),
+                       ("activation_batch", "activation_length", "activation_vocab"))
     if cache is None:
       return logits
     new_cache = KVCache(latent=jnp.concatenate(new_latent, 0), k_rope=jnp.concatenate(new_rope, 0),

@@ -1,7 +1,10 @@
 """Golden sharding tables: variable path -> PartitionSpec, per preset and mesh, checked in.
 
-    python -m agentic_jax.parallel.golden --check     # compare with tests/golden/sharding
-    python -m agentic_jax.parallel.golden --write     # regenerate after an intended change
+    python -m agentic_jax.parallel.golden --golden_dir=tests/golden/sharding --check
+    python -m agentic_jax.parallel.golden --golden_dir=tests/golden/sharding --write
+
+(--check compares, --write regenerates after an intended change.) The library does not know
+where the tables are checked in: every function that reads or writes them takes the directory.
 
 Each file `<preset>__<mesh>.json` maps every variable path (plus `<batch>` and `<logits>`)
 to its resolved PartitionSpec under the default rules, so any change in sharding, from the
@@ -14,9 +17,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
 import pathlib
 import sys
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import jax
 from jax.sharding import PartitionSpec as P
@@ -26,7 +30,7 @@ from agentic_jax.parallel.mesh import MESH_AXES
 from agentic_jax.parallel.rules import DEFAULT_RULES, Rules, path_str
 from agentic_jax.parallel.sharding import axis_sizes, batch_spec, logits_spec, variable_specs
 
-GOLDEN_DIR = pathlib.Path(__file__).resolve().parents[2] / "tests" / "golden" / "sharding"
+PathLike = Union[str, os.PathLike]
 
 TINY_MESHES = ({"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 2, "expert": 4})
 CASES: tuple[tuple[str, dict[str, int]], ...] = (
@@ -65,17 +69,20 @@ def table(preset: str, sizes: Mapping[str, int], rules: Rules = DEFAULT_RULES) -
   return dict(sorted(out.items()))
 
 
-def golden_path(preset: str, sizes: Mapping[str, int], root: Optional[Any] = None) -> pathlib.Path:
-  return pathlib.Path(root or GOLDEN_DIR) / f"{preset}__{mesh_name(sizes)}.json"
+def golden_path(preset: str, sizes: Mapping[str, int], golden_dir: PathLike) -> pathlib.Path:
+  """The table file of (preset, mesh) under `golden_dir` (required: the library never assumes
+  where the tables are checked in)."""
+  return pathlib.Path(golden_dir) / f"{preset}__{mesh_name(sizes)}.json"
 
 
 def dumps(t: Mapping[str, str]) -> str:
   return json.dumps(t, indent=1, sort_keys=True) + "\n"
 
 
-def diff(preset: str, sizes: Mapping[str, int], root: Optional[Any] = None) -> str:
-  """'' when the checked-in table equals the current one, else a unified diff."""
-  path = golden_path(preset, sizes, root)
+def diff(preset: str, sizes: Mapping[str, int], golden_dir: PathLike) -> str:
+  """'' when the table checked in under `golden_dir` equals the current one, else a unified
+  diff."""
+  path = golden_path(preset, sizes, golden_dir)
   want = path.read_text() if path.exists() else ""
   got = dumps(table(preset, sizes))
   if want == got:
@@ -89,17 +96,18 @@ def main(argv: Optional[list[str]] = None) -> int:
   mode = parser.add_mutually_exclusive_group(required=True)
   mode.add_argument("--write", action="store_true", help="regenerate every golden table")
   mode.add_argument("--check", action="store_true", help="compare; exit 1 on any difference")
-  parser.add_argument("--dir", type=pathlib.Path, default=GOLDEN_DIR)
+  parser.add_argument("--golden_dir", type=pathlib.Path, required=True,
+                      help="directory of the checked-in tables (this repo: tests/golden/sharding)")
   args = parser.parse_args(argv)
   bad = 0
   for preset, sizes in CASES:
-    path = golden_path(preset, sizes, args.dir)
+    path = golden_path(preset, sizes, args.golden_dir)
     if args.write:
       path.parent.mkdir(parents=True, exist_ok=True)
       path.write_text(dumps(table(preset, sizes)))
       print(f"wrote {path}")
     else:
-      d = diff(preset, sizes, args.dir)
+      d = diff(preset, sizes, args.golden_dir)
       if d:
         bad += 1
         print(d)

@@ -23,10 +23,8 @@ Table entries for names no model uses are allowed (one table serves every family
 from __future__ import annotations
 
 import math
-import unittest.mock
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -39,7 +37,7 @@ Rules = tuple[tuple[str, tuple[MeshAxes, ...]], ...]
 BATCH_AXES = ("data", "fsdp", "expert")
 
 DEFAULT_RULES: Rules = (
-    # --- activations (nn.with_logical_constraint in the models)
+    # --- activations (models.layers.constrain, i.e. nn.with_logical_constraint)
     # The expert axis is a batch axis for everything but the experts themselves, otherwise
     # every non-MoE layer would be computed `expert` times over.
     ("activation_batch", (BATCH_AXES,)),
@@ -203,23 +201,28 @@ def flax_rules(rules: Rules, sizes: Mapping[str, int]) -> list[tuple[str, MeshAx
 
 
 def activation_names(cfg: Any) -> set[str]:
-  """Every logical name the model passes to `nn.with_logical_constraint` (found by tracing
-  one abstract forward pass with a recording stand-in; nothing is computed)."""
+  """Every logical name the model passes to its activation constraints (`models.layers.constrain`,
+  i.e. `nn.with_logical_constraint`), found by tracing one abstract forward pass; nothing is
+  computed.
+
+  How the names are collected: `constrain` is the models' one wrapper around flax's constraint
+  and adds its names to the set of an enclosing `recording_constraint_names()` (a context
+  variable), so model code must call `constrain`, never `nn.with_logical_constraint` directly.
+  Chosen over (a) patching `nn.with_logical_constraint` with unittest.mock, which replaces a
+  flax global for every thread of the process while the trace runs (a concurrent forward pass
+  would be recorded or broken) and misses callers holding their own reference to the function;
+  and (b) reading sharding_constraint ops from the jaxpr, which cannot find what this is for:
+  without a rules context flax emits no constraint at all, and within one a name that has no
+  rule becomes "replicated" and vanishes, while names without a rule are what
+  `check_model_rules` must report."""
   from agentic_jax import models  # local: keeps this module importable without the models
-
-  seen: set[str] = set()
-  original = nn.with_logical_constraint
-
-  def record(x, names, *args, **kwargs):
-    for leaf in jax.tree_util.tree_leaves(names, is_leaf=lambda n: isinstance(n, tuple)):
-      seen.update(n for n in leaf if isinstance(n, str))
-    return original(x, names, *args, **kwargs)
+  from agentic_jax.models import layers
 
   variables = models.abstract_variables(cfg)
   tokens = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-  with unittest.mock.patch.object(nn, "with_logical_constraint", record):
+  with layers.recording_constraint_names() as seen:
     jax.eval_shape(lambda v, t: models.build(cfg).apply(v, t), variables, tokens)
-  return seen
+  return set(seen)
 
 
 def check_model_rules(cfg: Any, rules: Rules, axes_tree: Any = None) -> None:
