@@ -14,8 +14,14 @@ from typing import Any, Optional
 
 LAYER_TYPES = ("scmoe", "deepseek", "dense")
 SCORING_FUNCS = ("softmax", "sigmoid")
-MOE_DISPATCH = ("dense", "capacity", "dropless", "expert_parallel")
-DROPLESS_BACKENDS = ("blocked", "ragged_dot")
+# moe_dispatch names an entry of the dispatch table (moe_kernels.KERNELS: "dense", "capacity",
+# "dropless_blocked", "dropless_ragged", "expert_parallel", and whatever register_kernel
+# added); validation reads the table, so a new path needs no edit here. "dropless" is the
+# older two-level spelling that configs/ and saved checkpoint configs still use: it means the
+# kernel DROPLESS_KERNELS[dropless_backend].
+LEGACY_DROPLESS = "dropless"
+DROPLESS_KERNELS = {"blocked": "dropless_blocked", "ragged_dot": "dropless_ragged"}
+DROPLESS_BACKENDS = tuple(DROPLESS_KERNELS)
 ATTENTION_IMPLS = ("xla", "chunked")
 ROPE_TYPES = ("default", "yarn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -84,8 +90,8 @@ class ModelConfig:
   norm_topk_prob: bool = False
   routed_scaling_factor: float = 1.0
   first_k_dense_replace: int = 0  # deepseek only
-  moe_dispatch: str = "capacity"
-  dropless_backend: str = "blocked"
+  moe_dispatch: str = "capacity"  # a moe_kernels name, or "dropless" + dropless_backend
+  dropless_backend: str = "blocked"  # only read when moe_dispatch == "dropless"
   capacity_factor: float = 2.0
   dropless_block_size: int = 128
   # expert_parallel dispatch (moe_expert_parallel): mesh axis the experts are split over, and
@@ -116,6 +122,14 @@ class ModelConfig:
   def num_slots(self) -> int:
     """Router width: FFN experts plus zero-computation experts."""
     return self.n_routed_experts + self.zero_expert_num
+
+  @property
+  def dispatch_kernel(self) -> str:
+    """The flat name of the MoE dispatch kernel (a key of moe_kernels.KERNELS): moe_dispatch,
+    or for the two-level "dropless" spelling the kernel of dropless_backend."""
+    if self.moe_dispatch == LEGACY_DROPLESS:
+      return DROPLESS_KERNELS.get(self.dropless_backend, self.dropless_backend)
+    return self.moe_dispatch
 
   @property
   def attention_per_layer(self) -> int:
@@ -182,7 +196,13 @@ class ModelConfig:
       return
     # ---- MoE checks
     choice("scoring_func", SCORING_FUNCS)
-    choice("moe_dispatch", MOE_DISPATCH)
+    # Imported here, not at the top: the table imports jax (this module stays light), and
+    # it must be read as it is now, after any register_kernel calls.
+    from agentic_jax.models import moe_kernels
+    registered = moe_kernels.names()
+    if self.moe_dispatch != LEGACY_DROPLESS and self.moe_dispatch not in registered:
+      fail("moe_dispatch", f"must be a registered dispatch kernel, one of {registered} "
+           "(moe_kernels.register_kernel adds one), or 'dropless' with dropless_backend")
     choice("dropless_backend", DROPLESS_BACKENDS)
     if self.n_routed_experts <= 0:
       fail("n_routed_experts", f"a {self.layer_type!r} model needs at least one FFN expert")
@@ -211,7 +231,7 @@ class ModelConfig:
       fail("capacity_factor", "must be > 0")
     if self.dropless_block_size <= 0:
       fail("dropless_block_size", "must be positive")
-    if self.moe_dispatch == "expert_parallel" and self.expert_axis not in self.ep_token_axes:
+    if self.dispatch_kernel == "expert_parallel" and self.expert_axis not in self.ep_token_axes:
       fail("ep_token_axes", f"must include expert_axis {self.expert_axis!r}: each expert-axis "
            "device brings its own tokens to the exchange")
     if self.layer_type == "deepseek" and not 0 <= self.first_k_dense_replace <= self.num_layers:

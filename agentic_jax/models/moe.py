@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from agentic_jax.models import moe_mesh
+from agentic_jax.models import moe_kernels
 from agentic_jax.models.config import ModelConfig
 from agentic_jax.models.layers import SwiGLU, dtype_of, normal_init, param
 
@@ -116,11 +116,11 @@ class MoE(nn.Module):
   """y = sum_k g_k E_{idx_k}(x) (+ shared experts); x [B, T, d] -> [B, T, d] in x.dtype.
 
   Slot e < N is SwiGLU expert e, slot e >= N is the identity (output g*x, no matmul).
-  Expert matmuls run in cfg.dtype, the combine in float32. Dispatch: cfg.moe_dispatch
-  ("dense" | "capacity" | "dropless" with cfg.dropless_backend "blocked" | "ragged_dot" |
-  "expert_parallel": experts split over a mesh axis, see moe_expert_parallel);
-  all give the same result when capacity drops nothing (see moe_dispatch). Under a device
-  mesh moe_mesh runs the loop kernels per shard (no collectives inside their loops).
+  Expert matmuls run in cfg.dtype, the combine in float32. Dispatch: cfg.moe_dispatch names
+  an entry of the dispatch table moe_kernels.KERNELS ("dense" | "capacity" |
+  "dropless_blocked" | "dropless_ragged" | "expert_parallel", or any registered path; the
+  older "dropless" + cfg.dropless_backend still works). All give the same result when
+  capacity drops nothing (see moe_dispatch); the table also says how each runs under a mesh.
   """
 
   cfg: ModelConfig
@@ -134,7 +134,7 @@ class MoE(nn.Module):
     x2d = x.reshape(b * t, d)
     r = Router(cfg, name="router")(x2d)
     wg, wu, wd = Experts(cfg, name="experts")(d)
-    y, stats = moe_mesh.dispatch(cfg, x2d.astype(cdt), r.idx, r.gates, wg.astype(cdt),
+    y, stats = moe_kernels.dispatch(cfg, x2d.astype(cdt), r.idx, r.gates, wg.astype(cdt),
                                  wu.astype(cdt), wd.astype(cdt))
     is_zero = r.idx >= n
     if cfg.zero_expert_num:

@@ -1,9 +1,15 @@
-"""Token -> expert dispatch for the MoE layer (pure functions, no Flax).
+"""Single-shard MoE dispatch kernels and their slot bookkeeping (pure functions, no Flax).
 
-Every dispatch function takes the flattened tokens `x` [M, d] (compute dtype), the router's
-choices `idx` [M, K] (int32, slot ids in [0, N+Z)) and `gates` [M, K] (float32), and the
-stacked FFN-expert weights `wg`, `wu` [N, d, I], `wd` [N, I, d] (compute dtype). It returns
-the float32 sum of the FFN-expert contributions [M, d] and a dict of int32 statistics:
+To add a dispatch path: write a kernel with the contract below (here or in your own module),
+then register it in agentic_jax/models/moe_kernels.py (one `register_kernel` call); the
+config, the selector and the mesh runner all read that table. Nothing here picks a kernel.
+
+The kernel contract: `fn(x, idx, gates, wg, wu, wd, **options) -> (y, stats)` with the
+flattened tokens `x` [M, d] (compute dtype), the router's choices `idx` [M, K] (int32, slot
+ids in [0, N+Z)) and `gates` [M, K] (float32), and the stacked FFN-expert weights `wg`, `wu`
+[N, d, I], `wd` [N, I, d] (compute dtype); `options` are static keyword arguments taken from
+the config by the kernel's table entry. It returns the float32 sum of the FFN-expert
+contributions y [M, d] and a dict of int32 statistics:
 
   dropped_slots  FFN slots that got no buffer row (capacity only; 0 elsewhere)
   expert_rows    rows pushed through the expert matmuls in the forward pass: dense M*N,
@@ -15,6 +21,10 @@ Slots with idx >= N (zero-computation experts) never enter any buffer: the calle
 their identity term g*x. Slots are flattened token-major (s = m*K + k) and every rank
 within an expert is taken in that order, so capacity drops the LAST tokens (highest
 flattened token index b*T + t) of an over-full expert first.
+
+The public helpers below the loop kernel (rank_within_key, combine_slots, expert_counts,
+pad_token_rows, capacity_of) are shared with moe_expert_parallel and moe_mesh, so a
+multi-device program reuses the single-shard bookkeeping instead of copying it.
 
 Why the loop kernel: with static shapes a batched einsum over a worst-case buffer costs
 the same whatever the router does, so zero experts would save nothing. `routed_swiglu`
@@ -28,14 +38,11 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-if TYPE_CHECKING:
-  from agentic_jax.models.config import ModelConfig
 
 Array = jax.Array
 F32 = jnp.float32
@@ -165,10 +172,14 @@ routed_swiglu.defvjp(_routed_swiglu_fwd, _routed_swiglu_bwd)
 # ------------------------------------------------------------------ slot bookkeeping
 
 
-def _rank_within_expert(key: Array, num_keys: int):
-  """For flattened slot keys [S] in [0, num_keys]: (count per key [num_keys], rank of each
-  slot among the slots with the same key, in slot order, and the stable sort order).
-  Key num_keys = "not an FFN slot"."""
+def rank_within_key(key: Array, num_keys: int) -> tuple[Array, Array, Array]:
+  """Group flattened slots by a key, keeping slot (token) order within each group.
+
+  key [S] int32 in [0, num_keys]; key num_keys means "no group" (e.g. a zero-expert slot).
+  Returns (counts [num_keys] int32: slots per key, the "no group" key excluded; rank [S]:
+  each slot's position among the slots with the same key, in slot order; order [S]: the
+  stable sort of the slots by key). The key is an expert id for the kernels here and a
+  destination device for moe_expert_parallel's send buffer."""
   num = key.shape[0]
   order = jnp.argsort(key, stable=True)  # stable: keeps token order within an expert
   counts = jnp.zeros((num_keys + 1,), jnp.int32).at[key].add(1)
@@ -190,8 +201,9 @@ def _row_slots(dest: Array, num_rows: int) -> Array:
       jnp.arange(num, dtype=jnp.int32), mode="drop")
 
 
-def _combine(slot_out: Array, gates: Array) -> Array:
-  """y[m] = sum_k gates[m,k] * slot_out[m*K + k] in float32.
+def combine_slots(slot_out: Array, gates: Array) -> Array:
+  """y[m] = sum_k gates[m,k] * slot_out[m*K + k] in float32: one output row per slot
+  (slot_out [M*K, d], flattened token-major) weighted into its token (gates [M, K]).
 
   Unrolled over k on purpose: as an einsum this is a batch-M dot of [1,K]x[K,d], which
   XLA:CPU runs ~10x slower than the elementwise form once the gather is fused into it."""
@@ -206,6 +218,24 @@ def capacity_of(num_tokens: int, top_k: int, n_experts: int, capacity_factor: fl
   so zero experts leave FFN experts more headroom. C <= M since a token picks an expert
   at most once."""
   return max(1, min(num_tokens, math.ceil(capacity_factor * num_tokens * top_k / n_experts)))
+
+
+def pad_token_rows(x: Array, idx: Array, gates: Array, multiple: int,
+                   n_experts: int) -> tuple[Array, Array, Array]:
+  """Appends token rows until M divides by `multiple` (the number of shards the rows are split
+  over); returns (x, idx, gates) padded, unchanged when M already divides.
+
+  Padding rows route every slot to id N = n_experts (past the FFN experts, so no FFN expert)
+  with gate 0: no kernel computes them, they add nothing, drop nothing, are never sent by an
+  exchange and rank after every real slot. Callers cut the output back to y[:M]. Needed
+  because shard_map splits rows evenly, and some inputs have fewer rows than shards (the
+  [1, 2] dummy input of a sharded init)."""
+  pad = -x.shape[0] % multiple
+  if not pad:
+    return x, idx, gates
+  return (jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)]),
+          jnp.concatenate([idx, jnp.full((pad, idx.shape[1]), n_experts, idx.dtype)]),
+          jnp.concatenate([gates, jnp.zeros((pad, gates.shape[1]), gates.dtype)]))
 
 
 # ------------------------------------------------------------------ dispatch paths
@@ -235,10 +265,11 @@ def capacity_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array, 
   run time. Each chunk's gate-weighted outputs are scatter-added into the token outputs
   (the combine), so no [N, C, d] output buffer is materialised.
 
-  Sharded use (moe_mesh): `x` holds one shard's tokens of a batch of `num_tokens` tokens
-  (C is computed from num_tokens), and `rank_offset` [N] counts each expert's FFN slots in
-  the shards before this one, so a slot is kept iff its rank in the WHOLE batch is < C:
-  exactly the single-device decisions."""
+  Sharded use (its moe_kernels entry's shard_options, run inside moe_mesh.per_shard): `x`
+  holds one shard's tokens of a batch of `num_tokens` tokens (C is computed from
+  num_tokens), and `rank_offset` [N] counts each expert's FFN slots in the shards before
+  this one (moe_mesh.rank_offsets), so a slot is kept iff its rank in the WHOLE batch is
+  < C: exactly the single-device decisions."""
   m, k = idx.shape
   n = wg.shape[0]
   cap = capacity_of(m if num_tokens is None else num_tokens, k, n, capacity_factor)
@@ -249,7 +280,7 @@ def capacity_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array, 
   nc = -(-local_cap // cb)
   cap_pad = nc * cb
   key = _ffn_key(idx, n)
-  counts, rank, _ = _rank_within_expert(key, n)
+  counts, rank, _ = rank_within_key(key, n)
   ffn = key < n
   kept = ffn & (rank < limit[jnp.minimum(key, n - 1)])
   dest = jnp.where(kept, key * cap_pad + rank, n * cap_pad)  # n*cap_pad: no row
@@ -264,7 +295,7 @@ def capacity_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array, 
 
 def expert_counts(idx: Array, n_experts: int) -> Array:
   """FFN slots per expert [N] int32 (zero-expert slots, idx >= N, not counted)."""
-  return _rank_within_expert(_ffn_key(idx, n_experts), n_experts)[0]
+  return rank_within_key(_ffn_key(idx, n_experts), n_experts)[0]
 
 
 def blocked_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array, wd: Array, *,
@@ -278,7 +309,7 @@ def blocked_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array, w
   nb_max = (m * k + n * (block - 1)) // block
   rows_max = nb_max * block
   key = _ffn_key(idx, n)
-  counts, rank, _ = _rank_within_expert(key, n)
+  counts, rank, _ = rank_within_key(key, n)
   blocks_per = (counts + block - 1) // block
   block_end = jnp.cumsum(blocks_per)
   first_row = (block_end - blocks_per) * block
@@ -299,35 +330,14 @@ def ragged_dispatch(x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
   m, k = idx.shape
   n = wg.shape[0]
   key = _ffn_key(idx, n)
-  counts, _, order = _rank_within_expert(key, n)
+  counts, _, order = rank_within_key(key, n)
   ffn_sorted = key[order] < n
-  x_pad = jnp.concatenate([x, jnp.zeros((1, x.shape[1]), x.dtype)], axis=0)
-  xs = x_pad[jnp.where(ffn_sorted, order // k, m)]
+  xs = _pad_row(x)[jnp.where(ffn_sorted, order // k, m)]
   a = lax.ragged_dot(xs, wg, counts)
   up = lax.ragged_dot(xs, wu, counts)
   h = (jax.nn.silu(a.astype(F32)) * up.astype(F32)).astype(x.dtype)
   ys = lax.ragged_dot(h, wd, counts)
   ys = jnp.where(ffn_sorted[:, None], ys, 0)  # rows past the groups are unspecified
   inv = jnp.zeros((m * k,), jnp.int32).at[order].set(jnp.arange(m * k, dtype=jnp.int32))
-  y = _combine(jnp.take(ys, inv, axis=0), gates)
+  y = combine_slots(jnp.take(ys, inv, axis=0), gates)
   return y, {"dropped_slots": jnp.int32(0), "expert_rows": jnp.sum(counts).astype(jnp.int32)}
-
-
-def dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
-             wd: Array) -> tuple[Array, dict]:
-  """The single-shard kernel of cfg.moe_dispatch / cfg.dropless_backend ("expert_parallel"
-  without an expert mesh axis is the exact blocked kernel). Under a device mesh, models call
-  moe_mesh.dispatch, which runs these kernels per shard."""
-  if cfg.moe_dispatch == "dense":
-    return dense_dispatch(x, idx, gates, wg, wu, wd)
-  if cfg.moe_dispatch == "capacity":
-    return capacity_dispatch(x, idx, gates, wg, wu, wd, **capacity_options(cfg))
-  if cfg.moe_dispatch == "expert_parallel" or cfg.dropless_backend == "blocked":
-    return blocked_dispatch(x, idx, gates, wg, wu, wd, block=cfg.dropless_block_size)
-  return ragged_dispatch(x, idx, gates, wg, wu, wd)
-
-
-def capacity_options(cfg: "ModelConfig") -> dict:
-  # One capacity iteration runs all N experts, so half a dropless block per expert still
-  # makes large GEMMs while halving the granularity at which empty chunks are skipped.
-  return {"capacity_factor": cfg.capacity_factor, "chunk": max(1, cfg.dropless_block_size // 2)}

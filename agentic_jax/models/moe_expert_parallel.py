@@ -1,6 +1,8 @@
 """Expert-parallel MoE dispatch: experts split over a mesh axis, tokens exchanged by all-to-all.
 
-Selected with `moe_dispatch="expert_parallel"`. Inside a jit traced under a mesh
+Selected with `moe_dispatch="expert_parallel"`: its entry in the dispatch table
+(moe_kernels.py) names `expert_parallel_dispatch` as its mesh program and the exact blocked
+kernel as its single-device one. Inside a jit traced under a mesh
 (`jax.set_mesh`) whose `cfg.expert_axis` has size ep > 1, the N FFN experts are split into ep
 groups of N/ep, and each device runs, inside `jax.shard_map`:
 
@@ -17,16 +19,18 @@ Zero-computation expert slots (idx >= N) never enter the send buffer: the caller
 their g*x term locally, so they cost no communication. Tokens must be split over the expert
 axis (it is a batch axis for every other layer; cfg.ep_token_axes lists the mesh axes the
 token rows are split over, in order; rows that do not divide, e.g. the [1, 2] dummy input of
-a sharded init, are padded with gate-0 zero-expert slots that are never sent and are cut off
-after); expert weights enter split over the expert axis only
-(other splits, e.g. FSDP, are gathered as for any matmul). Without such a mesh (single
-device, decoding outside a mesh) the same function runs the exact local blocked dispatch.
+a sharded init, are padded by moe_dispatch.pad_token_rows and cut off after); expert weights
+enter split over the expert axis only (other splits, e.g. FSDP, are gathered as for any
+matmul). Without an expert axis of size > 1 the same function runs the exact blocked kernel:
+on all rows without a mesh (single device, decoding outside a mesh), else per token shard
+(moe_mesh.per_shard), as the dropless path would.
 
 This module names mesh axes only through the config; it never imports agentic_jax.parallel.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -35,6 +39,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from agentic_jax.models import moe_dispatch as md
+from agentic_jax.models import moe_mesh
 
 if TYPE_CHECKING:
   from agentic_jax.models.config import ModelConfig
@@ -59,7 +64,7 @@ def _local_exchange(x, idx, gates, wg, wu, wd, *, axis: str, ep: int, capacity_f
   flat = idx.reshape(-1)
   is_ffn = flat < n
   dest = jnp.where(is_ffn, flat // e_loc, ep)  # ep: not sent (zero expert)
-  _, rank, _ = md._rank_within_expert(dest, ep)  # slot order within each destination
+  _, rank, _ = md.rank_within_key(dest, ep)  # slot order within each destination
   kept = is_ffn & (rank < cap)
   sink = ep * cap  # an extra row that nothing reads: dropped and zero-expert slots
   row = jnp.where(kept, dest * cap + rank, sink)
@@ -75,7 +80,7 @@ def _local_exchange(x, idx, gates, wg, wu, wd, *, axis: str, ep: int, capacity_f
   y_back = jax.lax.all_to_all(y_recv, axis, 0, 0, tiled=True)  # [ep*cap, d] f32, my rows
 
   slot_out = jnp.concatenate([y_back, jnp.zeros((1, d), F32)], 0)[row]
-  y = md._combine(slot_out, gates)
+  y = md.combine_slots(slot_out, gates)
   dropped = jnp.sum(is_ffn & ~kept).astype(jnp.int32)
   stats = {"dropped_slots": jax.lax.psum(dropped, reduce_axes),
            "expert_rows": jax.lax.psum(local_stats["expert_rows"], reduce_axes)}
@@ -84,11 +89,12 @@ def _local_exchange(x, idx, gates, wg, wu, wd, *, axis: str, ep: int, capacity_f
 
 def expert_parallel_dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Array, wg: Array,
                              wu: Array, wd: Array) -> tuple[Array, dict]:
-  """Same contract as the other moe_dispatch paths (see module docstrings)."""
+  """Same contract as the moe_dispatch kernels, with the config first (module docstring)."""
   mesh = jax.sharding.get_abstract_mesh()
   axis = cfg.expert_axis
   if mesh.empty or axis not in mesh.axis_names or mesh.shape[axis] == 1:
-    return md.blocked_dispatch(x, idx, gates, wg, wu, wd, block=cfg.dropless_block_size)
+    local = functools.partial(md.blocked_dispatch, block=cfg.dropless_block_size)
+    return moe_mesh.per_shard(cfg, local, x, idx, gates, wg, wu, wd)
   ep = mesh.shape[axis]
   n = wg.shape[0]
   if n % ep:
@@ -100,14 +106,7 @@ def expert_parallel_dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Ar
                      f"(got {cfg.ep_token_axes})")
   splits = math.prod(mesh.shape[a] for a in token_axes)
   m = x.shape[0]
-  pad = -m % splits
-  if pad:
-    # Fewer (or indivisible) token rows than shards, e.g. the [1, 2] dummy input of a sharded
-    # init: padding rows route to zero-expert slot N with gate 0, so they are never sent,
-    # add nothing and drop nothing; their outputs are cut off below.
-    x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])
-    idx = jnp.concatenate([idx, jnp.full((pad, idx.shape[1]), n, idx.dtype)])
-    gates = jnp.concatenate([gates, jnp.zeros((pad, gates.shape[1]), gates.dtype)])
+  x, idx, gates = md.pad_token_rows(x, idx, gates, splits, n)
   rows = P(token_axes, None)
   experts = P(axis, None, None)
   body = lambda *a: _local_exchange(*a, axis=axis, ep=ep, capacity_factor=cfg.capacity_factor,

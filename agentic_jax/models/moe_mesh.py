@@ -1,13 +1,14 @@
-"""How each MoE dispatch path runs under a device mesh (the MoE layer's entry point).
+"""How a single-shard MoE dispatch kernel runs under a device mesh: per token shard.
 
-    y, stats = dispatch(cfg, x, idx, gates, wg, wu, wd)   # same contract as moe_dispatch
+    y, stats = per_shard(cfg, fn, x, idx, gates, wg, wu, wd)   # fn: a moe_dispatch kernel
 
-  dense            partitioned by GSPMD like any einsum (no loops, nothing to do here);
-  expert_parallel  all-to-all over the expert axis (moe_expert_parallel);
-  capacity,        the single-shard kernels of moe_dispatch, run PER SHARD inside
-  dropless         jax.shard_map: each device routes its own token rows through all the
-                   experts, so the expert axis is one more batch axis for them (also
-                   expert_parallel on a mesh without an expert axis: its exact blocked kernel).
+The dispatch table (moe_kernels.py) says, per kernel, how it runs under a mesh of > 1 device:
+  "gspmd"      the kernel as is, partitioned by GSPMD like any einsum (dense: no loops);
+  "per_shard"  `per_shard` below: inside jax.shard_map each device routes its own token rows
+               through all the experts, so the expert axis is one more batch axis for them
+               (capacity, dropless, and expert_parallel on a mesh without an expert axis);
+  a function   the path's own mesh program (expert_parallel: moe_expert_parallel's all-to-all).
+A new kernel with loops or data-dependent shapes wants "per_shard"; it needs no code here.
 
 Why per shard: the capacity/dropless kernels are while loops over row blocks whose count is
 known only at run time. Partitioned by GSPMD, their bodies index expert weights and token
@@ -20,13 +21,13 @@ aborts the process after 40 s ("Expected 4 threads to join the rendezvous, but o
 them arrived"), more often when another process competes for the cores. On accelerators the
 same program pays collective latency per loop iteration. Per shard, the only collectives are
 outside the loops: the expert weights gathered once before it, one psum of the partial
-outputs over the axis that splits the experts' hidden width, and, for capacity, a
-[shards, N] all-gather of per-expert counts.
+outputs over the axis that splits the experts' hidden width, and whatever the kernel's
+`shard_options` gathers (capacity: a [shards, N] all-gather of per-expert counts).
 
 Exactness: dropless is exact per shard. Capacity keeps a slot iff its rank among its
 expert's slots in the WHOLE batch (token order) is below C computed from the whole batch:
-each shard adds the counts of the shards before it to its local ranks, so the kept and
-dropped slots are the single-device ones.
+each shard adds the counts of the shards before it to its local ranks (`rank_offsets`), so
+the kept and dropped slots are the single-device ones.
 
 Mesh axes come from the logical-axis rules in force while tracing (flax
 `nn.logical_axis_rules`, set by parallel.jit_sharded): token rows are split like
@@ -34,13 +35,13 @@ Mesh axes come from the logical-axis rules in force while tracing (flax
 token axis and divides it). Without rules the token axes are cfg.ep_token_axes. Expert
 weights are otherwise whole on every device: use expert_parallel when they do not fit.
 Token rows that do not divide over the shards (e.g. the [1, 2] dummy input of a sharded
-init) are padded with rows routed to no FFN expert, then cut off.
+init) are padded by moe_dispatch.pad_token_rows, then cut off.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -49,25 +50,19 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from agentic_jax.models import moe_dispatch as md
-from agentic_jax.models import moe_expert_parallel
 
 if TYPE_CHECKING:
   from agentic_jax.models.config import ModelConfig
 
 Array = jax.Array
+# A kernel's per-shard hook: (idx, *, n_experts, num_tokens, row_axes) -> extra options.
+ShardOptions = Callable[..., dict]
 
 
-def dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Array, wg: Array, wu: Array,
-             wd: Array) -> tuple[Array, dict]:
-  """cfg.moe_dispatch under the mesh being traced (if any); see the module docstring."""
+def multi_device() -> bool:
+  """Whether a mesh of more than one device is being traced (the abstract mesh in force)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or math.prod(mesh.shape.values()) == 1:
-    return md.dispatch(cfg, x, idx, gates, wg, wu, wd)
-  if cfg.moe_dispatch == "expert_parallel" and mesh.shape.get(cfg.expert_axis, 1) > 1:
-    return moe_expert_parallel.expert_parallel_dispatch(cfg, x, idx, gates, wg, wu, wd)
-  if cfg.moe_dispatch == "dense":
-    return md.dispatch(cfg, x, idx, gates, wg, wu, wd)
-  return _per_shard(cfg, mesh, x, idx, gates, wg, wu, wd)
+  return not mesh.empty and math.prod(mesh.shape.values()) > 1
 
 
 def _ruled_axes(name: str, mesh: Any) -> tuple[str, ...]:
@@ -78,40 +73,52 @@ def _ruled_axes(name: str, mesh: Any) -> tuple[str, ...]:
 
 
 def token_axes(cfg: "ModelConfig", mesh: Any) -> tuple[str, ...]:
+  """Mesh axes (size > 1) the token rows are split over: the rules' "activation_batch",
+  else (no rules in force) cfg.ep_token_axes."""
   axes = _ruled_axes("activation_batch", mesh)
   if not axes and not nn.logical_to_mesh_axes(("activation_batch",))[0]:
     axes = tuple(a for a in cfg.ep_token_axes if a in mesh.shape and mesh.shape[a] > 1)
   return axes
 
 
-def _per_shard(cfg, mesh, x, idx, gates, wg, wu, wd):
+def rank_offsets(idx: Array, n_experts: int, row_axes: tuple[str, ...]) -> Optional[Array]:
+  """Inside per_shard: FFN slots of each expert [N] int32 in the shards before this one along
+  `row_axes` (token order), so a kernel can rank its slots within the whole batch; None
+  without row axes (one shard holds the whole batch)."""
+  if not row_axes:
+    return None
+  counts = lax.all_gather(md.expert_counts(idx, n_experts), row_axes)  # [shards, N]
+  before = jnp.arange(counts.shape[0]) < lax.axis_index(row_axes)
+  return jnp.sum(jnp.where(before[:, None], counts, 0), axis=0)
+
+
+def per_shard(cfg: "ModelConfig", fn: Callable[..., tuple[Array, dict]], x: Array, idx: Array,
+              gates: Array, wg: Array, wu: Array, wd: Array, *,
+              shard_options: Optional[ShardOptions] = None) -> tuple[Array, dict]:
+  """Runs kernel `fn(x, idx, gates, wg, wu, wd, **extra)` on each device's token rows inside
+  jax.shard_map (see the module docstring); without a multi-device mesh, fn on all rows.
+
+  `fn` carries its config options already (functools.partial); `shard_options`, if given, is
+  called inside the shard_map body as shard_options(idx, n_experts=N, num_tokens=M,
+  row_axes=...) and its dict is passed as `extra` (capacity: the whole-batch token count and
+  rank offsets). Statistics are summed over the token shards."""
+  if not multi_device():
+    return fn(x, idx, gates, wg, wu, wd)
+  mesh = jax.sharding.get_abstract_mesh()
   n, width = wg.shape[0], wg.shape[2]
   rows = token_axes(cfg, mesh)
   hidden = tuple(a for a in _ruled_axes("expert_mlp", mesh) if a not in rows)
   if hidden and width % math.prod(mesh.shape[a] for a in hidden):
     hidden = ()
-  shards = math.prod(mesh.shape[a] for a in rows)
   m = x.shape[0]
-  pad = -m % shards
-  if pad:  # rows routed to slot N (no FFN expert) with gate 0: they add and drop nothing
-    x = jnp.concatenate([x, jnp.zeros((pad, x.shape[1]), x.dtype)])
-    idx = jnp.concatenate([idx, jnp.full((pad, idx.shape[1]), n, idx.dtype)])
-    gates = jnp.concatenate([gates, jnp.zeros((pad, gates.shape[1]), gates.dtype)])
+  x, idx, gates = md.pad_token_rows(x, idx, gates, math.prod(mesh.shape[a] for a in rows), n)
   row_spec = P(rows or None, None)
   h = hidden or None
-  capacity = cfg.moe_dispatch == "capacity"
 
   def body(x, idx, gates, wg, wu, wd):
-    if capacity:
-      offset = None
-      if rows:  # FFN slots of each expert in the shards before this one (token order)
-        counts = lax.all_gather(md.expert_counts(idx, n), rows)  # [shards, N]
-        before = jnp.arange(shards) < lax.axis_index(rows)
-        offset = jnp.sum(jnp.where(before[:, None], counts, 0), axis=0)
-      y, stats = md.capacity_dispatch(x, idx, gates, wg, wu, wd, num_tokens=m,
-                                      rank_offset=offset, **md.capacity_options(cfg))
-    else:
-      y, stats = md.dispatch(cfg, x, idx, gates, wg, wu, wd)
+    extra = {} if shard_options is None else shard_options(
+        idx, n_experts=n, num_tokens=m, row_axes=rows)
+    y, stats = fn(x, idx, gates, wg, wu, wd, **extra)
     if hidden:  # each device computed its slice of every expert's hidden width
       y = lax.psum(y, hidden)
     if rows:
