@@ -1,8 +1,7 @@
-"""Helpers shared by the sandbox's test modules (test_sandbox, test_sandbox_adversarial)."""
+"""Helpers shared by the sandbox's test modules (test_sandbox, test_sandbox_adversarial); their
+fixtures `scratch_root` and `unharmed_test_process` are in conftest.py."""
 
 import os
-import subprocess
-import tempfile
 import textwrap
 
 import pytest
@@ -42,26 +41,6 @@ def processes_with(token: str) -> list[int]:
       if token.encode() in cmd and state != "Z":
         out.append(int(name))
   return out
-
-
-@pytest.fixture(autouse=True)
-def unharmed_test_process():
-  before = set(live_children())
-  yield
-  # Nothing the sandbox started is left behind as our child, and we can still start processes.
-  assert set(live_children()) - before == set()
-  assert subprocess.run(["true"]).returncode == 0
-
-
-@pytest.fixture
-def scratch_root():
-  """A directory to make the runs' scratch in (reachable by the sandbox's uid); the test checks
-  it is empty afterwards, i.e. that the clean-up removed everything."""
-  base = "/var/tmp" if os.path.isdir("/var/tmp") else None
-  d = tempfile.mkdtemp(prefix="sandbox_root_", dir=base)
-  os.chmod(d, 0o755)
-  yield d
-  sandbox_scratch.remove_tree(d)
 
 
 def scratch_modes() -> list:

@@ -7,7 +7,7 @@ import pytest
 
 from agentic_jax.data import groups as groups_lib
 from agentic_jax.data.pipeline import make_batches
-from tests.test_pipeline import KEYS, assert_batches_equal, make_source, take
+from tests.data_fixtures import KEYS, assert_batches_equal, make_source, take
 
 B, T, SEED = 8, 32, 5
 

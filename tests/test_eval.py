@@ -23,15 +23,7 @@ from agentic_jax.train import loop
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import step as step_lib
-from tests.train_fixtures import MIDTRAIN, persistent_compile_cache, small_config
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache for this module (as in test_loop.py): the state init
-  compiled for `setup` and the step compiled by the first run are loaded by the later runs."""
-  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as cache_dir:
-    yield cache_dir
+from tests.train_fixtures import MIDTRAIN, small_config
 
 
 @pytest.fixture(scope="module")

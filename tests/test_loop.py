@@ -23,18 +23,9 @@ from agentic_jax.train import loop
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
 from agentic_jax.train.tensorboard import read_records
-from tests.train_fixtures import ROOT, persistent_compile_cache, small_config
+from tests.train_fixtures import ROOT, small_config
 
 LAUNCH = os.path.join(ROOT, "launch", "train.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """A persistent compilation cache for this module: the runs below compile the same step
-  (same config up to keys the graph does not read), so all but the first load it from disk.
-  Only speed is at stake: if the private reset hook is missing, everything still compiles."""
-  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as cache_dir:
-    yield cache_dir
 
 
 def _final_state(config, workdir):

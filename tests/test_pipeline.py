@@ -16,25 +16,12 @@ from agentic_jax.data.pipeline import Source, make_batches, source_stream
 from agentic_jax.data.render import Rendered
 from agentic_jax.models.attention import xla_attention
 from agentic_jax.models.layers import default_positions
-
-KEYS = ("inputs", "targets", "weights", "segment_ids", "positions", "target_kind", "source_id")
-SRC = 10**6  # token = 1 + src * SRC + i * 1000 + j: source, sample index and position recoverable
-
-
-def sample(src: int, i: int, length: int) -> Rendered:
-  j = np.arange(length)
-  return Rendered(tokens=(1 + src * SRC + i * 1000 + j).astype(np.int32),
-                  loss_weights=((j % 3) / 2).astype(np.float32),  # 0, 0.5, 1, 0, ...
-                  mask_kind=(j % 10).astype(np.int8), source=f"s{src}")
+from tests.data_fixtures import KEYS, SRC, assert_batches_equal, make_source, sample, take
 
 
 def decode(token: int) -> tuple[int, int, int]:
   t = int(token) - 1
   return t // SRC, (t % SRC) // 1000, t % 1000
-
-
-def make_source(name: str, src: int, lengths) -> Source:
-  return Source(name, 1.0, [sample(src, i, n) for i, n in enumerate(lengths)])
 
 
 def segments(batch):
@@ -45,19 +32,6 @@ def segments(batch):
       where = np.flatnonzero(seg == s)
       out.append((r, int(where[0]), int(where[-1]) + 1))
   return out
-
-
-def take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert set(x) == set(KEYS) == set(y)
-    for k in KEYS:
-      assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 # --- packing ---------------------------------------------------------------------------------

@@ -13,8 +13,6 @@ import pytest
 from agentic_jax.rl import config as rl_config
 from agentic_jax.rl import recipe
 from agentic_jax.train import config as config_lib
-# module fixtures shared with the RL loop tests: the compile cache and a small tokenizer
-from tests.test_rl_loop import compile_cache, tokenizer_path  # noqa: F401
 from tests.train_fixtures import ROOT, SMALL_MODEL
 
 

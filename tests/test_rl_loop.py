@@ -16,8 +16,6 @@ import jax
 import numpy as np
 import pytest
 
-from agentic_jax.data import builtin
-from agentic_jax.data import tokenizer as tok_lib
 from agentic_jax.objectives import rl_losses
 from agentic_jax.rl import config as rl_config
 from agentic_jax.rl import loop
@@ -26,46 +24,12 @@ from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
-from tests.train_fixtures import ROOT, SMALL_MODEL, persistent_compile_cache, set_dotted
+from tests.rl_fixtures import small_rl_config
+from tests.train_fixtures import ROOT
 
 CONFIGS = {"flow_grpo": ("tiny", "tiny_code"), "grpo": ("tiny",), "dapo": ("tiny",),
            "dr_grpo": ("tiny",)}
 _TIMING = ("rollout_s", "train_s")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  """Persistent compilation cache for the module: the resumed runs load the step compiled by
-  the first run (only speed is at stake)."""
-  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as cache_dir:
-    yield cache_dir
-
-
-@pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
-  texts = builtin.corpus_texts(0, sources=("calculator_basic",), samples_per_source=200,
-                               stdlib_files=0)
-  path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
-  tok_lib.SentencePieceTokenizer.train(texts, 400, seed=0).save(path)
-  return path
-
-
-def small_rl_config(tokenizer_path, loss="flow_grpo", variant="tiny", **over):
-  config = config_lib.load_config(os.path.join(ROOT, "configs", f"{loss}.py") + f":{variant}")
-  config.unlock()
-  for k, v in {**SMALL_MODEL, "vocab_size": 400}.items():
-    config.model[k] = v
-  config.tokenizer.path = tokenizer_path
-  r = config.rl
-  r.tasks_per_step, r.group_size, r.max_turns, r.eval_max_turns = 2, 2, 2, 2
-  r.max_new_tokens, r.max_context_tokens, r.seq_len = 12, 308, 320
-  r.row_bucket, r.sample_bucket, r.minibatches, r.eval_tasks = 4, 2, 2, 4
-  config.train.num_steps, config.train.progress = 4, False
-  config.checkpoint.every = 100
-  config.optim.lr = 1e-3
-  set_dotted(config, over)
-  config.lock()
-  return config
 
 
 def _final_params(config, workdir):
@@ -303,7 +267,7 @@ _MESH_CHECK = """
 import sys
 sys.path.insert(0, {root!r})
 import jax, numpy as np
-from tests.test_rl_step import FLOW_ROWS, make_batch, pack, rl_test_config, setup
+from tests.rl_fixtures import FLOW_ROWS, make_batch, pack, rl_test_config, setup
 from agentic_jax.rl import loop, step as step_lib
 from agentic_jax.train import optim as optim_lib, state as state_lib
 assert jax.device_count() == 2

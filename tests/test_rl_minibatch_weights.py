@@ -6,7 +6,7 @@ gradient for one epoch (no clipping active), the released-code presets still rec
 minibatch (verl), and DAPO's refill reaching the target batch size (and its config checks).
 
 Expected values are computed by hand (the arithmetic is in the comments) from the model's own
-log-probs (tests/test_rl_step.np_logp, float64 numpy); nothing is read back from the code under
+log-probs (tests/rl_fixtures.np_logp, float64 numpy); nothing is read back from the code under
 test except the packing layout and the documented minibatch schedule (which samples a
 minibatch holds). The gradients are read through an "optimizer" that adds each update's
 gradient into its state and returns zero updates, so every minibatch sees the same params."""
@@ -30,8 +30,7 @@ from agentic_jax.rl import step as step_lib
 from agentic_jax.rl.rollout import Episode
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import state as state_lib
-from tests.test_rl_loop import small_rl_config, tokenizer_path  # noqa: F401  (fixture)
-from tests.test_rl_step import T, make_batch, np_k3, np_logp, rl_test_config
+from tests.rl_fixtures import T, make_batch, np_k3, np_logp, rl_test_config, small_rl_config
 from tests.train_fixtures import ROOT
 
 EPS = 1e-6
@@ -292,7 +291,7 @@ def test_refill_collects_informative_groups_up_to_the_target():
   assert len(set(refill_lib.refill_tasks(pool, 0, 3, 1, 5))) == 5
 
 
-def test_dapo_run_refills_the_batch_to_its_size(tokenizer_path, tmp_path, monkeypatch):  # noqa: F811
+def test_dapo_run_refills_the_batch_to_its_size(tokenizer_path, tmp_path, monkeypatch):
   """One DAPO step of the RL loop with real rollouts whose rewards are rewritten: round 0 has
   one informative group of 2, refill round 1 two; the step then trains on 2 groups x 2 episodes
   (the target), and dapo_fill says 1.0."""

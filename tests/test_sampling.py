@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agentic_jax import models, sampling
-from tests.test_model import _perturbed
+from tests.model_fixtures import perturbed_variables as _perturbed
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [100, 2, 50, 60]]
 

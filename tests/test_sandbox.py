@@ -23,8 +23,10 @@ from agentic_jax.rl.sandbox import SandboxUnavailable, run_command, run_python
 from agentic_jax.rl.sandbox_limits import count_tasks_of_uid
 
 from tests.sandbox_fixtures import ROOT, processes_with as _processes_with  # noqa: F401
-from tests.sandbox_fixtures import code as _code, scratch_modes, scratch_root  # noqa: F401
-from tests.sandbox_fixtures import unharmed_test_process  # noqa: F401 (autouse)
+from tests.sandbox_fixtures import code as _code, scratch_modes
+
+# every test: nothing left behind as our child, and we can still start processes (conftest.py)
+pytestmark = pytest.mark.usefixtures("unharmed_test_process")
 
 
 # ------------------------------------------------------------------------- normal programs

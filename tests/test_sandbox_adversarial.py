@@ -16,8 +16,9 @@ import pytest
 from agentic_jax.rl import sandbox_scratch
 from agentic_jax.rl.sandbox import run_command, run_python
 from tests.sandbox_fixtures import ROOT, code, processes_with, scratch_modes
-from tests.sandbox_fixtures import scratch_root  # noqa: F401 (a fixture)
-from tests.sandbox_fixtures import unharmed_test_process  # noqa: F401 (autouse)
+
+# every test: nothing left behind as our child, and we can still start processes (conftest.py)
+pytestmark = pytest.mark.usefixtures("unharmed_test_process")
 
 _UNISOLATED = {"bwrap_path": "/nonexistent/bwrap", "allow_unisolated": True}
 

@@ -25,17 +25,11 @@ import pytest
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import loop
-from tests.train_fixtures import ROOT, persistent_compile_cache, set_dotted, small_config, tree_digest
+from tests.train_fixtures import ROOT, set_dotted, small_config, tree_digest
 
 LAUNCH = os.path.join(ROOT, "launch", "train.py")
 CONFIGS = os.path.join(ROOT, "configs")
 NAN, INF = math.nan, math.inf
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as cache_dir:
-    yield cache_dir
 
 
 def _config(spec: str, overrides: dict):

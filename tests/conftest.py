@@ -1,0 +1,85 @@
+"""Pytest fixtures used by more than one test module. pytest finds them here, so no test module
+imports another; plain helpers (configs, batches, references) live in the *_fixtures.py modules
+beside this file and are imported as usual.
+
+  compile_cache          JAX's persistent compilation cache in a fresh directory, for one
+                         module (module scope). On by itself in COMPILE_CACHE_MODULES; a test
+                         that asks for it gets the directory (to hand to a subprocess).
+  tokenizer_path         a 400-piece SentencePiece model trained on calculator_basic samples
+                         (module scope): the RL loop, minibatch-weight and recipe tests.
+                         test_eval defines its own `tokenizer_path` (512 pieces, every built-in
+                         source), which takes precedence there.
+  scratch_root           a directory for the sandbox's scratch, checked empty afterwards.
+  unharmed_test_process  the sandbox tests' after-check: no child of ours left behind, and we
+                         can still start processes (test_sandbox*.py use it via pytestmark).
+
+Imports of the code under test sit inside the fixtures, so collecting a module that uses none
+of these loads nothing more than it did.
+"""
+# pylint: disable=import-outside-toplevel
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+import pytest
+
+# Modules whose tests rebuild the same jitted programs (resumed runs, repeated setups, reruns in
+# subprocesses): each gets its own persistent compilation cache for the module's duration, so all
+# but the first build load the program from disk. Only speed is at stake (see
+# train_fixtures.persistent_compile_cache). One list, rather than a mark in each module, so that
+# which modules pay for a disk cache is decided in one place.
+COMPILE_CACHE_MODULES = frozenset(
+    {"test_eval", "test_loop", "test_recipe", "test_rl_loop", "test_validation"})
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  """The cache directory, active (jax.config) until the module's last test has run."""
+  from tests.train_fixtures import persistent_compile_cache
+  with persistent_compile_cache(str(tmp_path_factory.mktemp("jax_cache"))) as cache_dir:
+    yield cache_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compile_cache_for_listed_modules(request):
+  """compile_cache for the modules of COMPILE_CACHE_MODULES, set up before their other module
+  fixtures (autouse fixtures come first), as their own autouse fixtures used to be."""
+  if request.module.__name__.rpartition(".")[2] in COMPILE_CACHE_MODULES:
+    request.getfixturevalue("compile_cache")
+  yield
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+  from agentic_jax.data import builtin
+  from agentic_jax.data import tokenizer as tok_lib
+  texts = builtin.corpus_texts(0, sources=("calculator_basic",), samples_per_source=200,
+                               stdlib_files=0)
+  path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+  tok_lib.SentencePieceTokenizer.train(texts, 400, seed=0).save(path)
+  return path
+
+
+@pytest.fixture
+def unharmed_test_process():
+  from tests.sandbox_fixtures import live_children
+  before = set(live_children())
+  yield
+  # Nothing the sandbox started is left behind as our child, and we can still start processes.
+  assert set(live_children()) - before == set()
+  assert subprocess.run(["true"]).returncode == 0
+
+
+@pytest.fixture
+def scratch_root():
+  """A directory to make the runs' scratch in (reachable by the sandbox's uid); the test checks
+  it is empty afterwards, i.e. that the clean-up removed everything."""
+  from agentic_jax.rl import sandbox_scratch
+  base = "/var/tmp" if os.path.isdir("/var/tmp") else None
+  d = tempfile.mkdtemp(prefix="sandbox_root_", dir=base)
+  os.chmod(d, 0o755)
+  yield d
+  sandbox_scratch.remove_tree(d)

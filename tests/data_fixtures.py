@@ -1,0 +1,34 @@
+"""Helpers shared by the data pipeline test modules (test_pipeline, test_data_groups): synthetic
+samples whose every token encodes its source, sample index and position."""
+
+import numpy as np
+
+from agentic_jax.data.pipeline import Source
+from agentic_jax.data.render import Rendered
+
+KEYS = ("inputs", "targets", "weights", "segment_ids", "positions", "target_kind", "source_id")
+SRC = 10**6  # token = 1 + src * SRC + i * 1000 + j: source, sample index and position recoverable
+
+
+def sample(src: int, i: int, length: int) -> Rendered:
+  j = np.arange(length)
+  return Rendered(tokens=(1 + src * SRC + i * 1000 + j).astype(np.int32),
+                  loss_weights=((j % 3) / 2).astype(np.float32),  # 0, 0.5, 1, 0, ...
+                  mask_kind=(j % 10).astype(np.int8), source=f"s{src}")
+
+
+def make_source(name: str, src: int, lengths) -> Source:
+  return Source(name, 1.0, [sample(src, i, n) for i, n in enumerate(lengths)])
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert set(x) == set(KEYS) == set(y)
+    for k in KEYS:
+      assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
