@@ -72,7 +72,7 @@ def step_config(cfg: ModelConfig, tokens_per_step: int) -> ModelConfig:
   pad each used expert to dropless_block_size rows (16 x 64 new tokens on the tiny LongCat:
   ~1.4x faster at block 8 than at 128). Block size changes no result, only the padding."""
   dc = decode_config(cfg)
-  if not (dc.is_moe and dc.moe_dispatch == "dropless" and dc.dropless_backend == "blocked"):
+  if not (dc.is_moe and dc.dispatch_kernel == "dropless_blocked"):
     return dc
   per_expert = -(-tokens_per_step * dc.num_experts_per_tok // dc.n_routed_experts)
   block = max(8, 1 << max(per_expert - 1, 0).bit_length())

@@ -168,3 +168,16 @@ def test_sampler_buckets_shapes_without_changing_samples(model, free_run):
     sampler.generate(variables, [np.asarray([1, 2]), np.asarray([], np.int32)], seed=0)
   with pytest.raises(ValueError, match="max_new_tokens must be an int >= 1"):
     Sampler(cfg, max_new_tokens=0)
+
+
+def test_step_config_shrinks_the_block_for_both_spellings_of_blocked_dropless(model):
+  """moe_dispatch="dropless_blocked" (flat name) gets the small decode block as the two-level
+  "dropless" + dropless_backend="blocked" does (a literal name check once missed the flat one)."""
+  cfg, _ = model
+  two_level = cfg.replace(moe_dispatch="dropless", dropless_backend="blocked",
+                          dropless_block_size=128)
+  flat = two_level.replace(moe_dispatch="dropless_blocked")
+  assert sampling.step_config(two_level, 16).dropless_block_size == 8
+  assert sampling.step_config(flat, 16).dropless_block_size == 8
+  ragged = two_level.replace(dropless_backend="ragged_dot")
+  assert sampling.step_config(ragged, 16).dropless_block_size == 128
