@@ -2,12 +2,15 @@
 
     result = run(config, workdir)   # WORKDIR/data, WORKDIR/midtrain, WORKDIR/rl
 
-Stage 0 writes the mid-training episodes (config.recipe_data): `num_samples` scripted
-calculator_basic episodes (agentic_jax.data.builtin.agent, seed `seed`, a `no_tool_rate` share
-of them answering without the calculator) minus every episode whose question is in the RL
-environment's held-out eval split (envs.calculator_split, counted), as one JSONL file in our
-schema, WORKDIR/data/calculator_basic.jsonl; config.midtrain's data.sources refers to it as
-"NAME={data}/calculator_basic.jsonl".
+Stage 0 writes the mid-training data (config.recipe_data): `num_samples` scripted calculator
+episodes of `level` (agentic_jax.data.builtin.agent, seed `seed`; `no_tool_rate`, `slip_rate`
+and `error_rate` set the shares that answer without the calculator, slip unnoticed, or fail a
+call and correct it) minus every episode whose question is in the RL environment's held-out eval
+split (envs.calculator_split, counted), as one JSONL file in our schema, WORKDIR/data/episodes.jsonl.
+`format` "plain" writes the episodes; "agentflow" writes one planner sample per action
+(rl/agentflow_data.py: the planner's exact context with only its plan as the target), for the
+RL stage's agentflow mode. config.midtrain's data.sources refers to the file as
+"NAME={data}/episodes.jsonl".
 Stage 1 runs agentic_jax.train.loop.run(config.midtrain, WORKDIR/midtrain). Stage 2 runs
 agentic_jax.rl.loop.run on the top-level RL keys with init_from = WORKDIR/midtrain and
 model = config.midtrain.model, in WORKDIR/rl; its evaluations on held-out tasks before the

@@ -170,7 +170,8 @@ def calculator_policy(problem: calculator.Problem, rng: random.Random, *,
 # episodes slip less often: they are the examples a tiny model should learn to get right.
 _CALC_LEVELS = {"word": ("calculator", "calculator-episode", CALC_ERROR_RATE, CALC_SLIP_RATE),
                 "basic": ("calculator_basic", "calculator-basic-episode", 0.2, 0.1),
-                "multistep": ("calculator_multistep", "calculator-multistep-episode", 0.2, 0.1)}
+                "multistep": ("calculator_multistep", "calculator-multistep-episode", 0.2, 0.1),
+                "mixed": ("calculator_mixed", "calculator-mixed-episode", 0.2, 0.1)}
 
 
 def calculator_episodes(seed: int, num_samples: int, level: str = "word", *,

@@ -5,7 +5,10 @@ mid-training source "calculator"), "basic" (one- or two-step arithmetic such as
 "What is 37 + 45?" or "What is 12 * 7 - 5?" and short word problems, easy enough that a tiny
 mid-trained model succeeds sometimes) and "multistep" (three or four steps composed from
 intermediate results, "What is 7 * 8 + 5 * 9?", with the basic level's short prompt and small
-numbers: the recipe's tasks). The environment offers
+numbers); "mixed" draws half its tasks from the basic and half from the multistep templates
+(the recipe's tasks: a tiny model mid-trained on multistep episodes alone does not learn to copy
+numbers from the question, one mid-trained on the mix solves most basic and some multistep
+tasks, which leaves RL room on both). The environment offers
 `calc(EXPRESSION)` (evaluated by our own parser, `arith.evaluate`) and `answer(VALUE)` (ends the
 episode, reward 1 if VALUE equals the answer exactly, else 0).
 
@@ -416,10 +419,11 @@ BASIC_TEMPLATES: dict[str, Callable] = {
     "gives_away": _basic_gives_away, "boxes": _basic_boxes, "share": _basic_share,
     "packs_left": _basic_packs_left,
 }
-LEVELS = ("word", "basic", "multistep")
+LEVELS = ("word", "basic", "multistep", "mixed")
 # level -> (task rng prefix, templates, task id prefix)
 _LEVEL_STREAMS = {"word": ("calculator-task", "calc"), "basic": ("calculator-basic-task", "calc-basic"),
-                  "multistep": ("calculator-multistep-task", "calc-multistep")}
+                  "multistep": ("calculator-multistep-task", "calc-multistep"),
+                  "mixed": ("calculator-mixed-task", "calc-mixed")}
 
 
 def make_problem(seed: int, index: int, level: str = "word") -> Problem:
@@ -427,8 +431,11 @@ def make_problem(seed: int, index: int, level: str = "word") -> Problem:
   if level not in LEVELS:
     raise ValueError(f"calculator level must be one of {list(LEVELS)}, got {level!r}")
   rng_prefix, id_prefix = _LEVEL_STREAMS[level]
-  templates = {"word": TEMPLATES, "basic": BASIC_TEMPLATES, "multistep": MULTISTEP_TEMPLATES}[level]
   rng, task_id = random.Random(f"{rng_prefix}:{seed}:{index}"), f"{id_prefix}-{seed}-{index:05d}"
+  if level == "mixed":  # half basic, half multistep: the easy tasks teach the copying
+    templates = BASIC_TEMPLATES if rng.random() < 0.5 else MULTISTEP_TEMPLATES
+  else:
+    templates = {"word": TEMPLATES, "basic": BASIC_TEMPLATES, "multistep": MULTISTEP_TEMPLATES}[level]
   name = rng.choice(sorted(templates))
   question, steps, answer = templates[name](rng)
   return Problem(CalcTask(task_id, question, Fraction(answer)), tuple(steps), name)
