@@ -1,6 +1,12 @@
-"""The run loop: build data and model, resume, train, checkpoint, report.
+"""The mid-training run loop: build data and model, resume, train, checkpoint, report.
 
     result = run(config, workdir)        # rerunning with the same workdir resumes
+
+What is mid-training's own lives here (data, mesh, sharded state, the compiled step, held-out
+eval, the summary's loss/MFU keys and its printout); everything around the step (stop flag,
+resume + config diff, checkpoint cadence, NaN policy, statuses, summary.json, metrics writer,
+plot) is the shared runner, train/runner.py, which rl/loop.py uses too. A new job = a step
+function + the runner (see runner.py's docstring), not a copy of this file.
 
 Order of a run: mesh (config.mesh over all devices of all processes) -> data (generation,
 tokenizer, rendering; each process loads only its rows of every global batch) -> state
@@ -65,7 +71,7 @@ from agentic_jax.train import flops as flops_lib
 from agentic_jax.train import input as input_lib
 from agentic_jax.train import metrics as metrics_lib
 from agentic_jax.train import optim as optim_lib
-from agentic_jax.train import runtime
+from agentic_jax.train import runner
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import step as step_lib
 from agentic_jax.train import watchdog as watchdog_lib
@@ -87,11 +93,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   """Trains per `config` in `workdir`; returns the summary plus per-step `losses`."""
   t_start = time.perf_counter()
   # from the start: a signal during setup stops before step 1
-  stop = runtime.StopFlag(handle_signals)
-  try:
+  with runner.stop_flag(handle_signals) as stop:
     return _run(config, workdir, stop, t_start, stop_after_steps)
-  finally:
-    stop.restore()
 
 
 def _eval_settings(config: Any) -> tuple[int, int]:
@@ -111,7 +114,7 @@ def _evaluate(eval_fn: Callable, eval_data: list, inp: input_lib.Input, state: A
                            inp.kind_names, inp.source_names)
 
 
-def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
+def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
          stop_after_steps: Optional[int]) -> dict:
   config_lib.validate(config)  # every value, before any data, state or compilation
   eval_every, eval_batches = _eval_settings(config)
@@ -161,15 +164,10 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
   abstract = state_lib.abstract_state(model_cfg, tx, config.seed)
   state_sh = state_lib.state_shardings(abstract, model_cfg, mesh, rules)
   config_json = _config_json(config)
-  restored = ckpt.restore_latest(state_lib.with_shardings(abstract, state_sh), inp.iterator,
-                                 config_json=config_json)
-  if restored is not None:
-    state, meta = restored
-    start = int(jax.device_get(state.step))
-    _say(f"[ckpt] resumed from step {start} ({ckpt.directory}/{start})")
-    diff = runtime.config_diff(meta.get("config", {}), config_json)
-    if diff:
-      _say("[ckpt] config differs from the checkpoint's: " + "; ".join(diff[:10]))
+  resumed = runner.resume(ckpt, state_lib.with_shardings(abstract, state_sh), config_json,
+                          data_iterator=inp.iterator, say=_say)
+  if resumed is not None:
+    state, start = resumed.state, resumed.step
   else:
     # Created with the same shardings a restore gives, so a fresh and a resumed run compile
     # the step to the same program.
@@ -211,16 +209,12 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
       seq_len=config.data.seq_len, peak_flops=config.train.peak_flops, num_steps=num_steps,
       log_every=config.train.log_every, start_step=start, progress=config.train.progress,
       write=primary)
-  step = start
-  skips_before = int(jax.device_get(state.nan_skips))  # to tell whether this run updated at all
-  warned_skip = False
+  run_ = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
+                    stop_after_steps, tag="train", say=_say)
   last_eval: Optional[dict] = None
   t_eval = 0.0
   t_loop = time.perf_counter()
-  if distributed.any_process(stop.signal is not None):
-    result["status"] = "preempted"
-    _say(f"[train] {stop.signal or 'signal'} during setup: exiting before step {start + 1} "
-         f"(nothing new to save)")
+  run_.stop_in_setup(distributed.any_process(stop.signal is not None), stop.signal)
   # Every section that waits on devices (and so on the other processes' collectives) is
   # watched: stuck past train.step_timeout_s, the process ends with a message naming it.
   dog = watchdog_lib.Watchdog(
@@ -229,18 +223,20 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
       f"process(es) (this is process {jax.process_index()})",
       note=lambda: watchdog_lib.checkpoint_note(ckpt.directory))
   try:
-    while step < num_steps and result["status"] == "completed":
+    while run_.running():
       t0 = time.perf_counter()
       if batch is None:
         batch = to_global(next(inp.iterator))
-      with dog.watch(f"step {step + 1}"):
+      with dog.watch(f"step {run_.step + 1}"):
         state, m = compiled(state, batch)
         batch = None
         m = jax.device_get(m)  # replicated: every process reads the global values
-      step += 1
+      run_.step += 1
+      step = run_.step
       seconds = time.perf_counter() - t0
       result["losses"].append((step, np.float32(m["loss"])))
-      halt = int(m["skipped"]) and config.train.nan_policy == "halt"
+      skipped = bool(int(m["skipped"]))
+      halt = runner.nan_action(skipped, config.train.nan_policy) == "halt"
       extra = None
       if evaluator is not None and not halt and (step % eval_every == 0 or step == num_steps):
         t1 = time.perf_counter()
@@ -249,71 +245,50 @@ def _run(config: Any, workdir: str, stop: runtime.StopFlag, t_start: float,
         last_eval = {"eval_step": step, **extra}
         t_eval += time.perf_counter() - t1
       logger.step(step, m, seconds, extra)
-      if int(m["skipped"]):
-        if halt:
-          logger.flush()
-          _say(f"[train] non-finite loss/gradient at step {step}: halting (nan_policy=halt); "
-               f"the newest checkpoint is the last good state")
-          result["status"] = "halted"
-          break
-        if not warned_skip:
-          _say(f"[train] non-finite loss/gradient at step {step}: update skipped "
-               f"(nan_policy=skip; further skips are counted in metrics)")
-          warned_skip = True
+      if halt:
+        logger.flush()
+      if run_.on_update(skipped):  # nan_policy=halt: stop WITHOUT saving
+        break
       # The same verdict on every process: a signal that reached any of them stops all.
       with dog.watch(f"the stop-signal exchange after step {step}"):
         signalled = distributed.any_process(stop.signal is not None)
-      stopping = signalled or (stop_after_steps is not None and step - start >= stop_after_steps)
-      if step % config.checkpoint.every == 0 or step == num_steps or stopping:
+      stopping = run_.stop_status(signalled)
+      if run_.checkpoint_due(stopping):
         with dog.watch(f"the checkpoint of step {step}"):
           ckpt.save(state, inp.iterator, config_json)
       if stopping:
-        result["status"] = "preempted" if signalled else "stopped"
-        why = (stop.signal or "signal on another process") if signalled else "stop_after_steps"
-        _say(f"[train] {why}: "
-             f"checkpoint saved at step {step}; rerun the same command to resume")
-        break
+        run_.stopped(stopping, (stop.signal or "signal on another process") if signalled
+                     else "stop_after_steps")
   finally:
     logger.close()
     with dog.watch("the final checkpoint write"):
       ckpt.close()
     dog.close()
   t_train = time.perf_counter() - t_loop - t_eval
-  ran = step - start
-  skipped = int(jax.device_get(state.nan_skips)) - skips_before
-  if result["status"] != "halted" and ran and skipped == ran:
-    result["status"] = "all_skipped"
-    _say(f"[train] all {ran} steps of this run were skipped as non-finite (nan_policy=skip): "
-         f"no update was applied; check the data and config.optim (lr {config.optim.lr})")
+  run_.finish(lr=config.optim.lr)
 
   recs = logger.records
   losses = [r["loss"] for r in recs if r.get("loss") is not None]
-  summary = {
-      "status": result["status"], "start_step": start, "final_step": step, "num_steps": num_steps,
-      "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
-      "final_record": recs[-1] if recs else None,
-      "eval_loss": last_eval["eval_loss"] if last_eval else None,
-      "eval": last_eval,
-      "tokens_per_s": logger.total_tokens / logger.total_seconds if logger.total_seconds else None,
-      "mfu": (logger.total_flops / logger.total_seconds / config.train.peak_flops
-              if logger.total_seconds else None),
-      "peak_flops": config.train.peak_flops,
-      "nan_skips": int(jax.device_get(state.nan_skips)),
-      "params": n_params,
-      "mesh": {"sizes": dict(zip(mesh.axis_names, mesh.axis_sizes)),
-               "processes": jax.process_count(), "devices": mesh.size},
-      "seconds": {"data": round(t_data, 2), "compile": round(t_compile, 2),
-                  "train": round(t_train, 2), "eval": round(t_eval, 2),
-                  "total": round(time.perf_counter() - t_start, 2)},
-      "data": inp.report, "pipeline": input_lib.pipeline_stats(inp),
-      "checkpoints": {"directory": ckpt.directory, "steps": ckpt.all_steps()},
-      "outputs": {"metrics": logger.jsonl_path, "tensorboard": os.path.join(workdir, "tb")},
-  }
+  summary = runner.summary(
+      run_, nan_skips=int(jax.device_get(state.nan_skips)),
+      seconds={"data": t_data, "compile": t_compile, "train": t_train, "eval": t_eval,
+               "total": time.perf_counter() - t_start},
+      checkpointer=ckpt, writer=logger.writer,
+      first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
+      final_record=recs[-1] if recs else None,
+      eval_loss=last_eval["eval_loss"] if last_eval else None, eval=last_eval,
+      tokens_per_s=logger.total_tokens / logger.total_seconds if logger.total_seconds else None,
+      mfu=(logger.total_flops / logger.total_seconds / config.train.peak_flops
+           if logger.total_seconds else None),
+      peak_flops=config.train.peak_flops, params=n_params,
+      mesh={"sizes": dict(zip(mesh.axis_names, mesh.axis_sizes)),
+            "processes": jax.process_count(), "devices": mesh.size},
+      data=inp.report, pipeline=input_lib.pipeline_stats(inp))
   if primary:
     png = metrics_lib.plot_losses(workdir, title=f"midtrain {config.get('variant', '')} "
                                   f"({config.model.preset})")
     summary["outputs"]["loss_png"] = png
-    summary["outputs"]["summary"] = metrics_lib.write_summary(workdir, summary)
+    summary["outputs"]["summary"] = runner.write_summary(workdir, summary)
   else:
     summary["outputs"]["loss_png"] = summary["outputs"]["summary"] = None
   summary["seconds"]["total"] = round(time.perf_counter() - t_start, 2)

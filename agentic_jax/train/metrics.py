@@ -15,70 +15,32 @@ result always closes a window.
 
 Multi-process runs: every process keeps the records (same numbers: metrics are global), but
 only the one with `write=True` (process 0) writes files and the progress bar.
+
+The files themselves (metrics.jsonl, tb/, the progress line, summary.json, the PNG) are written
+by the shared runner (train/runner.py: MetricsWriter, write_summary, plot_metrics); this module
+only turns per-step metrics into mid-training records.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import sys
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from agentic_jax.train import runner
 from agentic_jax.train.flops import FlopModel, executed_ffn_experts_per_token
-from agentic_jax.train.tensorboard import EventWriter
+# re-exported: the shared runner's file names and helpers
+from agentic_jax.train.runner import (METRICS_FILE, SUMMARY_FILE, read_jsonl,  # noqa: F401
+                                      truncate_jsonl, write_summary)
 
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
 PLOT_FILE = "loss.png"
 _MEAN_KEYS = ("grad_norm", "accuracy", "objective", "balance_loss", "router_z_loss")
-
-
-def _clean(x: Any) -> Any:
-  """JSON-safe: numpy -> python, non-finite floats -> None."""
-  if isinstance(x, dict):
-    return {k: _clean(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_clean(v) for v in x]
-  if isinstance(x, np.ndarray):
-    return _clean(x.tolist())
-  if isinstance(x, (np.floating, float)):
-    x = float(x)
-    return x if math.isfinite(x) else None
-  if isinstance(x, np.integer):
-    return int(x)
-  return x
+_clean = runner.clean
 
 
 def _fmt_time(seconds: float) -> str:
   seconds = max(0, int(seconds))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def truncate_jsonl(path: str, last_step: int) -> int:
-  """Drops records with step > last_step (written after the checkpoint a run resumes from);
-  returns how many were dropped."""
-  if not os.path.exists(path):
-    return 0
-  keep, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      if line.strip() and json.loads(line).get("step", 0) > last_step:
-        dropped += 1
-      elif line.strip():
-        keep.append(line)
-  if dropped:
-    with open(path + ".tmp", "w") as f:
-      f.writelines(keep)
-    os.replace(path + ".tmp", path)
-  return dropped
-
-
-def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 class MetricsLogger:
@@ -92,22 +54,19 @@ class MetricsLogger:
     self.kinds, self.sources = list(kind_names), list(source_names)
     self.flop_model, self.seq_len, self.peak = flop_model, seq_len, peak_flops
     self.num_steps, self.log_every = num_steps, max(1, log_every)
-    self.progress = progress and write
-    self.tty = self.progress and sys.stderr.isatty()
-    self.jsonl_path = os.path.join(workdir, METRICS_FILE)
-    self._jsonl = self._tb = None
-    if write:
-      os.makedirs(workdir, exist_ok=True)
-      truncate_jsonl(self.jsonl_path, start_step)
-      self._jsonl = open(self.jsonl_path, "a")
-      self._tb = EventWriter(os.path.join(workdir, "tb")) if tensorboard else None
+    self.writer = runner.MetricsWriter(workdir, start_step, write=write, tensorboard=tensorboard,
+                                       progress=self._progress if progress else None)
+    self.jsonl_path = self.writer.path
     self._window: list[tuple[int, dict, float]] = []
     self._extra: dict = {}
     self.start_step = start_step
     self.total_tokens = 0
     self.total_seconds = 0.0
     self.total_flops = 0.0
-    self.records: list[dict] = []
+
+  @property
+  def records(self) -> list[dict]:
+    return self.writer.records
 
   def step(self, step: int, metrics: Mapping[str, Any], seconds: float,
            extra: Optional[Mapping[str, Any]] = None) -> Optional[dict]:
@@ -171,20 +130,10 @@ class MetricsLogger:
         rec[k] = vals.mean(0).round(5).tolist()
     rec.update(self._extra)
     self._extra = {}
-    rec = _clean(rec)
-    if self._jsonl is not None:
-      self._jsonl.write(json.dumps(rec) + "\n")
-      self._jsonl.flush()
-    if self._tb is not None:
-      self._tb.scalars(step, {k: v for k, v in rec.items()
-                              if k != "step" and isinstance(v, (int, float))})
-    self.records.append(rec)
-    self._progress(rec)
-    return rec
+    return self.writer.write(rec)
 
-  def _progress(self, rec: dict) -> None:
-    if not self.progress:
-      return
+  def _progress(self, rec: dict) -> str:
+    """The progress line of a record: bar, step, loss, tokens/s, MFU, ETA, skips, eval loss."""
     step = rec["step"]
     done = step - self.start_step
     eta = (self.num_steps - step) * (self.total_seconds / done) if done > 0 else 0.0
@@ -202,68 +151,17 @@ class MetricsLogger:
       line += f" | skipped {rec['skipped']}"
     if rec.get("eval_loss") is not None:
       line += f" | eval {rec['eval_loss']:.4f}"
-    if self.tty:
-      sys.stderr.write("\r" + line + " " * 4)
-      if step >= self.num_steps:
-        sys.stderr.write("\n")
-    else:
-      sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    return line
 
   def close(self) -> None:
     self.flush()
-    if self.tty:
-      sys.stderr.write("\n")
-    if self._jsonl is not None:
-      self._jsonl.close()
-    if self._tb is not None:
-      self._tb.close()
-
-
-def write_summary(workdir: str, summary: Mapping[str, Any]) -> str:
-  path = os.path.join(workdir, SUMMARY_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(_clean(dict(summary)), f, indent=2)
-  os.replace(path + ".tmp", path)
-  return path
+    self.writer.close()
 
 
 def plot_losses(workdir: str, title: str = "") -> Optional[str]:
-  """loss.png from metrics.jsonl: overall and per-source loss (left), per mask kind (right).
-  Returns the path, or None when there is nothing to plot."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
-    return None
-  recs = read_jsonl(path)
-  if not recs:
-    return None
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-  panels = ((axes[0], "loss/source/", "overall and per source"), (axes[1], "loss/kind/", "per mask kind"))
-  for ax, prefix, label in panels:
-    if prefix == "loss/source/":
-      xs = [r["step"] for r in recs if r.get("loss") is not None]
-      ax.plot(xs, [r["loss"] for r in recs if r.get("loss") is not None], "k-", lw=2, label="loss")
-      ev = [(r["step"], r["eval_loss"]) for r in recs if r.get("eval_loss") is not None]
-      if ev:
-        ax.plot([p[0] for p in ev], [p[1] for p in ev], "ko--", lw=1, ms=4, label="eval loss")
-    keys = sorted({k for r in recs for k in r if k.startswith(prefix)})
-    for k in keys:
-      pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]
-      ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label=k[len(prefix):])
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(label)
-    ax.grid(alpha=0.3)
-    if ax.lines:
-      ax.legend(fontsize=7)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  out = os.path.join(workdir, PLOT_FILE)
-  fig.savefig(out)
-  plt.close(fig)
-  return out
+  """loss.png from metrics.jsonl: overall, eval and per-source loss (left), per mask kind
+  (right). Returns the path, or None when there is nothing to plot."""
+  return runner.plot_metrics(
+      workdir, [("overall and per source", ("loss", "eval_loss", "loss/source/")),
+                ("per mask kind", ("loss/kind/",))],
+      PLOT_FILE, title=title, ylabel="cross-entropy (nats/token)")

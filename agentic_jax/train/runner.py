@@ -1,0 +1,425 @@
+"""The shared runner under every run loop: mid-training (train/loop.py), RL (rl/loop.py) and any
+later job. A new job = a step function + the runner: the job builds its state and its jitted step,
+the runner does everything around them.
+
+    with runner.stop_flag(handle_signals) as stop:          # SIGTERM/SIGINT -> stop.signal
+      ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), ...)
+      resumed = runner.resume(ckpt, target, config_json, say=say)   # Resumed | None
+      run = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
+                       stop_after_steps, tag="myjob", say=say)
+      writer = runner.MetricsWriter(workdir, start, progress=my_progress_line)
+      run.stop_in_setup(stop.signal is not None, stop.signal)
+      while run.running():
+        state, m = step(state, batch); run.step += 1
+        writer.write({"step": run.step, **m})
+        if run.on_update(skipped=bool(m["skipped"])):    # nan_policy "halt": status halted
+          break
+        stopping = run.stop_status(stop.signal is not None)
+        if run.checkpoint_due(stopping):
+          ckpt.save(state, data_iterator, config_json)
+        if stopping:
+          run.stopped(stopping, stop.signal or "stop_after_steps"); break
+      run.finish(lr=config.optim.lr)                         # "all_skipped" if nothing updated
+      summary = runner.summary(run, seconds=..., checkpointer=ckpt, writer=writer, **job_keys)
+      runner.write_summary(workdir, summary); runner.plot_metrics(workdir, panels, "job.png")
+
+Pieces (small, pure where they can be; no trainer class to subclass):
+  StopFlag / stop_flag   SIGTERM/SIGINT set a flag (handlers from the main thread only, restored
+                         on exit); the loop finishes the step, saves and returns "preempted"
+  config_diff / resume   restore the newest readable checkpoint, print where from and how the
+                         config differs from the checkpoint's
+  checkpoint_due         save every `every` steps, at the last step and when stopping
+  nan_action             a non-finite step: None (finite), "skip" (go on) or "halt" (stop at once
+                         WITHOUT saving: the newest checkpoint is the last good state)
+  stop_status            "preempted" (a signal), "stopped" (stop_after_steps) or None
+  final_status           "all_skipped" when every step of this invocation applied no update
+  Run                    the bookkeeping of one invocation (step, status, messages) over those
+  summary / write_summary  summary.json's common keys (status, start_step, final_step,
+                         num_steps, nan_skips, seconds, checkpoints, outputs) + the job's own
+  MetricsWriter          WORKDIR/metrics.jsonl (records past the resumed step dropped), tb/
+                         TensorBoard scalars, an optional progress line per record
+  plot_metrics           one PNG of metric curves from metrics.jsonl, panels of keys / prefixes
+
+Statuses (launch/train.py maps them to exit codes): completed, stopped, preempted (exit 0);
+halted, all_skipped (exit 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TextIO
+
+import numpy as np
+
+from agentic_jax.train.tensorboard import EventWriter
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+TB_DIR = "tb"
+NAN_POLICIES = ("skip", "halt")
+
+
+# ------------------------------------------------------------------ signals
+
+class StopFlag:
+  """Set by SIGTERM/SIGINT; handlers installed only from the main thread, restored after."""
+
+  def __init__(self, install: bool):
+    self.signal: Optional[str] = None
+    self._old = {}
+    if install and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+
+  def _handle(self, signum, _frame):
+    self.signal = signal.Signals(signum).name
+
+  def restore(self) -> None:
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
+
+
+@contextlib.contextmanager
+def stop_flag(install: bool) -> Iterator[StopFlag]:
+  """A StopFlag for the body of a run; the previous handlers are back afterwards."""
+  stop = StopFlag(install)
+  try:
+    yield stop
+  finally:
+    stop.restore()
+
+
+# ------------------------------------------------------------------ resume
+
+def config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """"key.path: old -> new" for every leaf that differs between two nested dicts."""
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_diff(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+  return out
+
+
+@dataclasses.dataclass
+class Resumed:
+  state: Any
+  meta: dict
+  step: int
+
+
+def resume(checkpointer: Any, target: Any, config_json: dict, *, data_iterator: Any = None,
+           say: Callable[[str], None] = print) -> Optional[Resumed]:
+  """The newest readable checkpoint restored into `target` (an abstract state, with shardings
+  where the state is sharded) and `data_iterator` (restored in place), or None when there is
+  none. Says where it resumed from and up to 10 config keys that differ from the checkpoint's.
+  Mismatched or damaged checkpoints raise / fall back as train/checkpoint.py documents."""
+  restored = checkpointer.restore_latest(target, data_iterator, config_json=config_json)
+  if restored is None:
+    return None
+  import jax  # pylint: disable=import-outside-toplevel
+  state, meta = restored
+  step = int(jax.device_get(state.step))
+  say(f"[ckpt] resumed from step {step} ({checkpointer.directory}/{step})")
+  diff = config_diff(meta.get("config", {}), config_json)
+  if diff:
+    say("[ckpt] config differs from the checkpoint's: " + "; ".join(diff[:10]))
+  return Resumed(state, meta, step)
+
+
+# ------------------------------------------------------------------ decisions (pure)
+
+def checkpoint_due(step: int, *, every: int, num_steps: int, stopping: bool = False) -> bool:
+  """Save after step `step` (1-based: steps completed)?"""
+  return step % every == 0 or step == num_steps or bool(stopping)
+
+
+def nan_action(skipped: bool, policy: str) -> Optional[str]:
+  """What a step whose update was skipped as non-finite means: None (it was not), "skip" or
+  "halt" (train.nan_policy)."""
+  if policy not in NAN_POLICIES:
+    raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {policy!r}")
+  return policy if skipped else None
+
+
+def stop_status(ran: int, signalled: bool, stop_after_steps: Optional[int]) -> Optional[str]:
+  """After `ran` steps of this invocation: "preempted" (a stop signal; wins), "stopped"
+  (stop_after_steps reached) or None (go on)."""
+  if signalled:
+    return "preempted"
+  if stop_after_steps is not None and ran >= stop_after_steps:
+    return "stopped"
+  return None
+
+
+def final_status(status: str, ran: int, skipped_steps: int) -> str:
+  """"all_skipped" when this invocation ran steps and every one applied no update (a run that
+  did not train is not "completed"); else `status`. A halted run stays "halted"."""
+  if status != "halted" and ran and skipped_steps == ran:
+    return "all_skipped"
+  return status
+
+
+# ------------------------------------------------------------------ one invocation
+
+@dataclasses.dataclass
+class Run:
+  """The bookkeeping of one invocation of a run loop: where it started, the step it is at
+  (the loop increments `step`), its status and the messages every loop prints the same way
+  (prefixed "[tag]")."""
+  start: int
+  num_steps: int
+  checkpoint_every: int
+  nan_policy: str = "skip"
+  stop_after_steps: Optional[int] = None
+  tag: str = "train"
+  say: Callable[[str], None] = print
+  step: int = -1
+  status: str = "completed"
+  skipped_steps: int = 0
+  warned: set = dataclasses.field(default_factory=set)
+
+  def __post_init__(self):
+    if self.step < 0:
+      self.step = self.start
+    nan_action(False, self.nan_policy)  # checks the policy
+
+  @property
+  def ran(self) -> int:
+    return self.step - self.start
+
+  def running(self) -> bool:
+    return self.step < self.num_steps and self.status == "completed"
+
+  def warn_once(self, key: str, message: str) -> None:
+    if key not in self.warned:
+      self.warned.add(key)
+      self.say(message)
+
+  def stop_in_setup(self, signalled: bool, why: Optional[str] = None) -> bool:
+    """A stop signal (`why`: its name) before the first step: status "preempted", nothing new
+    to save; True when so."""
+    if not signalled:
+      return False
+    self.status = "preempted"
+    self.say(f"[{self.tag}] {why or 'signal'} during setup: exiting before step "
+             f"{self.start + 1} (nothing new to save)")
+    return True
+
+  def on_update(self, skipped: bool, no_update: Optional[bool] = None) -> bool:
+    """After step `step`: `skipped` = some update of it was non-finite (and skipped),
+    `no_update` = it applied none (default: `skipped`). Applies train.nan_policy; True when
+    the loop must stop at once ("halt": status "halted", nothing saved)."""
+    self.skipped_steps += int(skipped if no_update is None else no_update)
+    action = nan_action(skipped, self.nan_policy)
+    if action == "halt":
+      self.status = "halted"
+      self.say(f"[{self.tag}] non-finite loss/gradient at step {self.step}: halting "
+               f"(nan_policy=halt); the newest checkpoint is the last good state")
+      return True
+    if action == "skip":
+      self.warn_once("nan", f"[{self.tag}] non-finite loss/gradient at step {self.step}: update "
+                            f"skipped (nan_policy=skip; further skips are counted in metrics)")
+    return False
+
+  def stop_status(self, signalled: bool) -> Optional[str]:
+    return stop_status(self.ran, signalled, self.stop_after_steps)
+
+  def checkpoint_due(self, stopping: Any = False) -> bool:
+    return checkpoint_due(self.step, every=self.checkpoint_every, num_steps=self.num_steps,
+                          stopping=bool(stopping))
+
+  def stopped(self, status: str, why: str) -> None:
+    """After the stop checkpoint was written: `status` from stop_status, `why` the signal's
+    name or "stop_after_steps"."""
+    self.status = status
+    self.say(f"[{self.tag}] {why}: checkpoint saved at step {self.step}; rerun the same "
+             f"command to resume")
+
+  def finish(self, lr: Any = None) -> str:
+    """The final status (see final_status), said when it is "all_skipped"."""
+    status = final_status(self.status, self.ran, self.skipped_steps)
+    if status == "all_skipped" and self.status != status:
+      self.say(f"[{self.tag}] all {self.ran} steps of this run were skipped as non-finite "
+               f"(nan_policy=skip): no update was applied; check the data and config.optim "
+               f"(lr {lr})")
+    self.status = status
+    return status
+
+
+# ------------------------------------------------------------------ summary
+
+def clean(x: Any) -> Any:
+  """JSON-safe: numpy -> python, non-finite floats -> None."""
+  if isinstance(x, dict):
+    return {k: clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [clean(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return clean(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    x = float(x)
+    return x if math.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def summary(run: Run, *, nan_skips: int, seconds: Mapping[str, float],
+            checkpointer: Any = None, writer: Optional["MetricsWriter"] = None,
+            **job: Any) -> dict:
+  """summary.json's keys common to every job, then the job's own (`job`). `seconds` are
+  rounded to 0.01; `outputs` holds metrics.jsonl and tb/ of `writer` (the job adds its own)."""
+  out = {"status": run.status, "start_step": run.start, "final_step": run.step,
+         "num_steps": run.num_steps, **job, "nan_skips": int(nan_skips),
+         "seconds": {k: round(float(v), 2) for k, v in seconds.items()}}
+  if checkpointer is not None:
+    out["checkpoints"] = {"directory": checkpointer.directory, "steps": checkpointer.all_steps()}
+  if writer is not None:
+    out["outputs"] = {"metrics": writer.path, "tensorboard": writer.tb_dir}
+  return out
+
+
+def write_summary(workdir: str, summary_: Mapping[str, Any]) -> str:
+  """WORKDIR/summary.json (JSON-safe, written atomically); returns its path."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump(clean(dict(summary_)), f, indent=2)
+  os.replace(path + ".tmp", path)
+  return path
+
+
+# ------------------------------------------------------------------ metrics
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drops records with step > last_step (written after the checkpoint a run resumes from);
+  returns how many were dropped."""
+  if not os.path.exists(path):
+    return 0
+  keep, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      if line.strip() and json.loads(line).get("step", 0) > last_step:
+        dropped += 1
+      elif line.strip():
+        keep.append(line)
+  if dropped:
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+  return dropped
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsWriter:
+  """One record per write: a line of WORKDIR/metrics.jsonl (JSON-safe, NaN -> null; records
+  past `start_step`, left by a run that died after its last checkpoint, are dropped first),
+  TensorBoard scalars in WORKDIR/tb/ (every int/float value but "step") and, when `progress`
+  returns a line for the record, that line on `stream` (rewritten in place on a terminal).
+  `write=False` (processes other than 0) keeps the records and writes nothing."""
+
+  def __init__(self, workdir: str, start_step: int = 0, *, write: bool = True,
+               tensorboard: bool = True,
+               progress: Optional[Callable[[dict], Optional[str]]] = None,
+               stream: Optional[TextIO] = None):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.tb_dir = os.path.join(workdir, TB_DIR)
+    self.records: list[dict] = []
+    self.progress = progress if write else None
+    self.stream = stream or sys.stderr
+    self.tty = self.progress is not None and self.stream.isatty()
+    self._open_line = False
+    self._jsonl = self._tb = None
+    if write:
+      os.makedirs(workdir, exist_ok=True)
+      truncate_jsonl(self.path, start_step)
+      self._jsonl = open(self.path, "a")
+      self._tb = EventWriter(self.tb_dir) if tensorboard else None
+
+  def write(self, rec: Mapping[str, Any]) -> dict:
+    rec = clean(dict(rec))
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps(rec) + "\n")
+      self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.scalars(rec["step"], {k: v for k, v in rec.items()
+                                     if k != "step" and isinstance(v, (int, float))})
+    self.records.append(rec)
+    line = self.progress(rec) if self.progress is not None else None
+    if line is not None:
+      if self.tty:
+        self.stream.write("\r" + line + " " * 4)
+        self._open_line = True
+      else:
+        self.stream.write(line + "\n")
+      self.stream.flush()
+    return rec
+
+  def close(self) -> None:
+    if self._open_line:
+      self.stream.write("\n")
+      self.stream.flush()
+      self._open_line = False
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def plot_metrics(workdir: str, panels: Sequence[tuple[str, Sequence[str]]], file_name: str, *,
+                 title: str = "", xlabel: str = "step", ylabel: str = "") -> Optional[str]:
+  """WORKDIR/`file_name`: one panel per (panel title, keys) of curves from metrics.jsonl. A key
+  ending in "/" stands for every key with that prefix (labelled by the rest); keys starting
+  with "eval" are drawn dashed with markers (sparse points); the panel's first key is drawn
+  thick. Returns the path, or None when there is nothing to plot."""
+  path = os.path.join(workdir, METRICS_FILE)
+  recs = read_jsonl(path) if os.path.exists(path) else []
+  if not recs:
+    return None
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=100, squeeze=False)
+  for ax, (label, keys) in zip(axes[0], panels):
+    for i, key in enumerate(keys):
+      names = (sorted({k for r in recs for k in r if k.startswith(key)}) if key.endswith("/")
+               else [key])
+      for name in names:
+        pts = [(r["step"], r[name]) for r in recs if r.get(name) is not None]
+        if not pts:
+          continue
+        style = dict(lw=2 if i == 0 else 1, label=name[len(key):] if key.endswith("/") else name)
+        if name.startswith("eval"):
+          style.update(ls="--", marker="o", ms=4)
+        ax.plot(*zip(*pts), **style)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+      ax.set_ylabel(ylabel)
+    if label:
+      ax.set_title(label)
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  out = os.path.join(workdir, file_name)
+  fig.savefig(out)
+  plt.close(fig)
+  return out
