@@ -2,7 +2,8 @@
 
     python launch/train.py --config=configs/dapo.py:tiny --workdir=/tmp/rl [--config.init_from=MIDTRAIN_WORKDIR]
 
-Variant: tiny. Keys: agentic_jax/rl/config.py (shared with configs/flow_grpo.py).
+Variant: tiny. Keys: agentic_jax/rl/config.py (rl_config, shared with configs/flow_grpo.py); the loss,
+its presets and options: objectives/rl_losses.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,25 @@ from __future__ import annotations
 import os
 
 from agentic_jax.rl.config import rl_config
+from agentic_jax.train.config import load_config
+
+# the model section comes from the mid-training config beside this file (same model, so a
+# mid-trained checkpoint restores into it)
+_MIDTRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "midtrain.py")
+
+VARIANTS = ("tiny",)
 
 
 def get_config(arg: str = "tiny"):
-  return rl_config("dapo", arg, configs_dir=os.path.dirname(os.path.abspath(__file__)))
+  if arg not in VARIANTS:
+    raise ValueError(f"configs/dapo.py: unknown variant {arg!r}; choose one of {VARIANTS}")
+  mt = load_config(f"{_MIDTRAIN}:tiny")
+  c = rl_config("dapo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size,
+                variant=arg)
+  r = c.rl
+  # overlong shaping at this scale: L_max = all turns' token budget, buffer = one turn
+  r.loss_options.overlong_max_len = r.max_turns * r.max_new_tokens
+  r.loss_options.overlong_buffer = r.max_new_tokens
+  # over-sample as the paper does, bounded (verl's DAPO script allows 10 gen batches of 3x)
+  r.dapo_max_refill_rounds = 3
+  return c

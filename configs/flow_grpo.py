@@ -14,6 +14,11 @@ from __future__ import annotations
 import os
 
 from agentic_jax.rl.config import rl_config
+from agentic_jax.train.config import load_config
+
+# the model section comes from the mid-training config beside this file (same model, so a
+# mid-trained checkpoint restores into it)
+_MIDTRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "midtrain.py")
 
 _PRESETS = {"tiny": "paper", "tiny_code": "code"}
 
@@ -21,7 +26,6 @@ _PRESETS = {"tiny": "paper", "tiny_code": "code"}
 def get_config(arg: str = "tiny"):
   if arg not in _PRESETS:
     raise ValueError(f"configs/flow_grpo.py: unknown variant {arg!r}; choose one of {tuple(_PRESETS)}")
-  c = rl_config("flow_grpo", "tiny", configs_dir=os.path.dirname(os.path.abspath(__file__)),
-                preset=_PRESETS[arg])
-  c.variant = arg
-  return c
+  mt = load_config(f"{_MIDTRAIN}:tiny")
+  return rl_config("flow_grpo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size,
+                   preset=_PRESETS[arg], variant=arg)

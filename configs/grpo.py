@@ -2,7 +2,8 @@
 
     python launch/train.py --config=configs/grpo.py:tiny --workdir=/tmp/rl [--config.init_from=MIDTRAIN_WORKDIR]
 
-Variant: tiny. Keys: agentic_jax/rl/config.py (shared with configs/flow_grpo.py).
+Variant: tiny. Keys: agentic_jax/rl/config.py (rl_config, shared with configs/flow_grpo.py); the loss,
+its presets and options: objectives/rl_losses.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,18 @@ from __future__ import annotations
 import os
 
 from agentic_jax.rl.config import rl_config
+from agentic_jax.train.config import load_config
+
+# the model section comes from the mid-training config beside this file (same model, so a
+# mid-trained checkpoint restores into it)
+_MIDTRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "midtrain.py")
+
+VARIANTS = ("tiny",)
 
 
 def get_config(arg: str = "tiny"):
-  return rl_config("grpo", arg, configs_dir=os.path.dirname(os.path.abspath(__file__)))
+  if arg not in VARIANTS:
+    raise ValueError(f"configs/grpo.py: unknown variant {arg!r}; choose one of {VARIANTS}")
+  mt = load_config(f"{_MIDTRAIN}:tiny")
+  return rl_config("grpo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size,
+                   variant=arg)

@@ -18,7 +18,8 @@ import os
 
 import ml_collections
 
-from agentic_jax.rl.config import load_midtrain, rl_config
+from agentic_jax.rl.config import rl_config
+from agentic_jax.train.config import load_config
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,7 +30,10 @@ VARIANTS = ("tiny", "agentflow")
 def get_config(arg: str = "tiny"):
   if arg not in VARIANTS:
     raise ValueError(f"configs/recipe.py: unknown variant {arg!r}; choose one of {VARIANTS}")
-  c = rl_config("flow_grpo", "tiny", configs_dir=_DIR, preset="paper")
+  midtrain = load_config(os.path.join(_DIR, "midtrain.py") + ":tiny")  # configs/midtrain.py
+  midtrain.unlock()
+  c = rl_config("flow_grpo", model=midtrain.model,
+                tokenizer_vocab=midtrain.data.tokenizer.vocab_size, preset="paper")
   c.job = "recipe"
   c.variant = arg
   del c.model  # the RL stage uses config.midtrain.model
@@ -51,7 +55,7 @@ def get_config(arg: str = "tiny"):
   d.slip_rate = 0.0  # share with an unnoticed mistake (reward 0)
   d.error_rate = 0.0  # share with one failing call, then corrected
 
-  mt = c.midtrain = load_midtrain(_DIR, "tiny")
+  mt = c.midtrain = midtrain
   mt.data.sources = ("calculator={data}/episodes.jsonl",)
   mt.data.source_weights = (1.0,)
   mt.data.loss_weights = (1.0,)

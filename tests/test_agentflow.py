@@ -217,8 +217,9 @@ class ScriptedReference:
 
 
 def _rl_config(**over):
-  from agentic_jax.rl import config as rl_config  # pylint: disable=import-outside-toplevel
-  config = rl_config.rl_config("flow_grpo", "tiny", configs_dir=os.path.join(ROOT, "configs"))
+  from agentic_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "flow_grpo.py:tiny"))
+  config.unlock()
   r = config.rl
   r.mode, r.minibatches, r.row_bucket, r.sample_bucket = "agentflow", 1, 1, 1
   r.max_new_tokens, r.max_context_tokens, r.seq_len = 160, 860, 1024

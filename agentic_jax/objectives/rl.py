@@ -1,7 +1,11 @@
 """RL objectives of the GRPO family (GRPO, DAPO, Dr. GRPO, Flow-GRPO): one import point.
 
 Importing this module registers the built-in advantage estimators (rl_advantages) and policy
-losses (rl_losses); `rl_loss(name, preset, **options)` (rl_presets) is what a config calls.
+losses (rl_losses); `rl_loss(name, preset, **options)` (rl_objective) is what a config calls.
+
+To add a loss: write the function and its options dataclass, call register_loss
+(rl_registry: one LossSpec carries the function, the typed options, the presets with their
+sources, the default preset and the batch mode; configs, choices and checks derive from it).
 
 Batch layout of a policy update (objectives-spec §0-1). One ROW is one policy-update sample:
 one turn's response of one rollout (single-turn GRPO: one row per rollout; Flow-GRPO: one row
@@ -34,10 +38,14 @@ from agentic_jax.objectives.rl_advantages import (  # noqa: F401  (re-exports)
     get_advantage, group_reward_stats, overlong_filter_mask, overlong_reward,
     register_advantage, registered_advantages, trajectory_sum)
 from agentic_jax.objectives.rl_losses import (  # noqa: F401
-    AGG_MODES, BASE_OPTIONS, KL_ESTIMATORS, aggregation_weights, clipped_policy_loss,
-    get_policy_loss, kl_estimate, kl_reward_penalty, policy_loss_defaults, register_policy_loss,
-    registered_policy_losses, validate_options)
-from agentic_jax.objectives.rl_presets import PRESETS, RLObjective, resolve_options, rl_loss  # noqa: F401
+    BASE_OPTIONS, ClipOptions, DAPOOptions, DrGRPOOptions, FlowGRPOOptions, GRPOOptions,
+    aggregation_weights, clipped_policy_loss, get_policy_loss, kl_estimate, kl_reward_penalty,
+    policy_loss_defaults, register_policy_loss, registered_policy_losses)
+from agentic_jax.objectives.rl_objective import RLObjective, rl_loss  # noqa: F401
+from agentic_jax.objectives.rl_registry import (  # noqa: F401
+    AGG_MODES, BATCH_MODES, KL_ESTIMATORS, PRESETS, LossOptions, LossSpec, OptionError,
+    PolicyOptions, get_spec, option, register_loss, registered_losses, resolve_options,
+    unregister_loss)
 
 _ROW_FIELDS = ("group_id", "traj_id", "turn_index", "rewards")
 _TOKEN_FIELDS = ("logp", "old_logp", "mask")

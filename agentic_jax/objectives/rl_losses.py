@@ -1,5 +1,9 @@
 """Clipped policy-gradient losses of the GRPO family as registry entries (objectives-spec §0-2).
 
+To add a loss: write the function and its options dataclass, call register_loss (rl_registry;
+the entries at the end of this file are the pattern: GRPOOptions + grpo_loss + LossSpec with its
+presets, default preset and batch mode). Nothing else lists losses.
+
     loss, metrics = get_policy_loss("flow_grpo")(logp, old_logp, advantages, mask,
                                                  ref_logp=..., options={...})
 
@@ -74,157 +78,75 @@ to the reference when ref_logp is given; k3 when kl="none"), entropy (when given
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 
 from agentic_jax.objectives import rl_advantages as adv_lib
+from agentic_jax.objectives.rl_registry import (  # noqa: F401  (re-exported)
+    AGG_MODES, KL_ESTIMATORS, LossSpec, PolicyOptions, get_spec, option, option_types,
+    register_loss, registered_losses)
 
 Array = jax.Array
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
-             "group-traj-turn-token-mean")
-KL_ESTIMATORS = ("k1", "k2", "k3")
-
-# Every knob of the family with its generic default; each registry entry overrides some
-# (its documented defaults), presets override further (rl_presets).
-BASE_OPTIONS: dict[str, Any] = {
-    # advantages (rl_advantages)
-    "advantage": "grpo",         # registered estimator: grpo | dr_grpo | rloo
-    "group_by": "sample",        # "sample" | "trajectory": population of the group statistics
-    "std_norm": True,            # grpo: divide by the group std
-    "std_ddof": 1,               # 1 = unbiased (verl), 0 = population std
-    "adv_eps": 1e-6,
-    # reward shaping and filtering
-    "overlong": "none",          # "none" | "shape" (soft penalty) | "filter" (mask truncated rows)
-    "overlong_max_len": 20480,   # L_max
-    "overlong_buffer": 4096,     # L_cache
-    "overlong_factor": 1.0,
-    "overlong_counts_tool_tokens": False,  # multi-turn: do observation tokens count in |y|?
-    "dynamic_sampling": False,   # drop groups whose rewards are all equal
-    # policy loss
-    "clip_eps_low": 0.2,
-    "clip_eps_high": 0.2,
-    "dual_clip_c": None,         # None or c > 1 (verl default 3)
-    "log_ratio_clamp": 20.0,
-    "agg": "token-mean",
-    "norm_constant": None,       # L_const of seq-mean-token-sum-norm; None = padded length
-    "norm_over_seqs": True,      # seq-mean-token-sum-norm: also divide by the trajectories
-    "agg_scope": "rollout",      # "rollout" | "minibatch": population of the aggregation weights
-    "minibatch_split": "rows",   # "rows" | "groups": what a minibatch keeps whole
-    "kl": "none",                # "none" | "k1" | "k2" | "k3"
-    "kl_coef": 0.0,
-    "kl_where": "loss",          # "loss" | "reward"
-    "entropy_coef": 0.0,
-}
-
-_CHOICES = {"group_by": adv_lib.GROUP_BY, "overlong": ("none", "shape", "filter"),
-            "agg": AGG_MODES, "kl": ("none",) + KL_ESTIMATORS, "kl_where": ("loss", "reward"),
-            "std_ddof": (0, 1), "agg_scope": ("rollout", "minibatch"),
-            "minibatch_split": ("rows", "groups")}
-_BOOLS = ("std_norm", "overlong_counts_tool_tokens", "dynamic_sampling", "norm_over_seqs")
-
-
-def _num(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def validate_options(options: Mapping[str, Any], *, where: str = "rl loss") -> dict[str, Any]:
-  """A complete, checked copy of `options`; ValueError naming the offending option."""
-  opts = dict(options)
-  unknown = sorted(set(opts) - set(BASE_OPTIONS))
-  if unknown:
-    raise ValueError(f"{where}: unknown option(s) {unknown}; known: {sorted(BASE_OPTIONS)}")
-  missing = sorted(set(BASE_OPTIONS) - set(opts))
-  if missing:
-    raise ValueError(f"{where}: missing option(s) {missing}")
-  for key, choices in _CHOICES.items():
-    if opts[key] not in choices or isinstance(opts[key], bool):
-      raise ValueError(f"{where}: option {key!r} must be one of {choices}, got {opts[key]!r}")
-  for key in _BOOLS:
-    if not isinstance(opts[key], bool):
-      raise ValueError(f"{where}: option {key!r} must be a bool, got {opts[key]!r}")
-  if opts["advantage"] not in adv_lib.registered_advantages():
-    raise ValueError(f"{where}: option 'advantage' must be a registered estimator "
-                     f"{adv_lib.registered_advantages()}, got {opts['advantage']!r}")
-  checks = {
-      "adv_eps": lambda v: _num(v) and v >= 0, "overlong_factor": lambda v: _num(v) and v >= 0,
-      "clip_eps_low": lambda v: _num(v) and 0 <= v < 1, "clip_eps_high": lambda v: _num(v) and v >= 0,
-      "dual_clip_c": lambda v: v is None or (_num(v) and v > 1),
-      "log_ratio_clamp": lambda v: _num(v) and v > 0, "kl_coef": lambda v: _num(v) and v >= 0,
-      "entropy_coef": lambda v: _num(v),
-      "norm_constant": lambda v: v is None or (_num(v) and v > 0),
-      "overlong_max_len": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-      "overlong_buffer": lambda v: (isinstance(v, int) and not isinstance(v, bool)
-                                    and 0 < v <= opts["overlong_max_len"]),
-  }
-  expected = {"adv_eps": "a number >= 0", "overlong_factor": "a number >= 0",
-              "clip_eps_low": "a number in [0, 1)", "clip_eps_high": "a number >= 0",
-              "dual_clip_c": "None or a number > 1", "log_ratio_clamp": "a number > 0",
-              "kl_coef": "a number >= 0", "entropy_coef": "a number",
-              "norm_constant": "None or a number > 0", "overlong_max_len": "an int > 0",
-              "overlong_buffer": "an int in (0, overlong_max_len]"}
-  for key, ok in checks.items():
-    if not ok(opts[key]):
-      raise ValueError(f"{where}: option {key!r} must be {expected[key]}, got {opts[key]!r}")
-  if opts["kl"] == "none" and opts["kl_coef"] != 0:
-    raise ValueError(f"{where}: option 'kl_coef'={opts['kl_coef']} needs 'kl' in {KL_ESTIMATORS}, "
-                     "got 'none'")
-  return opts
-
-
-# --- registry ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class _Entry:
-  fn: Callable[..., tuple]
-  defaults: Mapping[str, Any]
+class ClipOptions(PolicyOptions):
+  """PolicyOptions + the PPO-clip knobs of `clipped_policy_loss` (the GRPO family's options;
+  each loss below subclasses it with its documented defaults)."""
+  clip_eps_low: float = option(0.2, check=lambda v: 0 <= v < 1, expect="a number in [0, 1)")
+  clip_eps_high: float = option(0.2, check=lambda v: v >= 0, expect="a number >= 0")
+  # None or c > 1 (verl default 3)
+  dual_clip_c: Optional[float] = option(None, check=lambda v: v > 1, expect="a number > 1")
+  log_ratio_clamp: float = option(20.0, check=lambda v: v > 0, expect="a number > 0")
 
 
-_REGISTRY: dict[str, _Entry] = {}
+# Every knob of the family with its generic default (derived: the ClipOptions fields).
+BASE_OPTIONS: dict[str, Any] = ClipOptions().to_dict()
 
+
+# --- compatibility entry points (the registry is rl_registry) ------------------------------------
 
 def register_policy_loss(name: str, *, defaults: Mapping[str, Any] | None = None):
-  """Decorator: registers fn(logp, old_logp, advantages, mask, *, options, **inputs) under
-  `name` with its default options (overrides of BASE_OPTIONS). Names are unique."""
+  """Decorator: registers fn as loss `name` with ClipOptions whose defaults are `defaults`
+  (one preset "default", trajectory rows). New code: register_loss(LossSpec(...))."""
+  types_ = option_types(ClipOptions)
   overrides = dict(defaults or {})
-  full = validate_options({**BASE_OPTIONS, **overrides}, where=f"policy loss {name!r} defaults")
+  unknown = sorted(set(overrides) - set(types_))
+  if unknown:
+    raise ValueError(f"policy loss {name!r} defaults: unknown option(s) {unknown}")
+  fields = [(k, Optional[types_[k][0]] if types_[k][1] else types_[k][0], dataclasses.field(default=v))
+            for k, v in overrides.items()]
+  options = dataclasses.make_dataclass(f"{name}_options", fields, bases=(ClipOptions,), frozen=True)
 
   def wrap(fn):
-    if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-      raise ValueError(f"policy loss {name!r} is already registered (by {_REGISTRY[name].fn.__module__})")
-    _REGISTRY[name] = _Entry(fn, full)
+    register_loss(LossSpec(name=name, fn=fn, options=options, presets={"default": {}},
+                           default_preset="default", batch_mode="trajectory"))
     return fn
   return wrap
 
 
 def registered_policy_losses() -> list[str]:
-  return sorted(_REGISTRY)
+  return registered_losses()
 
 
 def policy_loss_defaults(name: str) -> dict[str, Any]:
   """The complete default option dict of a registered loss."""
-  return dict(_entry(name).defaults)
-
-
-def _entry(name: str) -> _Entry:
-  if name not in _REGISTRY:
-    raise ValueError(f"unknown policy loss {name!r}; registered: {sorted(_REGISTRY)}")
-  return _REGISTRY[name]
+  return get_spec(name).options().to_dict()
 
 
 def get_policy_loss(name: str) -> Callable[..., tuple[Array, dict[str, Array]]]:
   """policy_loss(logp, old_logp, advantages, mask, *, ref_logp=None, options=None, **inputs)
-  -> (loss, metrics); `options` override the entry's defaults (unknown keys raise)."""
-  entry = _entry(name)
+  -> (loss, metrics); `options` (a dict) override the loss's defaults (unknown keys raise)."""
+  spec = get_spec(name)
 
   def policy_loss(logp, old_logp, advantages, mask, *, ref_logp=None, options=None, **inputs):
-    opts = validate_options({**entry.defaults, **dict(options or {})}, where=f"policy loss {name!r}")
-    return entry.fn(logp, old_logp, advantages, mask, ref_logp=ref_logp, options=opts, **inputs)
+    opts = spec.options.create(dict(options or {}), where=f"policy loss {name!r}")
+    return spec.fn(logp, old_logp, advantages, mask, ref_logp=ref_logp, options=opts, **inputs)
 
   policy_loss.__name__ = f"{name}_policy_loss"
-  policy_loss.__doc__ = entry.fn.__doc__
+  policy_loss.__doc__ = spec.fn.__doc__
   return policy_loss
 
 
@@ -373,46 +295,134 @@ def clipped_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: A
   return loss, metrics
 
 
-# --- the entries (defaults per objectives-spec §1-2) ---------------------------------------------
+# --- the entries (defaults per objectives-spec §1-2; presets cite their sources) ------------------
+# Unless a preset says otherwise the aggregation weights are the whole rollout batch's (agg_scope
+# "rollout", module doc) and minibatches are random sets of packed rows (minibatch_split "rows").
 
-# GRPO (DeepSeekMath, §2): eps 0.2, seq-mean-token-mean, k3 KL as a loss term with beta 0.04.
-GRPO_DEFAULTS = {"agg": "seq-mean-token-mean", "kl": "k3", "kl_coef": 0.04}
-# DAPO (§2): clip-higher 0.2/0.28, token-mean, no KL, overlong shaping 20480/4096, dynamic sampling.
-DAPO_DEFAULTS = {"clip_eps_high": 0.28, "agg": "token-mean", "overlong": "shape",
-                 "overlong_max_len": 20480, "overlong_buffer": 4096, "overlong_factor": 1.0,
-                 "dynamic_sampling": True}
-# Dr. GRPO (§2): A = R - mean, no length normalisation (seq-mean-token-sum-norm), beta 0.
-DR_GRPO_DEFAULTS = {"advantage": "dr_grpo", "std_norm": False, "agg": "seq-mean-token-sum-norm",
-                    "norm_over_seqs": True}
-# Flow-GRPO paper (§1): trajectory-level group statistics, (1/G)(1/T_i)(1/|a|) weighting, one eps.
-# The objective is an expectation over queries of (1/G) sum_i over the query's G trajectories,
-# so an update sees whole groups (minibatch_split "groups") with G and T_i of the rollout batch.
-# The paper gives no beta or ddof: we take the released code's k3 / 0.001 and verl's ddof=1 [recon].
-FLOW_GRPO_DEFAULTS = {"group_by": "trajectory", "agg": "group-traj-turn-token-mean",
-                      "kl": "k3", "kl_coef": 0.001, "std_ddof": 1, "minibatch_split": "groups"}
+@dataclasses.dataclass(frozen=True)
+class GRPOOptions(ClipOptions):
+  """GRPO (DeepSeekMath, §2): eps 0.2, seq-mean-token-mean, k3 KL as a loss term, beta 0.04."""
+  agg: str = "seq-mean-token-mean"
+  kl: str = "k3"
+  kl_coef: float = 0.04
 
 
-@register_policy_loss("grpo", defaults=GRPO_DEFAULTS)
+@dataclasses.dataclass(frozen=True)
+class DAPOOptions(ClipOptions):
+  """DAPO (§2): clip-higher 0.2/0.28, token-mean, no KL, overlong shaping 20480/4096 factor 1,
+  dynamic sampling."""
+  clip_eps_high: float = 0.28
+  agg: str = "token-mean"
+  overlong: str = "shape"
+  overlong_max_len: int = 20480
+  overlong_buffer: int = 4096
+  overlong_factor: float = 1.0
+  dynamic_sampling: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DrGRPOOptions(ClipOptions):
+  """Dr. GRPO (§2): A = R - mean (no std), no length normalisation (seq-mean-token-sum-norm over
+  the trajectories), beta 0."""
+  advantage: str = "dr_grpo"
+  std_norm: bool = False
+  agg: str = "seq-mean-token-sum-norm"
+  norm_over_seqs: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowGRPOOptions(ClipOptions):
+  """Flow-GRPO paper (§1): trajectory-level group statistics, (1/G)(1/T_i)(1/|a|) weighting, one
+  eps. The objective is an expectation over queries of (1/G) sum_i over the query's G
+  trajectories, so an update sees whole groups (minibatch_split "groups") with G and T_i of the
+  rollout batch. The paper gives no beta or ddof: we take the released code's k3 / 0.001 and
+  verl's ddof=1 [recon]."""
+  group_by: str = "trajectory"
+  agg: str = "group-traj-turn-token-mean"
+  kl: str = "k3"
+  kl_coef: float = 0.001
+  std_ddof: int = 1
+  minibatch_split: str = "groups"
+
+
 def grpo_loss(logp, old_logp, advantages, mask, *, options, **inputs):
   """GRPO: PPO-clip on group-normalised advantages plus beta * KL (loss term)."""
   return clipped_policy_loss(logp, old_logp, advantages, mask, options=options, **inputs)
 
 
-@register_policy_loss("dapo", defaults=DAPO_DEFAULTS)
 def dapo_loss(logp, old_logp, advantages, mask, *, options, **inputs):
   """DAPO: clip-higher and token-mean; overlong shaping/filtering and dynamic sampling act on
   rewards and rows before the loss (RLObjective.shape_rewards / filter_groups / train_mask)."""
   return clipped_policy_loss(logp, old_logp, advantages, mask, options=options, **inputs)
 
 
-@register_policy_loss("dr_grpo", defaults=DR_GRPO_DEFAULTS)
 def dr_grpo_loss(logp, old_logp, advantages, mask, *, options, **inputs):
   """Dr. GRPO: no std in the advantage, constant length normaliser (seq-mean-token-sum-norm)."""
   return clipped_policy_loss(logp, old_logp, advantages, mask, options=options, **inputs)
 
 
-@register_policy_loss("flow_grpo", defaults=FLOW_GRPO_DEFAULTS)
 def flow_grpo_loss(logp, old_logp, advantages, mask, *, options, **inputs):
   """Flow-GRPO: one row per planner turn, the trajectory's advantage on every turn; pass
   group_id and traj_id for the paper weighting (agg="group-traj-turn-token-mean")."""
   return clipped_policy_loss(logp, old_logp, advantages, mask, options=options, **inputs)
+
+
+register_loss(LossSpec(
+    name="grpo", fn=grpo_loss, options=GRPOOptions, batch_mode="trajectory",
+    default_preset="deepseekmath",
+    presets={
+        # the defaults: eps 0.2, seq-mean-token-mean, k3 loss beta 0.04 [§2]
+        "deepseekmath": {},
+    }))
+
+register_loss(LossSpec(
+    name="dapo", fn=dapo_loss, options=DAPOOptions, batch_mode="trajectory",
+    default_preset="paper",
+    presets={
+        # the defaults: eps 0.2/0.28, token-mean over the rollout batch's tokens (the paper's
+        # 1 / sum_i |o_i|), overlong shaping 20480/4096 factor 1, dynamic sampling (groups with
+        # equal rewards dropped in the step; the RL loop over-samples and refills the batch,
+        # config.rl.dapo_max_refill_rounds, rl/refill.py), no KL [§2]
+        "paper": {},
+        # "Demystifying RL in Agentic Reasoning" script (verl): eps 0.2/0.28, token-mean per
+        # minibatch (agg_scope "minibatch", as verl), dual clip c=10, overlong shaping 20480/4096
+        # factor 1, NO dynamic sampling, no KL [§2]
+        "grpo_tcr": {"dynamic_sampling": False, "dual_clip_c": 10.0, "clip_eps_low": 0.2,
+                     "clip_eps_high": 0.28, "agg": "token-mean", "overlong": "shape",
+                     "overlong_max_len": 20480, "overlong_buffer": 4096, "overlong_factor": 1.0,
+                     "kl": "none", "kl_coef": 0.0, "agg_scope": "minibatch"},
+    }))
+
+register_loss(LossSpec(
+    name="dr_grpo", fn=dr_grpo_loss, options=DrGRPOOptions, batch_mode="trajectory",
+    default_preset="paper",
+    presets={
+        # the defaults: A = R - mean, seq-mean-token-sum-norm / number of trajectories of the
+        # rollout batch (1/G per group), minibatches of random rows as the authors' oat learner
+        # (ppo.py L468 permutes the sequences every epoch; L567-568 sum / generate_max_length,
+        # then the mean over the minibatch) [§2]
+        "paper": {},
+        # sum-norm NOT divided by the number of rows and computed per minibatch (verl 0.5
+        # core_algos.py agg_loss L709-711; dp_actor.py L377-381) [§0]
+        "verl": {"norm_over_seqs": False, "agg_scope": "minibatch"},
+    }))
+
+register_loss(LossSpec(
+    name="flow_grpo", fn=flow_grpo_loss, options=FlowGRPOOptions, batch_mode="turn",
+    default_preset="paper",
+    presets={
+        # the defaults: trajectory-level stats (ddof 1), turn broadcast, (1/G)(1/T_i)(1/|a|)
+        # weighting with Q, G, T_i of the rollout batch, whole groups per minibatch
+        # (minibatch_split "groups"), eps 0.2, k3 loss beta 0.001 [§1]
+        "paper": {},
+        # lupantech/AgentFlow as released: stats over all turn-samples of a query (ddof 1;
+        # agentflow/verl/trainer.py L207-208 uid = data id), turn samples shuffled into
+        # minibatches (trainer.py L290-298), token-mean per minibatch (verl, agg_scope
+        # "minibatch"), eps 0.2 low / 0.3 high, dual clip c=3, k3 loss beta 0.001, no KL in
+        # reward [§1 "What the code computes"]. The code computes advantages before dropping
+        # over-long prompts: call advantages() on the full batch, then drop rows via
+        # sample_mask in loss() only.
+        "code": {"group_by": "sample", "std_ddof": 1, "agg": "token-mean", "clip_eps_low": 0.2,
+                 "clip_eps_high": 0.3, "dual_clip_c": 3.0, "kl": "k3", "kl_coef": 0.001,
+                 "kl_where": "loss", "agg_scope": "minibatch", "minibatch_split": "rows"},
+    }))

@@ -1,51 +1,56 @@
-"""The shared builder of the RL configs (configs/flow_grpo.py, grpo.py, dapo.py, dr_grpo.py).
+"""The shared builder of the RL configs (configs/flow_grpo.py, grpo.py, dapo.py, dr_grpo.py,
+recipe.py) and their check. The library never reads configs/: a config file passes the model
+section (and the tokenizer's vocabulary size) of its mid-training config:
 
-    config = rl_config("flow_grpo", "tiny", configs_dir=os.path.dirname(__file__))
+    mt = load_config("configs/midtrain.py:tiny")          # in configs/grpo.py: its sibling
+    config = rl_config("grpo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size)
 
-Sections (the locked ConfigDict rejects a misspelt key, e.g. --config.rl.group_sise=4):
+Sections (the locked ConfigDict rejects a misspelt key, e.g. config.rl.group_sise):
   job="rl", variant, seed, init_from ("" = fresh params from seed; else a mid-training WORKDIR:
   its tokenizer.model and latest checkpoint's params/router_state)
-  model      the mid-training config's model section (configs/midtrain.py, same variant), so a
-             mid-trained checkpoint restores into it; with init_from it must equal that run's
+  model      the given model section (the mid-training config's, so a mid-trained checkpoint
+             restores into it; with init_from it must equal that run's); None = no model and
+             tokenizer sections (the recipe's RL stage takes mid-training's)
   tokenizer  path ("" = WORKDIR/tokenizer.model if present, else trained on the built-in
              corpus; ignored with init_from, which brings its own), vocab_size
-  rl         the RL knobs (RL_KEYS below), rl.loss_options (every objective option as a typed
+  rl         the RL knobs (RL_KEYS below); rl.loss one of the registered losses
+             (objectives/rl_registry.py: its LossSpec gives rl.preset's and rl.batch_mode's
+             starting values), rl.loss_options (every option of every registered loss as a typed
              placeholder: None = the loss/preset default), rl.env_options, rl.agentflow
   optim      AdamW + schedule as mid-training (train/optim.py); schedule counts RL steps
   train      num_steps (RL steps), log_every, nan_policy, progress
   checkpoint every, keep, async_save;   mesh  data/fsdp/tensor/expert
+
+`check_rl_config` checks every value and builds the typed objective once (`objective`): the loss
+options dataclass of objectives/rl_registry.py; errors name the config key
+(config.rl.loss_options.clip_eps_low: ...). Library code downstream takes that objective.
 """
 
 from __future__ import annotations
 
-import os
+import copy
 from typing import Any, Optional
 
 import ml_collections
 from ml_collections import config_dict
 
-from agentic_jax.objectives import rl_losses
+from agentic_jax.objectives import rl as rl_obj
+from agentic_jax.objectives import rl_registry
 from agentic_jax.train import config as config_lib
 
-LOSSES = ("flow_grpo", "grpo", "dapo", "dr_grpo")
 MODES = ("plain", "agentflow")
-BATCH_MODES = ("turn", "trajectory")
-# The defaults per loss: the preset and how rows are formed. Flow-GRPO trains one row per
-# policy turn (turn broadcast); the GRPO family one row per multi-turn trajectory.
-_LOSS_DEFAULTS = {
-    "flow_grpo": {"preset": "paper", "batch_mode": "turn"},
-    "grpo": {"preset": "deepseekmath", "batch_mode": "trajectory"},
-    "dapo": {"preset": "paper", "batch_mode": "trajectory"},
-    "dr_grpo": {"preset": "paper", "batch_mode": "trajectory"},
-}
-_OPTION_TYPES = {"dual_clip_c": float, "norm_constant": float}
+BATCH_MODES = rl_registry.BATCH_MODES
+
+
+def losses() -> tuple[str, ...]:
+  """The registered RL losses (config.rl.loss's choices)."""
+  return tuple(rl_registry.registered_losses())
 
 
 def loss_options_section() -> ml_collections.ConfigDict:
-  """Every objective option (rl_losses.BASE_OPTIONS) as a typed placeholder (None = unset)."""
+  """Every option of every registered loss as a typed placeholder (None = unset)."""
   s = ml_collections.ConfigDict()
-  for key, default in rl_losses.BASE_OPTIONS.items():
-    tp = _OPTION_TYPES.get(key, type(default))
+  for key, (tp, _) in rl_registry.config_option_types().items():
     s[key] = config_dict.placeholder(tp)
   return s
 
@@ -57,37 +62,61 @@ def loss_options(config: Any) -> dict:
   return {k: v for k, v in values.items() if v is not None}
 
 
-def load_midtrain(configs_dir: str, variant: str = "tiny") -> ml_collections.ConfigDict:
-  """configs/midtrain.py:<variant> (unlocked copy), the single source of the model section."""
-  config = config_lib.load_config(os.path.join(configs_dir, "midtrain.py") + f":{variant}")
-  config.unlock()
-  return config
+def objective(config: Any) -> rl_obj.RLObjective:
+  """The typed RL objective of config.rl (loss, preset, loss_options), built once; ConfigError
+  (a ValueError) naming the config key: config.rl.loss, config.rl.preset or
+  config.rl.loss_options.<option>."""
+  ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
+  config_lib.check_choice(config, "rl.loss", losses())
+  rl = config.rl
+  spec = rl_registry.get_spec(rl.loss)
+  preset = rl.preset or None
+  if preset is not None and preset not in spec.presets:
+    raise ConfigError(f"config.rl.preset: unknown preset {preset!r} of loss {rl.loss!r}; known: "
+                      f"{sorted(spec.presets)}")
+  options = loss_options(config)
+  own = {f for f in spec.options.__dataclass_fields__}
+  other = sorted(set(options) - own)
+  if other:
+    raise ConfigError(f"config.rl.loss_options.{other[0]}: not an option of loss {rl.loss!r} "
+                      f"(leave it None); its options: {sorted(own)}")
+  try:
+    return rl_obj.rl_loss(rl.loss, preset, **options)
+  except rl_registry.OptionError as e:
+    raise ConfigError(f"config.rl.loss_options.{e.key}: {e.detail}"
+                      + (f" (preset {preset!r})" if preset else "")) from None
 
 
-def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
-              preset: Optional[str] = None) -> ml_collections.ConfigDict:
-  """The RL config of `loss` (one of LOSSES) at `variant` ("tiny")."""
-  if loss not in LOSSES:
-    raise ValueError(f"rl config: unknown loss {loss!r}; choose one of {LOSSES}")
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/{loss}.py: unknown variant {variant!r}; choose one of {VARIANTS}")
-  mt = load_midtrain(configs_dir, "tiny")
+def rl_config(loss: str, *, model: Optional[Any], tokenizer_vocab: Optional[int] = None,
+              preset: Optional[str] = None, variant: str = "tiny") -> ml_collections.ConfigDict:
+  """The RL config of registered `loss` with the `model` section (a copy is stored), preset
+  `preset` (default: the loss's default preset) and batch mode from its registration; the
+  numbers are the tiny scale's (a config file changes what its variant needs)."""
+  spec = rl_registry.get_spec(loss)
+  if preset is not None and preset not in spec.presets:
+    raise ValueError(f"rl config: unknown preset {preset!r} of loss {loss!r}; known: "
+                     f"{sorted(spec.presets)}")
+  if model is not None and tokenizer_vocab is None:
+    raise ValueError("rl config: tokenizer_vocab is required with a model section")
   c = ml_collections.ConfigDict()
   c.job = "rl"
   c.variant = variant
   c.seed = 0
   c.init_from = ""
-  c.model = mt.model
-  t = c.tokenizer = ml_collections.ConfigDict()
-  t.path = ""
-  t.vocab_size = mt.data.tokenizer.vocab_size
+  if model is not None:
+    c.model = copy.deepcopy(model) if isinstance(model, ml_collections.ConfigDict) else (
+        ml_collections.ConfigDict(dict(model)))
+    c.model.unlock()
+    t = c.tokenizer = ml_collections.ConfigDict()
+    t.path = ""
+    t.vocab_size = int(tokenizer_vocab)
 
   r = c.rl = ml_collections.ConfigDict()
   r.loss = loss
-  r.preset = preset or _LOSS_DEFAULTS[loss]["preset"]
+  r.preset = preset or spec.default_preset
   r.loss_options = loss_options_section()
   r.mode = "plain"  # "plain": multi-turn episodes (rollout); "agentflow": planner/executor/...
-  r.batch_mode = _LOSS_DEFAULTS[loss]["batch_mode"]  # "turn" | "trajectory" rows
+  r.batch_mode = spec.batch_mode  # "turn" | "trajectory" rows
   r.env = "calculator"
   e = r.env_options = ml_collections.ConfigDict()
   # options of config.rl.env; None = that environment's default (an option another env does not
@@ -156,20 +185,9 @@ def rl_config(loss: str, variant: str = "tiny", *, configs_dir: str,
   h.tensor = 1
   h.expert = 1
 
-  if loss == "dapo":
-    # overlong shaping at this scale: L_max = all turns' token budget, buffer = one turn
-    c.rl.loss_options.overlong_max_len = r.max_turns * r.max_new_tokens
-    c.rl.loss_options.overlong_buffer = r.max_new_tokens
-  if loss == "dapo":
-    # over-sample as the paper does, bounded (verl's DAPO script allows 10 gen batches of 3x)
-    c.rl.dapo_max_refill_rounds = 3
-  if loss == "dr_grpo":
-    # a fixed L_const independent of the batch: the policy tokens an episode can generate
-    c.rl.loss_options.norm_constant = float(r.max_turns * r.max_new_tokens)
   return c
 
 
-VARIANTS = ("tiny",)
 RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_options",
            "agentflow", "group_size", "tasks_per_step", "train_tasks", "max_turns",
            "max_new_tokens", "max_context_tokens", "seq_len", "row_bucket", "sample_bucket",
@@ -178,9 +196,10 @@ RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_o
            "eval_temperature", "eval_samples")
 
 
-def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
+def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> rl_obj.RLObjective:
   """Every value of an RL config before the RL loop spends time; ConfigError (a ValueError)
-  naming config.KEY. `num_devices` (default: all devices) is what config.mesh must fill."""
+  naming config.KEY. `num_devices` (default: all devices) is what config.mesh must fill.
+  Returns the typed objective (`objective(config)`) the step factories take."""
   config_lib.validate_common(config, num_devices=num_devices)
   ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
   rl = config.rl
@@ -191,7 +210,7 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
     config_lib.check_int(config, "tokenizer.vocab_size")
   if not isinstance(config.init_from, str):
     raise ConfigError(f"config.init_from: expected a path or '', got {config.init_from!r}")
-  choices = {"loss": LOSSES, "mode": MODES, "batch_mode": BATCH_MODES,
+  choices = {"loss": losses(), "mode": MODES, "batch_mode": BATCH_MODES,
              "old_logp": ("sampler", "recompute")}
   for key, allowed in choices.items():
     config_lib.check_choice(config, f"rl.{key}", allowed)
@@ -235,11 +254,10 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> None:
   if rl.row_bucket % (shards * rl.minibatches):
     raise ConfigError(f"config.rl.row_bucket={rl.row_bucket} must be a multiple of the {shards} "
                       f"batch shards of config.mesh x config.rl.minibatches={rl.minibatches}")
-  from agentic_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
-  with config_lib.config_errors("config.rl.loss_options"):  # loss / preset / option values
-    objective = step_lib.objective_from_config(config)
-  if rl.dapo_max_refill_rounds and not objective.options["dynamic_sampling"]:
+  obj = objective(config)
+  if rl.dapo_max_refill_rounds and not obj.options.dynamic_sampling:
     raise ConfigError(f"config.rl.dapo_max_refill_rounds={rl.dapo_max_refill_rounds} needs "
                       "config.rl.loss_options.dynamic_sampling (on for the dapo loss's 'paper' "
                       "preset; off in 'grpo_tcr'): without it no group is dropped and none refilled; "
                       "set it to 0")
+  return obj

@@ -1,7 +1,12 @@
 """The RL update step: `rl_step(state, ref_variables, packed) -> (state, metrics)`, pure and jitted.
 
     packed, stats = pack_batch(policy_batch(episodes, ...), seq_len=..., sample_by="turn", ...)
-    state, metrics = jax.jit(make_rl_step(model_cfg, config))(state, ref_variables, packed)
+    objective = rl_config.check_rl_config(config)   # the typed loss options, validated once
+    state, metrics = jax.jit(make_rl_step(model_cfg, config, objective))(state, ref_variables, packed)
+
+The loss is `objective` (objectives/rl_objective.RLObjective: the registered loss and its options
+dataclass instance); the factories read its typed options and never re-read config.rl.loss*.
+Without it they build it once from the config (objective_from_config).
 
 Input layout. A policy batch (rollout.policy_batch: rows [N, T] aligned with `targets`, mask = 1
 on trainable generated tokens) is PACKED on host by `pack_batch`:
@@ -93,12 +98,10 @@ _TOKEN_METRICS = ("kl", "entropy", "clip_frac", "approx_kl", "ratio_mean")
 
 
 def objective_from_config(config: Any) -> rl_obj.RLObjective:
-  """The RLObjective of config.rl (loss, preset, loss_options); errors name config.rl keys."""
-  rl = config.rl
-  try:
-    return rl_obj.rl_loss(rl.loss, rl.preset or None, **rl_config.loss_options(config))
-  except ValueError as e:
-    raise ValueError(f"config.rl.loss / config.rl.preset / config.rl.loss_options: {e}") from None
+  """The typed RLObjective of config.rl (rl/config.py `objective`: loss, preset, loss_options
+  built once); ConfigError naming config.rl.loss / config.rl.preset / config.rl.loss_options.KEY.
+  The step factories take it; pass the one check_rl_config returned rather than rebuilding."""
+  return rl_config.objective(config)
 
 
 def variables_of(params: Any, router_state: Any) -> dict:
@@ -343,8 +346,8 @@ def make_loss_fn(model_cfg: ModelConfig, config: Any,
   their weighted sum). What the step differentiates."""
   obj, _, n_mb, temperature = _settings(config, objective)
   model = models.build(model_cfg)
-  entropy_grad = obj.options["entropy_coef"] != 0
-  carried = obj.options["agg_scope"] == "rollout"
+  entropy_grad = obj.options.entropy_coef != 0
+  carried = obj.options.agg_scope == "rollout"
 
   def loss_fn(params, router_state, mb):
     logp_t, ent_t = token_logp(model, variables_of(params, router_state), mb, temperature)
@@ -373,12 +376,12 @@ def make_rl_step(model_cfg: ModelConfig, config: Any,
   recompute = config.rl.old_logp == "recompute"
   model = models.build(model_cfg)
   tx = optimizer if optimizer is not None else optim_lib.make_optimizer(config.optim)
-  carried = obj.options["agg_scope"] == "rollout"
-  by_group = obj.options["minibatch_split"] == "groups"
+  o = obj.options
+  carried = o.agg_scope == "rollout"
+  by_group = o.minibatch_split == "groups"
   schedule = optim_lib.schedule_from_config(config)
   grad_fn = jax.value_and_grad(make_loss_fn(model_cfg, config, obj), has_aux=True)
-  o = obj.options
-  tool_lengths = o["overlong"] == "shape" and o["overlong_counts_tool_tokens"]
+  tool_lengths = o.overlong == "shape" and o.overlong_counts_tool_tokens
 
   def rl_step(state: TrainState, ref_variables: Any, packed: Mapping[str, Array]):
     p = {k: jnp.asarray(v) for k, v in packed.items()}
@@ -446,9 +449,11 @@ def make_rl_step(model_cfg: ModelConfig, config: Any,
       params, opt_state = jax.lax.cond(ok, apply, lambda _: (params, opt_state), None)
       d_on = (mb["mask"] > 0) & mb["keep"][..., None]
       d = jnp.where(d_on, jnp.abs(logp - mb["sampler_logp"]), 0.0)
-      out = {"loss": loss, "pg_loss": m["pg_loss"], "kl": m["kl_ref"], "entropy": m["entropy"],
-             "clip_frac": m["clipfrac"], "approx_kl": m["approx_kl"],
-             "ratio_mean": m["ratio_mean"], "grad_norm": grad_norm, "ok": ok,
+      zero = jnp.zeros((), jnp.float32)  # a loss without clipping/ratios reports 0 for them
+      out = {"loss": loss, "pg_loss": m["pg_loss"], "kl": m.get("kl_ref", zero),
+             "entropy": m.get("entropy", zero), "clip_frac": m.get("clipfrac", zero),
+             "approx_kl": m.get("approx_kl", zero), "ratio_mean": m.get("ratio_mean", zero),
+             "grad_norm": grad_norm, "ok": ok,
              "n_tok": m["num_tokens"], "diff_max": jnp.max(d), "diff_sum": jnp.sum(d),
              "diff_n": jnp.sum(d_on)}
       return (params, opt_state, skips + (~finite & has).astype(jnp.int32)), out
