@@ -2,6 +2,11 @@
 
     result = run(config, workdir)        # config: configs/flow_grpo.py:tiny etc.; rerun resumes
 
+What is RL's own lives here (initial and reference variables, rollouts, refill, packing, the
+before/after eval, the summary's RL keys); the stop flag, resume + config diff, checkpoint
+cadence, NaN policy, statuses, summary.json, metrics writer and plot are the shared runner,
+train/runner.py (as in train/loop.py). A new job = a step function + the runner.
+
 Order of a run: tokenizer + initial variables (config.init_from: a mid-training WORKDIR's
 tokenizer.model and the params/router_state of its latest checkpoint; "" = fresh from
 config.seed with a tokenizer from config.tokenizer) -> frozen reference variables (a copy of the
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Optional
 
@@ -55,12 +61,10 @@ from agentic_jax.rl import rollout as rollout_lib
 from agentic_jax.rl import step as step_lib
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
-from agentic_jax.train import metrics as metrics_lib
 from agentic_jax.train import optim as optim_lib
-from agentic_jax.train import runtime
+from agentic_jax.train import runner
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import watchdog as watchdog_lib
-from agentic_jax.train.tensorboard import EventWriter
 
 PLOT_FILE = "rl.png"
 # Model fields that change the parameter tree (a mismatch with init_from is an error).
@@ -317,11 +321,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   """RL per `config` in `workdir`; returns the summary (status completed | stopped | preempted
   | halted | all_skipped: every update of this invocation was non-finite)."""
   t_start = time.perf_counter()
-  stop = runtime.StopFlag(handle_signals)
-  try:
+  with runner.stop_flag(handle_signals) as stop:
     return _run(config, workdir, stop, t_start, stop_after_steps)
-  finally:
-    stop.restore()
 
 
 def _run(config, workdir, stop, t_start, stop_after_steps):
@@ -345,8 +346,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   config_json = json.loads(config.to_json_best_effort())
   abstract = state_lib.abstract_state(model_cfg, tx, config.seed)  # the same tree as _new_state
   place = _Placement(config, model_cfg, abstract)
-  restored = ckpt.restore_latest(place.target(abstract), config_json=config_json)
-  meta = restored[1] if restored is not None else {}
+  resumed = runner.resume(ckpt, place.target(abstract), config_json, say=_say)
+  meta = resumed.meta if resumed is not None else {}
   init = meta.get("init", {})
   if config.init_from:
     init_vars, init_step, _ = load_init_from(config.init_from, model_cfg, config.model.to_dict(),
@@ -361,12 +362,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   # a copy: the state's params are donated to the step, the reference must survive
   init_vars = place.put_variables(init_vars)
   ref_vars = jax.tree.map(jnp.copy, init_vars)
-  if restored is not None:
-    state, start = restored[0], int(restored[0].step)
-    _say(f"[ckpt] resumed from step {start} ({ckpt.directory}/{start})")
-    diff = runtime.config_diff(meta.get("config", {}), config_json)
-    if diff:
-      _say("[ckpt] config differs from the checkpoint's: " + "; ".join(diff[:10]))
+  if resumed is not None:
+    state, start = resumed.state, resumed.step
   else:
     state, start = _new_state(init_vars, tx, config.seed, place.state if place.sharded else None), 0
   _say(f"[rl] {rl.loss}/{rl.preset} on {rl.env} ({rl.mode}, {rl.batch_mode} rows), "
@@ -389,15 +386,14 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
          f"held-out tasks, greedy {_greedy_rate(before)} ({before.get('seconds')}s)")
   extra = {"init": init, "eval_before": before}
 
-  writer = _Writer(workdir, start, progress=config.train.progress, log_every=config.train.log_every,
-                   num_steps=num_steps)
+  writer = runner.MetricsWriter(
+      workdir, start, stream=sys.stdout,
+      progress=_progress_line(num_steps, config.train.log_every) if config.train.progress else None)
+  run_ = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
+                    stop_after_steps, tag="rl", say=_say)
   jitted = None  # compiled at the first batch (its key set fixes the batch shardings)
-  result: dict[str, Any] = {"status": "completed"}
-  step, warned = start, set()
-  totals = {"rollout_s": 0.0, "train_s": 0.0, "dropped_rows": 0, "dropped_trajectories": 0,
-            "skipped_steps": 0}
-  if stop.signal is not None:
-    result["status"] = "preempted"
+  totals = {"rollout_s": 0.0, "train_s": 0.0, "dropped_rows": 0, "dropped_trajectories": 0}
+  run_.stop_in_setup(stop.signal is not None, stop.signal)
   # The update (the only part that waits on device collectives) is watched like a
   # mid-training step: stuck past train.step_timeout_s, the process ends naming it (exit 3).
   dog = watchdog_lib.Watchdog(
@@ -405,7 +401,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
       f"mesh {dict(place.mesh.shape) if place.sharded else '(one device)'} over 1 process",
       note=lambda: watchdog_lib.checkpoint_note(ckpt.directory))
   try:
-    while step < num_steps and result["status"] == "completed":
+    while run_.running():
+      step = run_.step
       t0 = time.perf_counter()
       q = rl.tasks_per_step
       tasks = [pool[(step * q + i) % len(pool)] for i in range(q)]
@@ -427,79 +424,66 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
         state, m = jitted(state, ref_vars, place.put_batch(packed))
         m = {k: np.asarray(v).item() for k, v in jax.device_get(m).items()}
       t2 = time.perf_counter()
-      step += 1
+      run_.step = step = step + 1
       rec = {"step": step, **_episode_metrics(first), **m, **stats, **refill_stats,
              "rollout_s": t1 - t0, "train_s": t2 - t1}
-      for k in ("rollout_s", "train_s", "dropped_rows", "dropped_trajectories"):
+      for k in totals:
         totals[k] += rec[k]
-      if stats["dropped_rows"] and "drop" not in warned:
-        warned.add("drop")
-        _say(f"[rl] step {step}: {stats['dropped_trajectories']} trajectories longer than "
-             f"config.rl.seq_len={rl.seq_len} dropped (counted in metrics: dropped_rows)")
-      if m["old_logp_diff_max"] > rl.old_logp_tolerance and "logp" not in warned:
-        warned.add("logp")
-        _say(f"[rl] step {step}: sampler and recomputed old log-probs differ by up to "
-             f"{m['old_logp_diff_max']:.2e} (mean {m['old_logp_diff_mean']:.2e}) > "
-             f"config.rl.old_logp_tolerance={rl.old_logp_tolerance}")
+      if stats["dropped_rows"]:
+        run_.warn_once("drop", f"[rl] step {step}: {stats['dropped_trajectories']} trajectories "
+                               f"longer than config.rl.seq_len={rl.seq_len} dropped (counted in "
+                               f"metrics: dropped_rows)")
+      if m["old_logp_diff_max"] > rl.old_logp_tolerance:
+        run_.warn_once("logp", f"[rl] step {step}: sampler and recomputed old log-probs differ by "
+                               f"up to {m['old_logp_diff_max']:.2e} (mean "
+                               f"{m['old_logp_diff_mean']:.2e}) > config.rl.old_logp_tolerance="
+                               f"{rl.old_logp_tolerance}")
       if rl.eval_every and step % rl.eval_every == 0 and step < num_steps:
         ev = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
         rec["eval_success_rate"] = ev["success_rate"]
       writer.write(rec)
-      # a step whose every update was non-finite (one without tokens skips nothing)
-      totals["skipped_steps"] += int(m["skipped"] > 0 and m["updates"] == 0)
-      if m["skipped"]:
-        if config.train.nan_policy == "halt":
-          _say(f"[rl] non-finite loss/gradient at step {step}: halting (nan_policy=halt)")
-          result["status"] = "halted"
-          break
-        if "nan" not in warned:
-          warned.add("nan")
-          _say(f"[rl] step {step}: {m['skipped']} updates skipped (non-finite loss/gradient)")
-      stopping = stop.signal is not None or (
-          stop_after_steps is not None and step - start >= stop_after_steps)
-      if step % config.checkpoint.every == 0 or step == num_steps or stopping:
+      # halt on any non-finite update; a step counts as skipped when it applied none (one
+      # without tokens skips nothing)
+      if run_.on_update(m["skipped"] > 0, no_update=m["skipped"] > 0 and m["updates"] == 0):
+        break
+      stopping = run_.stop_status(stop.signal is not None)
+      if run_.checkpoint_due(stopping):
         ckpt.save(state, None, config_json, extra)
       if stopping:
-        result["status"] = "preempted" if stop.signal else "stopped"
-        _say(f"[rl] {stop.signal or 'stop_after_steps'}: checkpoint saved at step {step}; "
-             "rerun the same command to resume")
+        run_.stopped(stopping, stop.signal or "stop_after_steps")
   finally:
     writer.close()
     ckpt.close()
     dog.close()
 
-  if result["status"] != "halted" and step > start and totals["skipped_steps"] == step - start:
-    result["status"] = "all_skipped"
-    _say(f"[rl] every update of all {step - start} RL steps of this run was skipped as "
-         f"non-finite: the policy did not change; check config.optim (lr {config.optim.lr})")
+  run_.finish(lr=config.optim.lr)
   after = None
-  if result["status"] == "completed":
+  if run_.status == "completed":
     after = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
     _say(f"[eval] after RL: success rate {after['success_rate']} (before "
          f"{before['success_rate']}), greedy {_greedy_rate(after)} (before {_greedy_rate(before)})")
-  recs = metrics_lib.read_jsonl(writer.path) if os.path.exists(writer.path) else []
-  summary = {
-      "status": result["status"], "job": "rl", "loss": rl.loss, "preset": rl.preset,
-      "objective_options": dict(objective.options), "env": rl.env, "mode": rl.mode,
-      "start_step": start, "final_step": step, "num_steps": num_steps, "init": init,
-      "success_rate_before": before["success_rate"],
-      "success_rate_after": after["success_rate"] if after else None,
-      "greedy_success_rate_before": _greedy_rate(before),
-      "greedy_success_rate_after": _greedy_rate(after),
-      "eval_before": before, "eval_after": after,
-      "train_reward_first": recs[0]["reward_mean"] if recs else None,
-      "train_reward_last": recs[-1]["reward_mean"] if recs else None,
-      "nan_skips": int(jax.device_get(state.nan_skips)),
-      "dropped_rows": totals["dropped_rows"],
-      "dropped_trajectories": totals["dropped_trajectories"],
-      "seconds": {"rollout": round(totals["rollout_s"], 2), "train": round(totals["train_s"], 2),
-                  "total": round(time.perf_counter() - t_start, 2)},
-      "checkpoints": {"directory": ckpt.directory, "steps": ckpt.all_steps()},
-      "outputs": {"metrics": writer.path, "tensorboard": os.path.join(workdir, "tb"),
-                  "plot": plot_rl(workdir)},
-  }
-  summary["outputs"]["summary"] = metrics_lib.write_summary(workdir, summary)
-  _say(f"== {summary['status']}: RL steps {start}->{step} of {num_steps} | success rate "
+  # the whole run's records (a resumed run's first reward is still step 1's)
+  recs = runner.read_jsonl(writer.path) if os.path.exists(writer.path) else []
+  summary = runner.summary(
+      run_, nan_skips=int(jax.device_get(state.nan_skips)),
+      seconds={"rollout": totals["rollout_s"], "train": totals["train_s"],
+               "total": time.perf_counter() - t_start},
+      checkpointer=ckpt, writer=writer,
+      job="rl", loss=rl.loss, preset=rl.preset, objective_options=dict(objective.options),
+      env=rl.env, mode=rl.mode, init=init,
+      success_rate_before=before["success_rate"],
+      success_rate_after=after["success_rate"] if after else None,
+      greedy_success_rate_before=_greedy_rate(before),
+      greedy_success_rate_after=_greedy_rate(after),
+      eval_before=before, eval_after=after,
+      train_reward_first=recs[0]["reward_mean"] if recs else None,
+      train_reward_last=recs[-1]["reward_mean"] if recs else None,
+      dropped_rows=totals["dropped_rows"], dropped_trajectories=totals["dropped_trajectories"])
+  summary["outputs"]["plot"] = runner.plot_metrics(
+      workdir, [("", ("reward_mean", "success_rate", "eval_success_rate")),
+                ("", ("kl", "entropy", "clip_frac"))], PLOT_FILE, xlabel="RL step")
+  summary["outputs"]["summary"] = runner.write_summary(workdir, summary)
+  _say(f"== {summary['status']}: RL steps {start}->{run_.step} of {num_steps} | success rate "
        f"{before['success_rate']} -> {summary['success_rate_after']} | rollout "
        f"{summary['seconds']['rollout']}s, train {summary['seconds']['train']}s, total "
        f"{summary['seconds']['total']}s")
@@ -515,57 +499,16 @@ def _greedy_rate(result: Optional[dict]) -> Optional[float]:
   return (result.get("greedy") or {}).get("success_rate")
 
 
-class _Writer:
-  """metrics.jsonl (one record per RL step; records past a resumed checkpoint are dropped),
-  TensorBoard scalars and a progress line every log_every steps."""
+def _progress_line(num_steps: int, log_every: int):
+  """The RL progress line of a record, every log_every steps and at the last step."""
+  every = max(1, log_every)
 
-  def __init__(self, workdir: str, start: int, *, progress: bool, log_every: int, num_steps: int):
-    self.path = os.path.join(workdir, metrics_lib.METRICS_FILE)
-    metrics_lib.truncate_jsonl(self.path, start)
-    self._f = open(self.path, "a")
-    self._tb = EventWriter(os.path.join(workdir, "tb"))
-    self.progress, self.log_every, self.num_steps = progress, max(1, log_every), num_steps
-
-  def write(self, rec: dict) -> None:
-    rec = metrics_lib._clean(rec)  # pylint: disable=protected-access  (JSON-safe, NaN -> null)
-    self._f.write(json.dumps(rec) + "\n")
-    self._f.flush()
-    self._tb.scalars(rec["step"], {k: v for k, v in rec.items()
-                                   if k != "step" and isinstance(v, (int, float))})
-    if self.progress and (rec["step"] % self.log_every == 0 or rec["step"] == self.num_steps):
-      f = lambda k, spec=".3f": "n/a" if rec.get(k) is None else format(rec[k], spec)  # noqa: E731
-      _say(f"[rl] step {rec['step']}/{self.num_steps} | reward {f('reward_mean')} | success "
-           f"{f('success_rate')} | kl {f('kl', '.4f')} | entropy {f('entropy')} | clip "
-           f"{f('clip_frac')} | turns {f('turns_per_episode', '.2f')} | rollout "
-           f"{f('rollout_s', '.1f')}s train {f('train_s', '.1f')}s")
-
-  def close(self) -> None:
-    self._f.close()
-    self._tb.close()
-
-
-def plot_rl(workdir: str) -> Optional[str]:
-  """rl.png: training reward / success rate and KL / entropy per step; None if no records."""
-  path = os.path.join(workdir, metrics_lib.METRICS_FILE)
-  recs = metrics_lib.read_jsonl(path) if os.path.exists(path) else []
-  if not recs:
-    return None
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-  for ax, keys in ((axes[0], ("reward_mean", "success_rate", "eval_success_rate")),
-                   (axes[1], ("kl", "entropy", "clip_frac"))):
-    for k in keys:
-      pts = [(r["step"], r[k]) for r in recs if r.get(k) is not None]
-      if pts:
-        ax.plot(*zip(*pts), marker="." if k.startswith("eval") else None, label=k)
-    ax.set_xlabel("RL step")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-      ax.legend(fontsize=8)
-  fig.tight_layout()
-  out = os.path.join(workdir, PLOT_FILE)
-  fig.savefig(out)
-  plt.close(fig)
-  return out
+  def line(rec: dict) -> Optional[str]:
+    if rec["step"] % every and rec["step"] != num_steps:
+      return None
+    f = lambda k, spec=".3f": "n/a" if rec.get(k) is None else format(rec[k], spec)  # noqa: E731
+    return (f"[rl] step {rec['step']}/{num_steps} | reward {f('reward_mean')} | success "
+            f"{f('success_rate')} | kl {f('kl', '.4f')} | entropy {f('entropy')} | clip "
+            f"{f('clip_frac')} | turns {f('turns_per_episode', '.2f')} | rollout "
+            f"{f('rollout_s', '.1f')}s train {f('train_s', '.1f')}s")
+  return line
