@@ -56,11 +56,10 @@ def get_config(arg: str = "tiny"):
   d.error_rate = 0.0  # share with one failing call, then corrected
 
   mt = c.midtrain = midtrain
-  mt.data.sources = ("calculator={data}/episodes.jsonl",)
-  mt.data.source_weights = (1.0,)
-  mt.data.loss_weights = (1.0,)
-  mt.data.num_samples = (0,)  # used by built-in sources only
-  mt.data.eval_num_samples = (64,)
+  # the mix: stage 0's file ("{data}" = WORKDIR/data), its last 64 episodes held out
+  mt.data.mix = ml_collections.ConfigDict({"calculator": {
+      "kind": "jsonl", "path": "{data}/episodes.jsonl", "weight": 1.0, "loss_weight": 1.0,
+      "eval_num_samples": 64}})
   mt.train.eval_every = 0  # the recipe's eval is the RL stage's success rate; saves time
   # SFT-style masking (actions only): copying numbers from the question and the tool output
   # is the skill that gates success; the loss on everything else only dilutes it

@@ -13,6 +13,7 @@ import pytest
 
 from agentic_jax import models
 from agentic_jax.train import config as config_lib
+from agentic_jax.train import input as input_lib
 from agentic_jax.train import loop
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
@@ -34,7 +35,7 @@ def test_required_keys_and_model(variant):
   model_cfg = config_lib.model_config(config.model)
   assert model_cfg == models.presets.get(config.model.preset).replace(
       **{k: v for k, v in config.model.items() if k != "preset"})
-  assert len(config.data.source_weights) == len(config.data.sources) == len(config.data.loss_weights)
+  assert [s.name for s in input_lib.source_specs(config.data)] == sorted(config.data.mix)
 
 
 def test_locked_config_rejects_typos_and_checks_types():
@@ -67,7 +68,7 @@ def test_full_size_step_shapes_via_eval_shape(variant):
            for k in ("inputs", "targets", "weights", "segment_ids", "positions", "target_kind",
                      "source_id")}
   step_fn = step_lib.make_train_step(model_cfg, config, num_kinds=10,
-                                     num_sources=len(config.data.sources))
+                                     num_sources=len(config.data.mix))
   new_state, metrics = jax.eval_shape(step_fn, abstract, batch)
   assert jax.tree.structure(new_state) == jax.tree.structure(abstract)
   jax.tree.map(lambda a, c: (a.shape, a.dtype) == (c.shape, c.dtype) or pytest.fail(f"{a} != {c}"),
@@ -84,7 +85,8 @@ def test_full_size_step_shapes_via_eval_shape(variant):
 def test_tiny_one_step_on_builtin_data(tmp_path):
   config = config_lib.load_config(f"{MIDTRAIN}:tiny")
   config.unlock()
-  config.data.num_samples = (24, 8, 16)
+  for name, n in {"calculator": 24, "pyrepo": 8, "stdlib_edits": 16}.items():
+    config.data.mix[name].num_samples = n
   config.train.num_steps, config.optim.warmup_steps, config.train.progress = 1, 0, False
   config.lock()
   result = loop.run(config, str(tmp_path), handle_signals=False)
@@ -93,7 +95,7 @@ def test_tiny_one_step_on_builtin_data(tmp_path):
   # A fresh model predicts roughly uniformly over the 1024-token vocabulary.
   assert step == 1 and abs(float(loss) - math.log(1024)) < 0.3
   rec = result["final_record"]
-  assert set(config.data.sources) == {k.split("/")[-1] for k in rec if k.startswith("loss/source/")}
+  assert set(config.data.mix) == {k.split("/")[-1] for k in rec if k.startswith("loss/source/")}
   assert rec["loss/kind/observation"] > 0 and rec["loss/kind/tool_call"] > 0
   assert result["data"]["tokenizer"]["trained"] and result["pipeline"]["batches"] >= 1
   np.testing.assert_allclose(sum(rec["moe/expert_load"]), 1.0, rtol=1e-4)

@@ -96,8 +96,8 @@ def test_build_input_rows_equal_the_single_process_batch(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = config_lib.load_config(os.path.join(root, "configs", "midtrain.py") + ":tiny")
   config.unlock()
-  config.data.num_samples = (64, 32, 64)
-  config.data.eval_num_samples = (16, 8, 16)
+  for name, n in {"calculator": 64, "pyrepo": 32, "stdlib_edits": 64}.items():
+    config.data.mix[name].num_samples, config.data.mix[name].eval_num_samples = n, n // 4
   config.data.seq_len = 64
   config.lock()
   one = input_lib.build_input(config, str(tmp_path), vocab_limit=1024, eval_batches=2)

@@ -10,6 +10,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -137,11 +138,14 @@ def tokenizer_path(tmp_path_factory):
   return path
 
 
+COUNTS = {"calculator": (24, 8), "pyrepo": (6, 3), "stdlib_edits": (12, 6)}  # train, eval
+
+
 def _builtin_config(tokenizer_path, **overrides):
   config = config_lib.load_config(f"{MIDTRAIN}:tiny")
   config.unlock()
-  config.data.num_samples = (24, 6, 12)
-  config.data.eval_num_samples = (8, 3, 6)
+  for name, (n, n_eval) in COUNTS.items():
+    config.data.mix[name].num_samples, config.data.mix[name].eval_num_samples = n, n_eval
   config.data.seq_len = 2048
   config.data.overlong = "drop"  # every packed segment is one whole sample
   config.data.batch_size = 2
@@ -164,18 +168,23 @@ def _segments(batches) -> list[tuple[bytes, int]]:
 
 
 def _rendered(config, tok, seed, counts) -> list[set]:
+  """Per source, in source_id order: the rendered token sequences of `counts[i]` samples."""
   return [{render(s, tok, config.data.mask_policy).tokens.astype(np.int32).tobytes()
            for s in builtin.generate(name, seed=seed, num_samples=n)}
-          for name, n in zip(config.data.sources, counts)]
+          for name, n in zip(sorted(COUNTS), counts)]
+
+
+def _counts(eval_counts=False):
+  return [COUNTS[name][int(eval_counts)] for name in sorted(COUNTS)]
 
 
 def test_held_out_batches_never_overlap_training_samples(tokenizer_path, tmp_path):
   config = _builtin_config(tokenizer_path)
   inp = input_lib.build_input(config, str(tmp_path), vocab_limit=1024, eval_batches=3)
   assert len(inp.eval_batches) == 3
-  train = _rendered(config, inp.tokenizer, config.seed, config.data.num_samples)
+  train = _rendered(config, inp.tokenizer, config.seed, _counts())
   held = _rendered(config, inp.tokenizer, config.seed + input_lib.EVAL_SEED_OFFSET,
-                   config.data.eval_num_samples)
+                   _counts(eval_counts=True))
   segs = _segments(inp.eval_batches)
   assert {src for _, src in segs} == {0, 1, 2}  # every source is represented
   for tokens, src in segs:
@@ -208,7 +217,7 @@ def test_held_out_samples_equal_to_training_ones_are_dropped_and_counted(
   inp = input_lib.build_input(config, str(tmp_path), vocab_limit=1024, eval_batches=3)
   rep = inp.report["eval"]["sources"]
   assert rep["calculator"] == {"samples": 3, "dropped_overlap": 5}
-  train = _rendered(config, inp.tokenizer, config.seed, config.data.num_samples)
+  train = _rendered(config, inp.tokenizer, config.seed, _counts())
   for tokens, src in _segments(inp.eval_batches):
     assert tokens not in train[src]
 
@@ -218,10 +227,8 @@ def test_file_source_holds_out_its_last_records(tokenizer_path, tmp_path):
   src = os.path.join(os.path.dirname(__file__), "data", "adp_good.jsonl")
   config = config_lib.load_config(f"{MIDTRAIN}:tiny")
   config.unlock()
-  config.data.sources = (f"agent=adp:{src}",)
-  for key in ("source_weights", "loss_weights", "num_samples"):
-    config.data[key] = (1.0,) if key != "num_samples" else (1,)
-  config.data.eval_num_samples = (1,)
+  config.data.mix = ml_collections.ConfigDict(
+      {"agent": input_lib.mix_source("adp", path=src, eval_num_samples=1)})
   config.data.batch_size, config.data.seq_len = 1, 4096
   config.data.tokenizer.path = tokenizer_path
   config.lock()
@@ -232,9 +239,9 @@ def test_file_source_holds_out_its_last_records(tokenizer_path, tmp_path):
   no_eval = input_lib.build_input(config, str(tmp_path), vocab_limit=1024)
   assert no_eval.report["sources"]["agent"]["held_out_for_eval"] == 1  # independent of eval
   assert no_eval.eval_batches == []
-  with pytest.raises(ValueError, match=r"eval_num_samples\[0\]=4 holds out all 4"):
+  with pytest.raises(ValueError, match=r"config.data.mix.agent.eval_num_samples=4 holds out all 4"):
     config.unlock()
-    config.data.eval_num_samples = (4,)
+    config.data.mix.agent.eval_num_samples = 4
     input_lib.build_input(config, str(tmp_path), vocab_limit=1024)
 
 

@@ -27,8 +27,10 @@ MESH = {"data": 1, "fsdp": 2, "tensor": 2, "expert": 2}
 # a 1-layer ScMoE model with zero experts; one record per step.
 ARGS = [
     f"--config={os.path.join(ROOT, 'configs', 'midtrain.py')}:tiny", "--compile_cache=",
-    "--config.seed=11", "--config.data.num_samples=(48, 24, 48)",
-    "--config.data.eval_num_samples=(8, 4, 8)", "--config.data.tokenizer.vocab_size=512",
+    "--config.seed=11", "--config.data.tokenizer.vocab_size=512",
+    *(f"--config.data.mix.{name}.{key}={n // d}" for name, n in
+      (("calculator", 48), ("pyrepo", 24), ("stdlib_edits", 48))
+      for key, d in (("num_samples", 1), ("eval_num_samples", 6))),
     "--config.data.batch_size=8", "--config.data.seq_len=64", "--config.train.num_steps=3",
     "--config.train.log_every=1", "--config.train.progress=False",
     "--config.train.eval_every=3", "--config.train.eval_batches=1",

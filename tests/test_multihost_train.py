@@ -26,7 +26,7 @@ LAUNCH = os.path.join(ROOT, "launch", "train.py")
 # invariant), batch 8 x 32, a 1-layer ScMoE model; one record per step, an eval at the end.
 ARGS = [
     f"--config={os.path.join(ROOT, 'configs', 'midtrain.py')}:tiny", "--compile_cache=",
-    "--config.data.sources=('synthetic',)", "--config.data.batch_size=8",
+    "--config.data.synthetic=True", "--config.data.batch_size=8",
     "--config.data.seq_len=32", "--config.train.num_steps=3", "--config.train.log_every=1",
     "--config.train.progress=False",
     "--config.train.eval_every=3", "--config.train.eval_batches=1", "--config.checkpoint.every=1000",

@@ -22,9 +22,9 @@ def small_recipe(tokenizer_path, variant="tiny"):
   mt = config.midtrain
   for k, v in {**SMALL_MODEL, "vocab_size": 400}.items():
     mt.model[k] = v
-  config.recipe_data.num_samples = 120  # -> WORKDIR/data/*.jsonl, mt.data.sources read them
+  config.recipe_data.num_samples = 120  # -> WORKDIR/data/*.jsonl, mt.data.mix reads them
   config.recipe_data.no_tool_rate = 0.3  # the knob works (the recipe's default plants nothing)
-  mt.data.eval_num_samples = (4,)
+  mt.data.mix.calculator.eval_num_samples = 4
   mt.data.tokenizer.path = tokenizer_path
   mt.data.batch_size, mt.data.seq_len = 2, 128
   mt.train.num_steps, mt.train.log_every, mt.train.progress = 4, 2, False
@@ -43,7 +43,9 @@ def small_recipe(tokenizer_path, variant="tiny"):
 def test_recipe_config_layout(variant):
   config = config_lib.load_config(os.path.join(ROOT, "configs", f"recipe.py:{variant}"))
   assert config.job == "recipe" and "model" not in config
-  assert config.midtrain.data.sources == ("calculator={data}/episodes.jsonl",)
+  mix = config.midtrain.data.mix
+  assert list(mix) == ["calculator"] and mix.calculator.kind == "jsonl"
+  assert mix.calculator.path == "{data}/episodes.jsonl"
   assert config.rl.loss == "flow_grpo" and config.rl.env == "calculator"
   assert config.rl.env_options.level == config.recipe_data.level == "mixed"
   assert config.rl.eval_tasks >= 64
@@ -128,8 +130,11 @@ def test_agentflow_recipe_writes_planner_samples_and_runs_agentflow_rl(tokenizer
   assert data["format"] == "agentflow" and data["too_long_for_planner"] == 0
   with open(os.path.join(str(tmp_path), "data", "episodes.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  assert len(records) == data["written"] > data["episodes"]  # 2-3 planner samples per episode
-  for rec in records:
+  # the plain episodes, then 2-3 planner samples per episode
+  planner = [r for r in records if "-plan" in r["id"]]
+  assert len(records) == data["written"] == data["episodes"] + len(planner)
+  assert len(planner) >= 2 * data["episodes"]
+  for rec in planner:
     trained = [t for t in rec["turns"] if t.get("weight", 1.0) != 0.0]
     assert len(trained) == 1 and trained[0]["role"] == "assistant"
     assert trained[0]["content"].split("\n")[-1] in ("Tool: calc", "Tool: answer")

@@ -30,7 +30,7 @@ def small_config(**sections):
   config.unlock()
   for k, v in SMALL_MODEL.items():
     config.model[k] = v
-  config.data.sources = ("synthetic",)
+  config.data.synthetic = True
   config.data.batch_size, config.data.seq_len = 4, 32
   config.train.num_steps, config.train.log_every, config.train.progress = 6, 2, False
   config.optim.warmup_steps = 2

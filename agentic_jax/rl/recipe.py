@@ -9,8 +9,8 @@ call and correct it) minus every episode whose question is in the RL environment
 split (envs.calculator_split, counted), as one JSONL file in our schema, WORKDIR/data/episodes.jsonl.
 `format` "plain" writes the episodes; "agentflow" writes one planner sample per action
 (rl/agentflow_data.py: the planner's exact context with only its plan as the target), for the
-RL stage's agentflow mode. config.midtrain's data.sources refers to the file as
-"NAME={data}/episodes.jsonl".
+RL stage's agentflow mode. config.midtrain's data mix refers to the file as a "jsonl" source
+with path "{data}/episodes.jsonl" (config.midtrain.data.mix.calculator.path).
 Stage 1 runs agentic_jax.train.loop.run(config.midtrain, WORKDIR/midtrain). Stage 2 runs
 agentic_jax.rl.loop.run on the top-level RL keys with init_from = WORKDIR/midtrain and
 model = config.midtrain.model, in WORKDIR/rl; its evaluations on held-out tasks before the
@@ -119,10 +119,13 @@ def _check_data_options(d: Any) -> None:
 
 
 def midtrain_stage_config(config: Any, data_dir: str) -> Any:
-  """config.midtrain with "{data}" in its source specs replaced by the data directory."""
+  """config.midtrain with "{data}" in the paths of its file sources (data.mix.NAME.path)
+  replaced by the data directory."""
   c = copy.deepcopy(config.midtrain)
   c.unlock()
-  c.data.sources = tuple(s.replace("{data}", data_dir) for s in c.data.sources)
+  for source in c.data.mix.values():
+    if "path" in source:
+      source.path = source.path.replace("{data}", data_dir)
   c.lock()
   return c
 

@@ -234,29 +234,15 @@ def _check_data(config: Any, num_devices: int, num_processes: int) -> None:
   check_choice(config, "data.mask_policy", render.POLICIES)
   check_choice(config, "data.on_bad_record", reader.ON_BAD_RECORD)
   check_choice(config, "data.overlong", pipeline.OVERLONG_MODES)
-  names = tuple(config.data.sources)
-  if not names or not all(isinstance(n, str) and n for n in names):
-    raise ConfigError(f"config.data.sources: expected one or more source names, got {names!r}")
-  if names != ("synthetic",):  # the synthetic source reads none of the per-source keys
-    per_source = ("source_weights", "loss_weights", "num_samples", "eval_num_samples")
-    for key in (k for k in per_source if k in config.data):
-      values = tuple(config.data[key])
-      if len(values) != len(names):
-        raise ConfigError(f"config.data.{key}: {len(values)} entries for {len(names)} "
-                          "config.data.sources")
-      for i, v in enumerate(values):
-        if key.endswith("weights"):
-          if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or v == math.inf:
-            raise ConfigError(f"config.data.{key}[{i}]: expected a finite number >= 0, got {v!r}")
-        elif isinstance(v, bool) or not isinstance(v, int) or v < 0:
-          raise ConfigError(f"config.data.{key}[{i}]: expected an int >= 0, got {v!r}")
-    weights = [float(v) for v in config.data.source_weights]
-    if not sum(weights) > 0:
-      raise ConfigError(f"config.data.source_weights: expected a positive total, got {weights}")
-    if config.data.stages:
-      with config_errors("config.data.stages", under="config.data"):
-        pipeline.parse_stages([s.to_dict() if hasattr(s, "to_dict") else dict(s)
-                               for s in config.data.stages], names, weights)
+  from agentic_jax.train import input as input_lib  # pylint: disable=import-outside-toplevel
+  specs = input_lib.source_specs(config.data)  # config.data.mix: ConfigError naming the key
+  if "synthetic" in config.data:
+    check_bool(config, "data.synthetic")
+  if config.data.stages:
+    with config_errors("config.data.stages", under="config.data"):
+      pipeline.parse_stages([s.to_dict() if hasattr(s, "to_dict") else dict(s)
+                             for s in config.data.stages], [s.name for s in specs],
+                            [s.weight for s in specs])
   if "pack_groups" in config.data:
     from agentic_jax.data import groups  # pylint: disable=import-outside-toplevel
     with config_errors("config.data.pack_groups"):

@@ -11,24 +11,37 @@ groups of batch_size / pack_groups rows (agentic_jax.data.groups), and a process
 the groups its rows fall in. Set pack_groups to a multiple of the process count on large
 jobs so that no process packs rows it does not feed.
 
-Sources (`data.sources`, index = source_id in batches):
-  "calculator" / "pyrepo" / "stdlib_edits"   built-in generators (agentic_jax.data.builtin),
-                                             data.num_samples[i] samples from seed config.seed
-  "NAME=PATH"  /  "NAME=adp:PATH"            a JSONL file in our schema / in ADP, read with
-                                             data.on_bad_record (skips counted in the report)
-  "synthetic"                                (alone) packed arithmetic sequences of random
-                                             tokens: no tokenizer, for benchmarks and tests
+The data mix (`data.mix`): one entry per source, NAME -> its fields, turned into `SourceSpec`s
+by `source_specs(config.data)` - the one place they are read and validated (ConfigError naming
+the key, e.g. "config.data.mix.calculator.weight: expected a finite number >= 0, got -1").
+source_id in batches indexes the names in sorted order. Write an entry with `mix_source(kind,
+**fields)`, which fills in every field of the kind, so each can be overridden on the command line
+(--config.data.mix.calculator.num_samples=100):
+  kind              a built-in generator (agentic_jax.data.builtin.registered(): calculator,
+                    calculator_basic, pyrepo, stdlib_edits, or one added with
+                    builtin.register_source), "jsonl" (a JSONL / JSON-array file in our schema)
+                    or "adp" (Agent Data Protocol); files are read with data.on_bad_record
+                    (skips counted in the report)
+  path              file kinds: the file
+  num_samples       built-in kinds: samples generated from seed config.seed
+  weight            mixture: probability of drawing from the source (relative to the others)
+  loss_weight       multiplier of the source's token loss weights
+  eval_num_samples  held-out eval samples (below); 0 = none
+`data.stages` name -> weight dicts refer to these names. `data.synthetic=True` replaces the mix
+with packed arithmetic sequences of random tokens (no tokenizer; benchmarks and tests), source
+name "synthetic". The old parallel tuples (data.sources, source_weights, loss_weights,
+num_samples, eval_num_samples) are rejected with a message naming their data.mix field.
 Tokenizer: data.tokenizer.path, else WORKDIR/tokenizer.model if a previous run wrote it
 (so a resumed run tokenizes identically), else trained on the built-in corpus
 (builtin.corpus_texts(seed)) with data.tokenizer.vocab_size ids, and saved there.
 The iterator is the pipeline's checkpointable grain iterator (or the synthetic one).
 
 Held-out eval data (`eval_batches` > 0), never overlapping the training samples:
-  built-in sources  data.eval_num_samples[i] samples generated from seed config.seed +
+  built-in sources  eval_num_samples samples generated from seed config.seed +
                     EVAL_SEED_OFFSET (training uses config.seed);
-  file sources      the LAST data.eval_num_samples[i] records of the file, which are removed
-                    from training whenever data.eval_num_samples is set (eval on or off, so the
-                    training data never depends on train.eval_every);
+  file sources      the LAST eval_num_samples records of the file, which are removed from
+                    training whenever eval_num_samples > 0 (eval on or off, so the training
+                    data never depends on train.eval_every);
   synthetic         rows drawn from a separate random stream (stream 1; training is stream 0).
 Any eval sample whose rendered tokens equal a training sample's is dropped and counted
 (report["eval"]["sources"][name]["dropped_overlap"]). The eval batches are packed by their own
@@ -39,12 +52,17 @@ taken once, so evaluating never advances or perturbs the training iterator.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import grain
+import ml_collections
 import numpy as np
+
+from agentic_jax.data import builtin
+from agentic_jax.train.config import ConfigError
 
 SYNTHETIC = "synthetic"
 EVAL_SEED_OFFSET = 1_000_003
@@ -125,79 +143,191 @@ class SyntheticIterator(grain.DatasetIterator):
     return out
 
 
+# ------------------------------------------------------------------ the data mix
+
+FILE_KINDS = {"jsonl": "native", "adp": "adp"}  # file kind -> agentic_jax.data.reader format
+_FIELD_DEFAULTS = {"weight": 1.0, "loss_weight": 1.0, "eval_num_samples": 0}
+# the keys the mix replaced -> where their values went
+MOVED_KEYS = {"sources": "config.data.mix (one entry per source: NAME -> kind, path or "
+                         "num_samples, weight, loss_weight, eval_num_samples)",
+              "source_weights": "config.data.mix.NAME.weight",
+              "loss_weights": "config.data.mix.NAME.loss_weight",
+              "num_samples": "config.data.mix.NAME.num_samples",
+              "eval_num_samples": "config.data.mix.NAME.eval_num_samples"}
+
+
+def moved_key_message(key: str) -> str:
+  hint = " (random-token data: config.data.synthetic=True)" if key == "sources" else ""
+  return f"config.data.{key} was replaced by {MOVED_KEYS[key]}{hint}; see configs/midtrain.py"
+
+
+class DataSection(ml_collections.ConfigDict):
+  """The `data` section of a config: a ConfigDict whose errors for the keys the mix replaced
+  (MOVED_KEYS) name their config.data.mix field - on the command line the locked config rejects
+  --config.data.sources=... with that message - and which refuses to gain such a key."""
+
+  def _generate_did_you_mean_message(self, request, message=""):  # ml_collections' error hook
+    if request in MOVED_KEYS:
+      return moved_key_message(request)
+    return super()._generate_did_you_mean_message(request, message)
+
+  def __setitem__(self, key, value):
+    if key in MOVED_KEYS:
+      raise KeyError(moved_key_message(key))
+    super().__setitem__(key, value)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceSpec:
+  """One validated entry of config.data.mix (module docstring)."""
+  name: str
+  kind: str  # a builtin.registered() kind or a FILE_KINDS key
+  weight: float = 1.0
+  loss_weight: float = 1.0
+  eval_num_samples: int = 0
+  num_samples: int = 0  # built-in kinds
+  path: str = ""  # file kinds
+
+  @property
+  def is_file(self) -> bool:
+    return self.kind in FILE_KINDS
+
+
+def source_kinds() -> tuple[str, ...]:
+  return builtin.registered() + tuple(FILE_KINDS)
+
+
+def _kind_fields(kind: str) -> tuple[str, ...]:
+  return ("kind", "path" if kind in FILE_KINDS else "num_samples", "weight", "loss_weight",
+          "eval_num_samples")
+
+
+def mix_source(kind: str, **fields: Any) -> ml_collections.ConfigDict:
+  """A config.data.mix entry of `kind` holding every field of that kind (defaults: weight 1.0,
+  loss_weight 1.0, eval_num_samples 0; `path` or `num_samples` is required), e.g.
+  mix_source("calculator", num_samples=512) or mix_source("jsonl", path="data/episodes.jsonl")."""
+  if kind not in source_kinds():
+    raise ValueError(f"mix_source: unknown kind {kind!r}; expected one of {list(source_kinds())}")
+  names = _kind_fields(kind)
+  unknown = sorted(set(fields) - set(names))
+  if unknown:
+    raise ValueError(f"mix_source({kind!r}): unknown fields {unknown}; expected {list(names[1:])}")
+  entry = {"kind": kind, **_FIELD_DEFAULTS, **fields}
+  for key in ("weight", "loss_weight"):  # floats, so that an override may be fractional
+    if isinstance(entry[key], int) and not isinstance(entry[key], bool):
+      entry[key] = float(entry[key])
+  if names[1] not in entry:
+    raise ValueError(f"mix_source({kind!r}): {names[1]} is required")
+  return ml_collections.ConfigDict({k: entry[k] for k in names})
+
+
+def _mix_number(fields: Mapping[str, Any], key: str, where: str) -> float:
+  v = fields.get(key, _FIELD_DEFAULTS[key])
+  if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+    raise ConfigError(f"{where}.{key}: expected a finite number >= 0, got {v!r}")
+  return float(v)
+
+
+def _mix_count(fields: Mapping[str, Any], key: str, where: str, low: int) -> int:
+  if key not in fields and key not in _FIELD_DEFAULTS:
+    raise ConfigError(f"{where}.{key}: required for a {fields.get('kind')!r} source")
+  v = fields.get(key, _FIELD_DEFAULTS.get(key))
+  if isinstance(v, bool) or not isinstance(v, int) or v < low:
+    raise ConfigError(f"{where}.{key}: expected an int >= {low}, got {v!r}")
+  return v
+
+
+def _source_spec(name: Any, entry: Any) -> SourceSpec:
+  where = f"config.data.mix.{name}"
+  if not isinstance(name, str) or not name:
+    raise ConfigError(f"config.data.mix: expected non-empty source names, got {name!r}")
+  if not hasattr(entry, "items"):
+    raise ConfigError(f"{where}: expected a mapping of source fields (mix_source(kind, ...)), "
+                      f"got {entry!r}")
+  fields = dict(entry.items())
+  kind = fields.get("kind")
+  if kind not in source_kinds():
+    raise ConfigError(f"{where}.kind: expected one of {list(source_kinds())}, got {kind!r}")
+  allowed = _kind_fields(kind)
+  for key in fields:
+    if key not in allowed:
+      raise ConfigError(f"{where}.{key}: not a field of a {kind!r} source; expected fields "
+                        f"{list(allowed)}")
+  common = dict(name=name, kind=kind, weight=_mix_number(fields, "weight", where),
+                loss_weight=_mix_number(fields, "loss_weight", where),
+                eval_num_samples=_mix_count(fields, "eval_num_samples", where, 0))
+  if kind in FILE_KINDS:
+    path = fields.get("path")
+    if not isinstance(path, str) or not path:
+      raise ConfigError(f"{where}.path: expected the path of a {kind!r} file, got {path!r}")
+    return SourceSpec(path=path, **common)
+  return SourceSpec(num_samples=_mix_count(fields, "num_samples", where, 1), **common)
+
+
+def source_specs(data: Any) -> tuple[SourceSpec, ...]:
+  """config.data.mix as validated SourceSpecs in source_id order (sorted names); ConfigError
+  naming the first bad key, or an old-style key (MOVED_KEYS) still in `data`."""
+  for key in MOVED_KEYS:
+    if key in data:
+      raise ConfigError(moved_key_message(key))
+  mix = data.get("mix")
+  if not hasattr(mix, "items") or not len(mix):
+    raise ConfigError("config.data.mix: expected one or more sources (NAME -> "
+                      f"mix_source(kind, ...)), got {mix!r}")
+  specs = tuple(_source_spec(name, mix[name]) for name in sorted(mix.keys()))
+  if not sum(s.weight for s in specs) > 0:
+    raise ConfigError("config.data.mix: expected a positive total weight, got "
+                      f"{ {s.name: s.weight for s in specs} }")
+  return specs
+
+
+def is_synthetic(data: Any) -> bool:
+  return bool(data.get("synthetic", False))
+
+
 # ------------------------------------------------------------------ real sources
 
 
-def _parse_source(spec: str) -> tuple[str, Optional[str], Optional[str]]:
-  """"name" -> (name, None, None); "name=path" -> (name, path, "native"); "name=adp:path"."""
-  name, sep, rest = spec.partition("=")
-  if not sep:
-    return spec, None, None
-  if rest.startswith("adp:"):
-    return name, rest[4:], "adp"
-  return name, rest, "native"
-
-
-def _per_source(data: Any, key: str, n: int) -> tuple:
-  values = tuple(data[key])
-  if len(values) != n:
-    raise ValueError(f"config.data.{key} has {len(values)} entries but config.data.sources has {n}")
-  return values
-
-
-def _eval_counts(data: Any, n: int) -> Optional[tuple]:
-  """data.eval_num_samples per source (ints >= 0), or None when the key is absent."""
-  if "eval_num_samples" not in data:
-    return None
-  counts = _per_source(data, "eval_num_samples", n)
-  for i, c in enumerate(counts):
-    if isinstance(c, bool) or not isinstance(c, int) or c < 0:
-      raise ValueError(f"config.data.eval_num_samples[{i}]: expected an int >= 0, got {c!r}")
-  return counts
-
-
-def _load_samples(data: Any, seed: int, report: dict, *,
+def _load_samples(specs: tuple[SourceSpec, ...], data: Any, seed: int, report: dict, *,
                   with_eval: bool) -> list[tuple[str, list, list]]:
   """[(name, training samples, held-out samples)] per source (module docstring); held-out
   built-in samples are only generated when `with_eval`."""
-  names = tuple(data.sources)
-  counts = _per_source(data, "num_samples", len(names))
-  eval_counts = _eval_counts(data, len(names)) or (0,) * len(names)
   out = []
-  for i, spec in enumerate(names):
-    name, path, fmt = _parse_source(spec)
+  for spec in specs:
+    name, n_eval = spec.name, spec.eval_num_samples
     t0 = time.perf_counter()
     held: list = []
-    if path is None:
-      from agentic_jax.data import builtin  # pylint: disable=import-outside-toplevel
-      samples = builtin.generate(name, seed=seed, num_samples=int(counts[i]))
+    if not spec.is_file:
+      samples = builtin.generate(spec.kind, seed=seed, num_samples=spec.num_samples)
       report.setdefault("sources", {})[name] = {"generated": len(samples)}
-      if with_eval and eval_counts[i]:
-        held = builtin.generate(name, seed=seed + EVAL_SEED_OFFSET, num_samples=int(eval_counts[i]))
+      if with_eval and n_eval:
+        held = builtin.generate(spec.kind, seed=seed + EVAL_SEED_OFFSET, num_samples=n_eval)
     else:
       from agentic_jax.data.reader import read_samples  # pylint: disable=import-outside-toplevel
-      samples, rep = read_samples(path, fmt, data.on_bad_record,
+      fmt = FILE_KINDS[spec.kind]
+      samples, rep = read_samples(spec.path, fmt, data.on_bad_record,
                                   source=name if fmt == "adp" else None)
       report.setdefault("sources", {})[name] = {
-          "file": path, "records": rep.records, "kept": rep.kept, "skipped": rep.skipped,
+          "file": spec.path, "records": rep.records, "kept": rep.kept, "skipped": rep.skipped,
           "skipped_by_field": dict(rep.skipped_by_field), "summary": rep.summary()}
       if rep.skipped:
         print(f"[data] {rep.summary()}", flush=True)
-      if eval_counts[i]:  # the held-out tail leaves training whether or not eval runs
-        if eval_counts[i] >= len(samples):
-          raise ValueError(f"config.data.eval_num_samples[{i}]={eval_counts[i]} holds out all "
-                           f"{len(samples)} samples of {spec!r}; nothing would be left to train on")
-        samples, held = samples[:-eval_counts[i]], samples[-eval_counts[i]:]
+      if n_eval:  # the held-out tail leaves training whether or not eval runs
+        if n_eval >= len(samples):
+          raise ValueError(f"config.data.mix.{name}.eval_num_samples={n_eval} holds out all "
+                           f"{len(samples)} samples of {spec.path!r}; nothing would be left to "
+                           "train on")
+        samples, held = samples[:-n_eval], samples[-n_eval:]
         report["sources"][name]["held_out_for_eval"] = len(held)
     report["sources"][name]["seconds"] = round(time.perf_counter() - t0, 3)
     if not samples:
-      raise ValueError(f"config.data.sources[{i}] ({spec!r}) produced no samples")
+      raise ValueError(f"config.data.mix.{name} ({spec.kind} {spec.path or spec.num_samples}) "
+                       "produced no samples")
     out.append((name, samples, held))
   return out
 
 
 def _train_tokenizer(data: Any, seed: int):
-  from agentic_jax.data import builtin  # pylint: disable=import-outside-toplevel
   from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
   texts = list(builtin.corpus_texts(seed))
   return tok_lib.SentencePieceTokenizer.train(texts, int(data.tokenizer.vocab_size), seed=seed)
@@ -209,7 +339,7 @@ def ensure_tokenizer(config: Any, workdir: str) -> dict:
   synthetic data). A multi-process run calls this on process 0 only, then a barrier, so
   that every process loads the same file instead of training its own."""
   data = config.data
-  if SYNTHETIC in tuple(data.sources):
+  if is_synthetic(data):
     return {}
   if data.tokenizer.path:
     return {"path": data.tokenizer.path, "trained": False}
@@ -265,11 +395,9 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
   if eval_batches < 0:
     raise ValueError(f"eval_batches must be >= 0, got {eval_batches}")
   per_process = data.batch_size // process_count
-  names = tuple(data.sources)
+  specs = source_specs(data)
   report: dict = {}
-  if SYNTHETIC in names:
-    if names != (SYNTHETIC,):
-      raise ValueError(f"config.data.sources: {SYNTHETIC!r} cannot be mixed with other sources")
+  if is_synthetic(data):
 
     def synthetic(stream: int) -> SyntheticIterator:
       return SyntheticIterator(batch_size=per_process, seq_len=data.seq_len, vocab_size=vocab_limit,
@@ -279,15 +407,13 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
     report = {"synthetic": True}
     if eval_batches:
       report["eval"] = {"batches": eval_batches, "stream": 1}
-    return Input(synthetic(0), names, _KINDS_FALLBACK, None, report, held)
+    return Input(synthetic(0), (SYNTHETIC,), _KINDS_FALLBACK, None, report, held)
 
   from agentic_jax.data import groups as groups_lib  # pylint: disable=import-outside-toplevel
   from agentic_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   from agentic_jax.data.render import MASK_KINDS, render  # pylint: disable=import-outside-toplevel
-  mix = _per_source(data, "source_weights", len(names))
-  loss_w = _per_source(data, "loss_weights", len(names))
   t0 = time.perf_counter()
-  loaded = _load_samples(data, config.seed, report, with_eval=eval_batches > 0)
+  loaded = _load_samples(specs, data, config.seed, report, with_eval=eval_batches > 0)
   tok = _tokenizer(data, workdir, config.seed, report, may_train=may_train_tokenizer)
   if tok.vocab_size > vocab_limit:
     raise ValueError(f"tokenizer has {tok.vocab_size} ids but config.model.vocab_size is "
@@ -295,14 +421,15 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
   t1 = time.perf_counter()
   sources, eval_sources = [], []
   eval_report: dict = {"batches": eval_batches, "seed": config.seed + EVAL_SEED_OFFSET, "sources": {}}
-  for (name, samples, held), weight, lw in zip(loaded, mix, loss_w):
-    rendered = [render(s, tok, data.mask_policy, float(lw)) for s in samples]
-    sources.append(pipeline.Source(name, float(weight), rendered))
+  for (name, samples, held), spec in zip(loaded, specs):
+    weight, lw = spec.weight, spec.loss_weight
+    rendered = [render(s, tok, data.mask_policy, lw) for s in samples]
+    sources.append(pipeline.Source(name, weight, rendered))
     report["sources"][name]["tokens"] = int(sum(len(r) for r in rendered))
     if eval_batches:
-      kept, dropped = _without_overlap([render(s, tok, data.mask_policy, float(lw)) for s in held],
+      kept, dropped = _without_overlap([render(s, tok, data.mask_policy, lw) for s in held],
                                        rendered)
-      eval_sources.append(pipeline.Source(name, float(weight) if kept else 0.0, kept))
+      eval_sources.append(pipeline.Source(name, weight if kept else 0.0, kept))
       eval_report["sources"][name] = {"samples": len(kept), "dropped_overlap": dropped}
   report["render_seconds"] = round(time.perf_counter() - t1, 3)
   stages = [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in data.stages] or None
@@ -321,8 +448,8 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
   held_batches: list = []
   if eval_batches:
     if not any(s.samples and s.weight > 0 for s in eval_sources):
-      raise ValueError("no held-out eval samples: set config.data.eval_num_samples (> 0 for a "
-                       "source with weight > 0) or train.eval_every=0")
+      raise ValueError("no held-out eval samples: set config.data.mix.NAME.eval_num_samples (> 0 "
+                       "for a source with weight > 0) or train.eval_every=0")
     eval_it = packed(eval_sources, config.seed + EVAL_SEED_OFFSET)
     held_batches = _take(eval_it, eval_batches)
     eval_report["pipeline"] = eval_it.stats.as_dict()

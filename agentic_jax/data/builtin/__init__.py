@@ -18,18 +18,60 @@ Sources:
 
 The same seed gives identical samples, byte for byte, on the same interpreter. The environments
 (`calculator.CalculatorEnv`, `pyrepo.PyRepoEnv`, protocol in `envs`) are reused by RL.
+
+A new built-in source kind is one registration; a training config then uses it as one entry of
+`config.data.mix` (agentic_jax.train.input):
+
+    @builtin.register_source("my_kind")
+    def my_kind(seed: int, num_samples: int, stats: Optional[dict]) -> list[Sample]: ...
+    config.data.mix.mine = input.mix_source("my_kind", num_samples=100)
 """
 
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import Callable, Optional
 
 from agentic_jax.data.builtin import agent, stdlib_edits
 from agentic_jax.data.schema import ContextSample, Sample
 
 SOURCES = ("calculator", "pyrepo", "stdlib_edits")  # the default mixture and tokenizer corpus
-ALL_SOURCES = SOURCES + ("calculator_basic",)  # every name `generate` accepts
+ALL_SOURCES = SOURCES + ("calculator_basic",)  # the kinds this package registers (below)
+
+# kind -> generator(seed, num_samples, stats) -> list[Sample]; `stats` is a dict the generator
+# may add fallback counts to, or None. Pure functions of (seed, num_samples).
+Generator = Callable[[int, int, Optional[dict]], list]
+_GENERATORS: dict[str, Generator] = {}
+
+
+def register_source(name: str) -> Callable[[Generator], Generator]:
+  """Decorator registering `generator(seed, num_samples, stats)` as built-in source kind `name`
+  (what `generate(name, ...)` calls and `config.data.mix.NAME.kind` may name)."""
+  if not isinstance(name, str) or not name or name in _GENERATORS:
+    raise ValueError(f"register_source: expected a new non-empty name, got {name!r} "
+                     f"(registered: {registered()})")
+
+  def add(generator: Generator) -> Generator:
+    _GENERATORS[name] = generator
+    return generator
+  return add
+
+
+def unregister_source(name: str) -> None:
+  """Removes a kind added with register_source (tests)."""
+  del _GENERATORS[name]
+
+
+def registered() -> tuple[str, ...]:
+  """Every built-in source kind, in registration order."""
+  return tuple(_GENERATORS)
+
+
+register_source("calculator")(lambda seed, n, stats: [s for _, s in agent.calculator_episodes(seed, n)])
+register_source("pyrepo")(lambda seed, n, stats: [s for _, s in agent.pyrepo_episodes(seed, n)])
+register_source("stdlib_edits")(stdlib_edits.stdlib_edit_samples)
+register_source("calculator_basic")(
+    lambda seed, n, stats: [s for _, s in agent.calculator_episodes(seed, n, level="basic")])
 
 # pure-Python stdlib modules whose source goes into the tokenizer corpus
 CORPUS_MODULES = ("argparse", "ast", "bisect", "calendar", "colorsys", "dataclasses", "difflib",
@@ -41,19 +83,13 @@ CORPUS_MODULES = ("argparse", "ast", "bisect", "calendar", "colorsys", "dataclas
 
 def generate(name: str, *, seed: int, num_samples: int, stats: Optional[dict] = None) -> list[Sample]:
   """`num_samples` samples of source `name`; `stats` (if given) receives counts of fallbacks."""
-  if name not in ALL_SOURCES:
-    raise ValueError(f"unknown built-in source {name!r}; expected one of {list(ALL_SOURCES)}")
+  if name not in _GENERATORS:
+    raise ValueError(f"unknown built-in source {name!r}; expected one of {list(registered())}")
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise TypeError(f"seed must be an int, got {type(seed).__name__}")
   if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
     raise ValueError(f"num_samples must be a non-negative int, got {num_samples!r}")
-  if name == "calculator":
-    return [s for _, s in agent.calculator_episodes(seed, num_samples)]
-  if name == "calculator_basic":
-    return [s for _, s in agent.calculator_episodes(seed, num_samples, level="basic")]
-  if name == "pyrepo":
-    return [s for _, s in agent.pyrepo_episodes(seed, num_samples)]
-  return stdlib_edits.stdlib_edit_samples(seed, num_samples, stats)
+  return list(_GENERATORS[name](seed, num_samples, stats))
 
 
 def sample_text(sample: Sample) -> str:
