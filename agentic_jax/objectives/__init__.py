@@ -11,6 +11,10 @@ weights over the WHOLE optimizer batch, so gradient accumulation gives the exact
 token mean), and the fraction of the optimizer batch this call sees (scales the per-batch
 mean terms such as MoE balance losses). It returns a scalar to minimise and a dict of
 arrays (sums and counts, so micro-batches can be added up).
+
+RL policy losses (GRPO family, objectives/rl.py) have a registry of their own: to add a loss,
+write the function and its options dataclass, call register_loss(LossSpec(...)) of
+objectives/rl_registry.py (one registration carries its presets, default preset and batch mode).
 """
 
 from __future__ import annotations
