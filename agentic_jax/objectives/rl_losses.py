@@ -230,7 +230,8 @@ def clipped_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: A
                         entropy: Array | None = None, sample_mask: Array | None = None,
                         group_id: Array | None = None, traj_id: Array | None = None,
                         token_weights: Array | None = None) -> tuple[Array, dict[str, Array]]:
-  """The shared PPO-clip core of every entry; `options` must be complete (validate_options)."""
+  """The shared PPO-clip core of every entry; `options`: a validated ClipOptions (or a
+  complete Mapping of its fields)."""
   o = options
   logp = jnp.asarray(logp, jnp.float32)
   m = jnp.asarray(mask, jnp.float32) * adv_lib.row_valid(logp.shape[0], sample_mask)[:, None]
