@@ -47,7 +47,7 @@ def test_recipe_config_layout(variant):
   assert list(mix) == ["calculator"] and mix.calculator.kind == "jsonl"
   assert mix.calculator.path == "{data}/episodes.jsonl"
   assert config.rl.loss == "flow_grpo" and config.rl.env == "calculator"
-  assert config.rl.env_options.level == config.recipe_data.level == "mixed"
+  assert config.rl.env_options.level == config.recipe_data.level == "basic"
   assert config.rl.eval_tasks >= 64
   # nothing planted: every demonstration is a correct solution with the tool
   d = config.recipe_data
