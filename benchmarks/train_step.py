@@ -99,7 +99,7 @@ class Ceiling:
 def model_and_config(name: str, variant: dict):
   config = config_lib.load_config(os.path.join(ROOT, "configs/midtrain.py") + ":tiny")
   config.unlock()
-  config.data.sources = ("synthetic",)
+  config.data.synthetic = True
   if name == "m50":
     for k, v in M50.items():
       config.model[k] = v

@@ -11,8 +11,11 @@ Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
   flops       model FLOPs per step for MFU (activated experts only)
   checkpoint  Checkpointer: orbax async keep-N of {state, data iterator, meta}, corrupt fallback,
               config mismatches named (a ConfigError, nothing on disk changed)
-  input       build_input(config, workdir, ...): built-in / JSONL / synthetic sources
-  runtime     StopFlag (SIGTERM/SIGINT), config_diff: shared by the run loops (also rl/loop.py)
+  input       build_input(config, workdir, ...): the data mix (config.data.mix, source_specs)
+  runner      what every run loop shares (also rl/loop.py): stop flag, resume + config diff,
+              checkpoint cadence, NaN policy, summary.json, MetricsWriter, plot_metrics; a new
+              job = a step function + the runner
+  runtime     re-exports StopFlag and config_diff from runner (older import path)
   eval        make_eval_step / evaluate: held-out loss on a fixed eval set (data seed + 1000003)
   metrics     progress bar, metrics.jsonl, TensorBoard (tensorboard.py), summary.json, loss.png
   config      model_section / model_config / load_config / validate (ConfigError naming the key)
