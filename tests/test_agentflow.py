@@ -18,12 +18,12 @@ import jax
 import numpy as np
 import pytest
 
-from agentic_jax import models
+from agentic_jax import envs, models
 from agentic_jax.data import render as render_lib
 from agentic_jax.data.builtin import calculator
 from agentic_jax.data.schema import EnvSample, Turn
 from agentic_jax.data.tokenizer import ByteTokenizer
-from agentic_jax.rl import agentflow, envs
+from agentic_jax.rl import agentflow
 from agentic_jax.rl import agentflow_modules as modules
 from agentic_jax.rl.rollout import Generation, policy_batch
 from agentic_jax.rl.sampler import Sampler
@@ -294,7 +294,7 @@ def test_scripted_executor_rule():
   assert modules.scripted_command("add the two numbers", calc) is None
   assert modules.scripted_command("submit 84 as the final answer", answer) == "answer(84)"
   assert modules.scripted_command("give -7/3.", answer) == "answer(-7/3)"
-  from agentic_jax.rl import code_env  # pylint: disable=import-outside-toplevel
+  from agentic_jax.envs import code as code_env  # pylint: disable=import-outside-toplevel
   assert (modules.scripted_command("try it\n```python\nreturn a + b\n```", code_env.TOOLS["run"])
           == "run()\nreturn a + b")
   from agentic_jax.data.builtin import pyrepo  # pylint: disable=import-outside-toplevel

@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from agentic_jax import envs
 from agentic_jax.data import render as render_lib
 from agentic_jax.data import schema
 from agentic_jax.data.builtin import agent, calculator
 from agentic_jax.data.tokenizer import ByteTokenizer
-from agentic_jax.rl import agentflow, agentflow_data, envs
+from agentic_jax.rl import agentflow, agentflow_data
 from agentic_jax.rl.rollout import Generation
 
 TOK = ByteTokenizer()

@@ -17,7 +17,7 @@ import pytest
 from agentic_jax.data import builtin, schema
 from agentic_jax.data.builtin import (agent, arith, calculator, edit_blocks, pyrepo, stdlib_edits,
                                       testrun)
-from agentic_jax.data.builtin.envs import Environment, StepResult
+from agentic_jax.data.builtin.protocol import Environment, StepResult
 
 N = 200
 

@@ -137,7 +137,7 @@ def test_no_tool_episodes_skip_the_calculator_and_are_wrong():
 
 
 def test_basic_level_uses_its_one_line_system_prompt_in_data_and_environment():
-  from agentic_jax.rl import envs  # pylint: disable=import-outside-toplevel
+  from agentic_jax import envs  # pylint: disable=import-outside-toplevel
   make_env, _ = envs.make_env_factory("calculator", level="basic")
   assert make_env().system_prompt == calculator.BASIC_SYSTEM_PROMPT
   make_word, _ = envs.make_env_factory("calculator", level="word")

@@ -1,5 +1,5 @@
-"""RL environments: the registry (agentic_jax.rl.envs), the sandboxed code tasks (code_env) and
-the failing-test repositories (repo_env). Needs bubblewrap, like tests/test_sandbox.py.
+"""RL environments: the registry (agentic_jax.envs), the sandboxed code tasks (envs/code.py) and
+the failing-test repositories (envs/pyrepo.py). Needs bubblewrap, like tests/test_sandbox.py.
 
 Expected rewards come from the tasks' own reference material (HumanEval's canonical solutions,
 the pyrepo templates' correct snippets via the scripted agent) or from solutions written here."""
@@ -12,7 +12,10 @@ import random
 import pytest
 
 from agentic_jax.data.builtin import agent, calculator, pyrepo, testrun
-from agentic_jax.rl import code_env, envs, repo_env, sandbox
+from agentic_jax import envs
+from agentic_jax.envs import code as code_env
+from agentic_jax.envs import pyrepo as repo_env
+from agentic_jax.rl import sandbox
 
 
 # ------------------------------------------------------------------------------------ registry

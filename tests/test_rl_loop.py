@@ -302,13 +302,14 @@ def test_step_on_a_two_device_mesh_equals_one_device():
 def test_default_env_options_build_every_environment(env):
   """config.rl.env_options of the RL configs holds placeholders, so switching config.rl.env alone
   gives a working environment (a set option another env lacks would be rejected)."""
-  from agentic_jax.rl import envs  # pylint: disable=import-outside-toplevel
+  from agentic_jax import envs  # pylint: disable=import-outside-toplevel
+  from agentic_jax.data.builtin import calculator  # pylint: disable=import-outside-toplevel
   config = config_lib.load_config(os.path.join(ROOT, "configs", "flow_grpo.py:tiny"))
   make_env, make_tasks = envs.make_env_factory(env, **config.rl.env_options.to_dict())
   tasks = make_tasks(0, 2, split="train")
   assert len(tasks) == 2 and make_env().system_prompt
   if env == "calculator":  # the calculator's default level
-    assert make_env().system_prompt == envs.calculator.BASIC_SYSTEM_PROMPT
+    assert make_env().system_prompt == calculator.BASIC_SYSTEM_PROMPT
   with pytest.raises(ValueError, match="config.rl.env_options.level"):
     if env == "calculator":
       envs.make_env_factory(env, level="hard")

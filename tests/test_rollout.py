@@ -11,7 +11,7 @@ import pytest
 
 from agentic_jax import models
 from agentic_jax.data.builtin import calculator
-from agentic_jax.data.builtin.envs import INFO_ERROR, INFO_TOOL, StepResult
+from agentic_jax.data.builtin.protocol import INFO_ERROR, INFO_TOOL, StepResult
 from agentic_jax.data.tokenizer import ByteTokenizer
 from agentic_jax.objectives.rl import validate_rollout_batch
 from agentic_jax.rl import rollout as R

@@ -103,11 +103,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, INVALID_TOOL, ActionError,
-                                           StepResult, parse_action)
+from agentic_jax import envs as envs_lib
+from agentic_jax.data.builtin.protocol import (
+    INFO_ERROR, INFO_TOOL, INVALID_TOOL, ActionError, StepResult, parse_action)
 from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
-from agentic_jax.rl import envs as envs_lib
 # ANALYSIS_PROMPT / ANSWER_PROMPT / VERIFY_PROMPT are re-exported: the prompts of this module
 from agentic_jax.rl.agentflow_modules import (  # noqa: F401
     ANALYSIS_HEADER, ANALYSIS_PROMPT, ANSWER_PROMPT, MODULE_TURN, VERIFY_PROMPT, Plan, calls_tool,

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-from agentic_jax.data.builtin.envs import Tool
+from agentic_jax.data.builtin.protocol import Tool
 from agentic_jax.data.schema import EnvSample, Turn
 from agentic_jax.rl.agentflow_modules import (ANALYSIS_HEADER, ARITHMETIC_ARGS, format_plan,
                                               scripted_analysis, scripted_command, step_text)

@@ -27,10 +27,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from agentic_jax import envs as envs_lib
 from agentic_jax.data.builtin import arith
-from agentic_jax.data.builtin.envs import Tool
+from agentic_jax.data.builtin.protocol import Tool
 from agentic_jax.data.tokenizer import NUM_SPECIAL
-from agentic_jax.rl import envs as envs_lib
 from agentic_jax.rl.sampler import END_TURN_ID, Generation, Sampler, StopRule
 
 SUBGOAL_KEY, TOOL_KEY = "Sub-goal:", "Tool:"

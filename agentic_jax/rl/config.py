@@ -16,7 +16,9 @@ Sections (the locked ConfigDict rejects a misspelt key, e.g. config.rl.group_sis
   rl         the RL knobs (RL_KEYS below); rl.loss one of the registered losses
              (objectives/rl_registry.py: its LossSpec gives rl.preset's and rl.batch_mode's
              starting values), rl.loss_options (every option of every registered loss as a typed
-             placeholder: None = the loss/preset default), rl.env_options, rl.agentflow
+             placeholder: None = the loss/preset default), rl.env one of the registered
+             environments (agentic_jax/envs/), rl.env_options (every option of every
+             registered env as a typed placeholder: None = the env's default), rl.agentflow
   optim      AdamW + schedule as mid-training (train/optim.py); schedule counts RL steps
   train      num_steps (RL steps), log_every, nan_policy, progress
   checkpoint every, keep, async_save;   mesh  data/fsdp/tensor/expert
@@ -53,6 +55,30 @@ def loss_options_section() -> ml_collections.ConfigDict:
   for key, (tp, _) in rl_registry.config_option_types().items():
     s[key] = config_dict.placeholder(tp)
   return s
+
+
+def env_options_section() -> ml_collections.ConfigDict:
+  """Every option of every registered environment (agentic_jax/envs/) as a typed placeholder
+  (None = the chosen environment's default)."""
+  from agentic_jax import envs  # pylint: disable=import-outside-toplevel
+  s = ml_collections.ConfigDict()
+  for key, tp in envs.config_option_types().items():
+    s[key] = config_dict.placeholder(tp)
+  return s
+
+
+def env_options(config: Any):
+  """The typed options (the env's EnvOptions dataclass) of config.rl.env from
+  config.rl.env_options (None entries = the env's defaults); ConfigError naming
+  config.rl.env or config.rl.env_options.<option> (also one the env does not have)."""
+  from agentic_jax import envs  # pylint: disable=import-outside-toplevel
+  config_lib.check_choice(config, "rl.env", envs.env_names())
+  section = config.rl.env_options
+  values = section.to_dict() if hasattr(section, "to_dict") else dict(section)
+  try:
+    return envs.make_options(config.rl.env, values)
+  except envs.OptionError as e:
+    raise config_lib.ConfigError(str(e)) from None
 
 
 def loss_options(config: Any) -> dict:
@@ -118,11 +144,10 @@ def rl_config(loss: str, *, model: Optional[Any], tokenizer_vocab: Optional[int]
   r.mode = "plain"  # "plain": multi-turn episodes (rollout); "agentflow": planner/executor/...
   r.batch_mode = spec.batch_mode  # "turn" | "trajectory" rows
   r.env = "calculator"
-  e = r.env_options = ml_collections.ConfigDict()
-  # options of config.rl.env; None = that environment's default (an option another env does not
-  # have must stay None): calculator level "basic" (default) | "word"
-  e.level = config_dict.placeholder(str)
-  e.allow_unisolated = False  # never run model-written code without the sandbox unless set
+  # every option of every registered env (agentic_jax/envs/); None = the chosen env's default
+  # (an option the chosen env does not have must stay None), e.g. calculator level "basic";
+  # allow_unisolated None = False: never run model-written code without the sandbox unless set
+  r.env_options = env_options_section()
   a = r.agentflow = ml_collections.ConfigDict()
   a.analyzer = "scripted"  # query analysis once per trajectory: "scripted" | "reference"
   a.executor = "scripted"  # "scripted" | "reference" (the frozen reference model)
@@ -214,8 +239,8 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> rl_obj
              "old_logp": ("sampler", "recompute")}
   for key, allowed in choices.items():
     config_lib.check_choice(config, f"rl.{key}", allowed)
-  from agentic_jax.rl import agentflow, envs  # pylint: disable=import-outside-toplevel
-  config_lib.check_choice(config, "rl.env", sorted(envs.ENVS))
+  from agentic_jax.rl import agentflow  # pylint: disable=import-outside-toplevel
+  env_options(config)  # config.rl.env and every set config.rl.env_options value
   for key in ("analyzer", "executor", "verifier", "generator"):
     config_lib.check_choice(config, f"rl.agentflow.{key}", agentflow.MODULES)
   positive = ("group_size", "tasks_per_step", "train_tasks", "max_turns", "max_new_tokens",

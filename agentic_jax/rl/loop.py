@@ -54,8 +54,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agentic_jax import envs as envs_lib
 from agentic_jax import models, parallel
-from agentic_jax.rl import envs as envs_lib
+from agentic_jax.rl import config as rl_config_lib
 from agentic_jax.rl import refill as refill_lib
 from agentic_jax.rl import rollout as rollout_lib
 from agentic_jax.rl import step as step_lib
@@ -334,8 +335,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   tx = optim_lib.make_optimizer(config.optim)
   objective = step_lib.objective_from_config(config)
   step_fn = step_lib.make_rl_step(model_cfg, config, objective)
-  with config_lib.config_errors("config.rl.env_options"):  # options the env does not take
-    make_env, make_tasks = envs_lib.make_env_factory(rl.env, **rl.env_options.to_dict())
+  with config_lib.config_errors("config.rl.env_options"):  # typed options, checked per env
+    make_env, make_tasks = envs_lib.make_env_factory(rl.env, rl_config_lib.env_options(config))
 
   tok, tok_source = _tokenizer(config, workdir)
   if tok.vocab_size > model_cfg.vocab_size:

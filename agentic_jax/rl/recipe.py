@@ -63,7 +63,7 @@ def write_data(config: Any, data_dir: str) -> dict:
   """Stage 0 (module docstring); returns its counts. Skipped when its files exist."""
   from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
   from agentic_jax.data.builtin import agent  # pylint: disable=import-outside-toplevel
-  from agentic_jax.rl import envs  # pylint: disable=import-outside-toplevel
+  from agentic_jax import envs  # pylint: disable=import-outside-toplevel
   path = os.path.join(data_dir, DATA_FILE)
   report_path = os.path.join(data_dir, "report.json")
   if os.path.exists(path) and os.path.exists(report_path):

@@ -53,7 +53,7 @@ from typing import Any, Callable, Optional, Sequence
 import jax
 import numpy as np
 
-from agentic_jax.data.builtin.envs import INFO_ERROR, INFO_TOOL, INVALID_TOOL, StepResult
+from agentic_jax.data.builtin.protocol import INFO_ERROR, INFO_TOOL, INVALID_TOOL, StepResult
 from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
 from agentic_jax.data.tokenizer import Tokenizer

@@ -17,7 +17,8 @@ Sources:
                 written from the real differing outputs, the file snapshot, a summary, the fix.
 
 The same seed gives identical samples, byte for byte, on the same interpreter. The environments
-(`calculator.CalculatorEnv`, `pyrepo.PyRepoEnv`, protocol in `envs`) are reused by RL.
+(`calculator.CalculatorEnv`, `pyrepo.PyRepoEnv`, protocol in `protocol`) are reused by the
+RL environments of `agentic_jax.envs`.
 
 A new built-in source kind is one registration; a training config then uses it as one entry of
 `config.data.mix` (agentic_jax.train.input):

@@ -16,7 +16,7 @@ import re
 from typing import Generator, Optional
 
 from agentic_jax.data.builtin import arith, calculator, edit_blocks, pyrepo, testrun
-from agentic_jax.data.builtin.envs import INFO_ERROR, INFO_TOOL, INVALID_TOOL, StepResult
+from agentic_jax.data.builtin.protocol import INFO_ERROR, INFO_TOOL, INVALID_TOOL, StepResult
 from agentic_jax.data.builtin.pyrepo_templates import TEMPLATES as REPO_TEMPLATES
 from agentic_jax.data.schema import EnvSample, Turn
 

@@ -28,8 +28,9 @@ from fractions import Fraction
 from typing import Callable, Optional
 
 from agentic_jax.data.builtin import arith
-from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool,
-                                           error_result, limited_step, parse_action, tools_help)
+from agentic_jax.data.builtin.protocol import (
+    INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool, error_result, limited_step, parse_action,
+    tools_help)
 
 TOOLS = {
     "calc": Tool("calc", "calc(EXPRESSION)",

@@ -18,8 +18,9 @@ import random
 from typing import Callable, Mapping, Optional
 
 from agentic_jax.data.builtin import edit_blocks, testrun
-from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool,
-                                           error_result, limited_step, parse_action, tools_help)
+from agentic_jax.data.builtin.protocol import (
+    INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool, error_result, limited_step, parse_action,
+    tools_help)
 from agentic_jax.data.builtin.pyrepo_templates import TEMPLATES, RepoSpec
 
 VARIANTS = 4  # distinct repositories per template and seed (bounds the number of test runs)

@@ -1,5 +1,7 @@
-"""The failing-test repositories of `data/builtin/pyrepo.py` as an RL environment, run in the sandbox.
+"""RL environment "pyrepo": the failing-test repositories of `data/builtin/pyrepo.py`, tests run
+in the sandbox.
 
+    make_env, make_tasks = make_env_factory("pyrepo", shell=True)   # RepoOptions
     env = RepoEnv()                               # tests run through sandbox.run_command
     obs = env.reset(pyrepo.make_tasks(0, 1)[0])   # statement + file list
     env.step("run_tests()"); env.step("cat(stats.py)")
@@ -17,11 +19,16 @@ output is normalised exactly like `testrun` (the scratch dir reads /repo, durati
 Option shell=True adds `sh(COMMAND)`: `/bin/sh -c COMMAND` on a throwaway copy of the repository
 in the sandbox (grep, wc, python -c ...). Its changes are discarded: the sandbox does not hand
 files back, so `edit` stays the only way to change the repository.
+
+Tasks: train = `pyrepo.make_tasks(seed, n)` (templates x variants 0..VARIANTS-1, cycled); eval =
+the same templates at variants VARIANTS..2*VARIANTS-1 (at most templates x VARIANTS per seed).
+The sandbox policy is code.py's (`check_sandbox` when the factory is built).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import re
@@ -29,8 +36,11 @@ import threading
 from typing import Mapping, Optional
 
 from agentic_jax.data.builtin import pyrepo, testrun
-from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool,
-                                           error_result, parse_action, tools_help)
+from agentic_jax.data.builtin.protocol import (
+    INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool, error_result, parse_action, tools_help)
+from agentic_jax.envs.code import check_sandbox
+from agentic_jax.envs.registry import (EnvOptions, EnvSpec, check_n, check_split, option,
+                                       register_env)
 from agentic_jax.rl import sandbox
 
 ANSWER_TOOLS = ("submit",)
@@ -120,3 +130,45 @@ class RepoEnv(pyrepo.PyRepoEnv):
     return StepResult(text or "(no output)", False, 0.0,
                       {INFO_TOOL: "sh", INFO_ERROR: False, "returncode": res.returncode,
                        "killed_reason": res.killed_reason})
+
+
+# --- the registered environment ----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RepoOptions(EnvOptions):
+  timeout_s: float = option(20.0, positive=True, doc="wall-clock limit of one test run (s)")
+  memory_mb: int = option(512, positive=True, doc="memory limit of one sandbox run (MB)")
+  max_steps: int = option(20, positive=True, doc="tool calls per episode")
+  allow_unisolated: bool = option(False, doc="run without bubblewrap (resource limits only)")
+  shell: bool = option(False, doc="add the sh(COMMAND) tool")
+
+
+def make_pyrepo(options: RepoOptions):
+  """(make_env, make_tasks) of the failing-test repositories."""
+  check_sandbox(options.allow_unisolated)
+  names = sorted(pyrepo.TEMPLATES)
+  # one runner (and its cache of test results) shared by all the factory's environments
+  runner = SandboxRunner(timeout_s=options.timeout_s, memory_mb=options.memory_mb,
+                         allow_unisolated=options.allow_unisolated)
+
+  def make_tasks(seed: int, n: int, split: str = "train") -> list:
+    check_split(split)
+    check_n(n)
+    if split == "train":
+      return pyrepo.make_tasks(seed, n)  # cycles through templates x variants 0..VARIANTS-1
+    distinct = len(names) * pyrepo.VARIANTS
+    if n > distinct:
+      raise ValueError(f"pyrepo: asked for {n} eval tasks but there are only {distinct} distinct "
+                       f"eval repositories per seed")
+    return [pyrepo.make_task(seed, names[i % len(names)], pyrepo.VARIANTS + i // len(names))
+            for i in range(n)]
+
+  def make_env() -> RepoEnv:
+    return RepoEnv(max_steps=options.max_steps, timeout_s=options.timeout_s,
+                   memory_mb=options.memory_mb, allow_unisolated=options.allow_unisolated,
+                   shell=options.shell, runner=runner)
+
+  return make_env, make_tasks
+
+
+register_env(EnvSpec(name="pyrepo", options=RepoOptions, factory=make_pyrepo))

@@ -1,4 +1,5 @@
-"""The environment protocol shared by the built-in environments and the RL rollout engine.
+"""The environment protocol shared by the built-in environments, the RL environments
+(agentic_jax/envs/, which re-exports these names) and the RL rollout engine.
 
 An environment is reset with a task and then stepped with the policy's raw action text:
 

