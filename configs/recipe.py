@@ -70,7 +70,12 @@ def get_config(arg: str = "tiny"):
   # SFT-style masking (actions only): copying numbers from the question and the tool output
   # is the skill that gates success; the loss on everything else only dilutes it
   mt.data.mask_policy = "assistant_only"
-  mt.data.seq_len = 256  # episodes and planner samples of the basic level fit
+  mt.data.seq_len = 256  # plain episodes of the basic level fit
+  if arg == "agentflow":
+    # a planner sample is the planner's whole context (query, analysis, memory, step count:
+    # ~200-350 tokens with the 1,024-piece tokenizer) and its plan
+    mt.model.max_position_embeddings = 384  # RoPE: no parameters change
+    mt.data.seq_len = 384
   mt.data.batch_size = 4
   mt.train.num_steps = 2000
   mt.train.log_every = 50
@@ -89,6 +94,8 @@ def get_config(arg: str = "tiny"):
     # one packed row per planner turn (its whole context): 4 groups keep an update near the
     # plain variant's cost
     r.tasks_per_step = 4
+    r.max_context_tokens = 352
+    r.seq_len = 384
   r.eval_tasks = 64
   r.eval_max_turns = 4
   # coarse buckets of the packed batch (36-48 forward rows of 256 tokens, <= 8 turns per row):
