@@ -62,3 +62,15 @@ from agentic_jax.envs.calculator import (EVAL_BUCKETS, EVAL_START, CalculatorEnv
                                          CalculatorOptions, calculator_split)
 from agentic_jax.envs.code import CodeEnv, HumanEvalOptions, PycodeOptions, check_sandbox
 from agentic_jax.envs.pyrepo import RepoEnv, RepoOptions
+
+__all__ = [
+    # the registry (registry.py)
+    "EnvOptions", "EnvSpec", "MakeEnv", "MakeTasks", "OptionError", "answer_tools", "check_n",
+    "check_split", "config_option_types", "env_names", "get_spec", "make_env_factory",
+    "make_options", "option", "register_env", "unregister_env",
+    # the environment protocol (data/builtin/protocol.py)
+    "ActionError", "Environment", "StepResult", "Tool", "parse_action",
+    # the built-in environments
+    "EVAL_BUCKETS", "EVAL_START", "CalculatorEnv", "CalculatorOptions", "calculator_split",
+    "CodeEnv", "HumanEvalOptions", "PycodeOptions", "check_sandbox", "RepoEnv", "RepoOptions",
+]
