@@ -77,7 +77,7 @@ def unharmed_test_process():
 def scratch_root():
   """A directory to make the runs' scratch in (reachable by the sandbox's uid); the test checks
   it is empty afterwards, i.e. that the clean-up removed everything."""
-  from agentic_jax.rl import sandbox_scratch
+  from agentic_jax.sandbox import scratch as sandbox_scratch
   base = "/var/tmp" if os.path.isdir("/var/tmp") else None
   d = tempfile.mkdtemp(prefix="sandbox_root_", dir=base)
   os.chmod(d, 0o755)

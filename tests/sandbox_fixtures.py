@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from agentic_jax.rl import sandbox_scratch
+from agentic_jax.sandbox import scratch as sandbox_scratch
 
 ROOT = os.geteuid() == 0
 

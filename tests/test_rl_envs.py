@@ -15,7 +15,7 @@ from agentic_jax.data.builtin import agent, calculator, pyrepo, testrun
 from agentic_jax import envs
 from agentic_jax.envs import code as code_env
 from agentic_jax.envs import pyrepo as repo_env
-from agentic_jax.rl import sandbox
+from agentic_jax import sandbox
 
 
 # ------------------------------------------------------------------------------------ registry

@@ -17,10 +17,10 @@ import uuid
 
 import pytest
 
-from agentic_jax.rl import sandbox
-from agentic_jax.rl import sandbox_limits as limits
-from agentic_jax.rl.sandbox import SandboxUnavailable, run_command, run_python
-from agentic_jax.rl.sandbox_limits import count_tasks_of_uid
+from agentic_jax import sandbox
+from agentic_jax.sandbox import limits
+from agentic_jax.sandbox import SandboxUnavailable, run_command, run_python
+from agentic_jax.sandbox.limits import count_tasks_of_uid
 
 from tests.sandbox_fixtures import ROOT, processes_with as _processes_with  # noqa: F401
 from tests.sandbox_fixtures import code as _code, scratch_modes

@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from agentic_jax.rl import sandbox_scratch
-from agentic_jax.rl.sandbox import run_command, run_python
+from agentic_jax.sandbox import scratch as sandbox_scratch
+from agentic_jax.sandbox import run_command, run_python
 from tests.sandbox_fixtures import ROOT, code, processes_with, scratch_modes
 
 # every test: nothing left behind as our child, and we can still start processes (conftest.py)
@@ -132,18 +132,18 @@ def test_remove_tree_as_a_non_root_caller_restores_permissions():
   pkg = tempfile.mkdtemp()
   try:
     os.chmod(pkg, 0o755)
-    rl = os.path.join(pkg, "agentic_jax", "rl")
-    os.makedirs(rl)
-    for d in (os.path.dirname(rl), rl):
+    sb = os.path.join(pkg, "agentic_jax", "sandbox")
+    os.makedirs(sb)
+    for d in (os.path.dirname(sb), sb):
       open(os.path.join(d, "__init__.py"), "w").close()
-    for name in ("sandbox_scratch.py", "sandbox_launcher.py"):
-      shutil.copy(os.path.join(os.path.dirname(sandbox_scratch.__file__), name), rl)
+    for name in ("scratch.py", "launcher.py"):
+      shutil.copy(os.path.join(os.path.dirname(sandbox_scratch.__file__), name), sb)
     for d, dirs, names in os.walk(pkg):
       for n in dirs + names:
         os.chmod(os.path.join(d, n), 0o755)
     script = code("""
         import os, tempfile
-        from agentic_jax.rl import sandbox_scratch as sc
+        from agentic_jax.sandbox import scratch as sc
         root = tempfile.mkdtemp()
         os.makedirs(root + "/a/b/c")
         open(root + "/a/b/c/f", "w").close()

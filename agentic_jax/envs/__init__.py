@@ -37,7 +37,8 @@ Sandbox policy: humaneval, pycode and pyrepo run model-written code; building th
 starts one trivial sandbox run that raises SandboxUnavailable without bubblewrap isolation,
 unless allow_unisolated is True (code.py).
 
-Imports flow rl -> envs -> data (and envs -> rl/sandbox*.py, which import only each other).
+Imports flow rl -> envs -> data and envs -> sandbox (agentic_jax/sandbox/, which imports nothing
+else from agentic_jax); nothing here imports rl (tests/test_layering.py checks it).
 """
 
 from __future__ import annotations

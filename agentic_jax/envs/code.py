@@ -49,7 +49,7 @@ from agentic_jax.data.builtin.protocol import (
     tools_help)
 from agentic_jax.envs.registry import (EnvOptions, EnvSpec, check_n, check_split, option,
                                        register_env)
-from agentic_jax.rl import sandbox
+from agentic_jax import sandbox
 
 TOOLS = {
     "run": Tool("run", "run()", "runs the candidate on the docstring's examples (body on the next "

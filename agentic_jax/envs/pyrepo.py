@@ -41,7 +41,7 @@ from agentic_jax.data.builtin.protocol import (
 from agentic_jax.envs.code import check_sandbox
 from agentic_jax.envs.registry import (EnvOptions, EnvSpec, check_n, check_split, option,
                                        register_env)
-from agentic_jax.rl import sandbox
+from agentic_jax import sandbox
 
 ANSWER_TOOLS = ("submit",)
 SH_TOOL = Tool("sh", "sh(COMMAND)", "runs a shell command on a throwaway copy of the repository "

@@ -1,6 +1,6 @@
 """Resource limits for the sandbox: rlimits, per-run cgroups (v1 or v2), an unprivileged uid,
 the whole run's CPU time, and the process clean-up helpers used when a run is stopped. The
-launcher that applies them before exec'ing is `sandbox_launcher`.
+launcher that applies them before exec'ing is `launcher.py`.
 
 Measured on the project's machine kind (root, cgroup v1 hybrid; machine-notes §4): RLIMIT_NPROC
 is ignored for root, so the process count is bounded by a `pids` cgroup, and, when the caller is

@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Mapping, Optional, Union
 
-from agentic_jax.rl import sandbox_launcher
+from agentic_jax.sandbox import launcher as sandbox_launcher
 
 log = logging.getLogger(__name__)
 

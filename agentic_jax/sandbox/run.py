@@ -14,9 +14,9 @@ import subprocess
 import time
 from typing import Optional, Union
 
-from agentic_jax.rl import sandbox_launcher
-from agentic_jax.rl import sandbox_limits as limits
-from agentic_jax.rl import sandbox_scratch as scratch
+from agentic_jax.sandbox import launcher as sandbox_launcher
+from agentic_jax.sandbox import limits
+from agentic_jax.sandbox import scratch
 
 # The whole-run CPU watcher kills past cpu_s + this: startup of the launcher and bwrap is counted
 # too, and a single process should meet RLIMIT_CPU's SIGXCPU (reported as exactly that) first.
@@ -39,7 +39,7 @@ class ScratchWatch:
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-  returncode: int           # as the launcher/bwrap reported it (sandbox.py maps bwrap's 128+N)
+  returncode: int           # as the launcher/bwrap reported it (__init__.py maps bwrap's 128+N)
   stdout: bytes
   stderr: bytes
   reason: Optional[str]     # why we stopped it: "timeout", "output_limit", "cpu", "scratch_*"

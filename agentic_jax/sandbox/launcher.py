@@ -1,5 +1,6 @@
 """The sandbox's launcher: a tiny trusted process that sets a run up, then execs bubblewrap (or the
-command itself). Run as `python -I -S sandbox_launcher.py CONFIG_JSON`; stdlib only.
+command itself). Run as `python -I -S .../agentic_jax/sandbox/launcher.py CONFIG_JSON`, by file
+path (the package is never imported there); stdlib only.
 
 Why a launcher process instead of `subprocess.Popen(preexec_fn=...)`: preexec_fn is unsafe when
 the parent has threads (JAX always has), so the set-up runs in a separate process. In order, as the
