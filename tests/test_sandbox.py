@@ -518,7 +518,7 @@ def test_missing_bubblewrap_refuses_unless_allowed():
     run_python("print(1)", bwrap_path="/nonexistent/bwrap")
   msg = str(info.value)
   assert "/nonexistent/bwrap" in msg and "apt-get install -y bubblewrap" in msg
-  assert "allow_unisolated=True" in msg and "rl.sandbox.allow_unisolated" in msg
+  assert "allow_unisolated=True" in msg and "config.rl.env_options.allow_unisolated" in msg
   res = run_python("import os\nprint(1)", bwrap_path="/nonexistent/bwrap", allow_unisolated=True)
   assert (res.returncode, res.stdout, res.isolated) == (0, "1\n", False)
   assert res.enforced[0] == "unisolated" and "timeout" in res.enforced

@@ -74,7 +74,7 @@ NOBODY = 65534
 HOST_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install -y bubblewrap`; it is a "
                 "system requirement, see README), or pass allow_unisolated=True (config key "
-                "`rl.sandbox.allow_unisolated`) to run with resource limits only, WITHOUT "
+                "`config.rl.env_options.allow_unisolated`) to run with resource limits only, WITHOUT "
                 "filesystem or network isolation")
 _BWRAP_TASKS = 2  # bwrap's monitor + the pid namespace's init (measured: 9 forks at pids.max=12
                  # with max_processes=10)
