@@ -42,6 +42,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from agentic_jax import jobs  # the job table only: imports nothing else of agentic_jax
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config: path.py[:variant], e.g. configs/midtrain.py:tiny",
     lock_config=True)
@@ -63,8 +65,7 @@ _CPU_COLLECTIVES = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 # job name -> module whose run(config, workdir) -> dict runs it (imported only when chosen)
-JOBS = {"midtrain": "agentic_jax.train.loop", "rl": "agentic_jax.rl.loop",
-        "recipe": "agentic_jax.rl.recipe"}
+JOBS = {name: run_module for name, (run_module, _) in jobs.JOBS.items()}
 # statuses of a run that ended without doing what it was asked (exit 1)
 FAILED = ("halted", "all_skipped")
 

@@ -42,14 +42,7 @@ OUTSIDE = ("launch", "configs", "tests")  # top-level packages nothing in agenti
 # (importing module, imported module) pairs that break the rule today and are left as they are.
 # Each one is a deliberate, documented exception; a new violation fails the test, and an exception
 # that no longer occurs fails it too (remove it from here).
-KNOWN_EXCEPTIONS: set[tuple[str, str]] = {
-    # train/config.py's validate() dispatches on config.job and, inside the function, imports the
-    # RL jobs' checks (rl/config.py check_rl_config, rl/recipe.py validate_recipe). Fixing it
-    # means moving the dispatch up to launch/ (or a registry rl fills in): not done here.
-    ("agentic_jax.train.config", "agentic_jax.rl"),
-    ("agentic_jax.train.config", "agentic_jax.rl.config"),
-    ("agentic_jax.train.config", "agentic_jax.rl.recipe"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def module_name(path: str) -> str:

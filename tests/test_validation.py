@@ -22,6 +22,7 @@ import sys
 
 import pytest
 
+from agentic_jax import jobs
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import loop
@@ -154,7 +155,7 @@ TABLE = ([("midtrain.py:tiny", o, k) for o, k in MIDTRAIN_CASES]
 def test_every_invalid_value_is_a_config_error_naming_the_key(spec, overrides, key):
   config = _config(spec, overrides)
   with pytest.raises(config_lib.ConfigError) as info:
-    config_lib.validate(config)
+    jobs.validate(config)
   msg = str(info.value)
   assert msg.startswith(f"config.{key}"), msg
   assert "\n" not in msg
@@ -164,7 +165,7 @@ def test_every_invalid_value_is_a_config_error_naming_the_key(spec, overrides, k
                                   "grpo.py:tiny", "dapo.py:tiny", "dr_grpo.py:tiny",
                                   "recipe.py:tiny"])
 def test_shipped_configs_are_valid(spec):
-  config_lib.validate(config_lib.load_config(os.path.join(CONFIGS, spec)))
+  jobs.validate(config_lib.load_config(os.path.join(CONFIGS, spec)))
 
 
 def _launch(workdir, *args, env=None):
@@ -256,3 +257,17 @@ def test_run_with_every_step_skipped_is_not_a_success(tmp_path, compile_cache):
   assert summary["status"] == "all_skipped" and summary["nan_skips"] == 3
   assert "all 3 steps of this run were skipped" in proc.stdout
 
+
+
+def test_jobs_table_checks_each_job_and_train_refuses_other_jobs():
+  """agentic_jax.jobs dispatches the check on config.job; train.config.validate checks only
+  mid-training configs (train no longer imports rl's checks)."""
+  rl = config_lib.load_config(os.path.join(CONFIGS, "flow_grpo.py:tiny"))
+  jobs.validate(rl)
+  with pytest.raises(config_lib.ConfigError, match="config.job: 'rl' is not a mid-training job"):
+    config_lib.validate(rl)
+  rl.unlock()
+  rl.job = "rlhf"
+  with pytest.raises(config_lib.ConfigError, match=r"config.job: expected one of \['midtrain', "
+                                                   r"'recipe', 'rl'\], got 'rlhf'"):
+    jobs.validate(rl)

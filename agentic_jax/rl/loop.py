@@ -327,7 +327,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
 
 
 def _run(config, workdir, stop, t_start, stop_after_steps):
-  config_lib.validate(config)  # every value, before anything is built or compiled
+  rl_config_lib.check_rl_config(config)  # every value, before anything is built or compiled
   rl = config.rl
   os.makedirs(workdir, exist_ok=True)
   model_cfg = config_lib.model_config(config.model)

@@ -291,17 +291,11 @@ def validate_midtrain(config: Any, *, num_devices: Optional[int] = None,
 
 
 def validate(config: Any) -> None:
-  """Every value of a training config, by config.job ("midtrain" when absent; "rl" and
-  "recipe" are checked by agentic_jax.rl); ConfigError naming the first bad key. Reads the
-  device count, so call it after jax.distributed is initialised."""
+  """Every value of a mid-training config; ConfigError naming the first bad key. Other jobs'
+  configs are checked by their own modules (agentic_jax.jobs.validate dispatches on config.job).
+  Reads the device count, so call it after jax.distributed is initialised."""
   job = config.get("job", "midtrain")
-  if job == "midtrain":
-    validate_midtrain(config)
-  elif job == "rl":
-    from agentic_jax.rl import config as rl_config  # pylint: disable=import-outside-toplevel
-    rl_config.check_rl_config(config)
-  elif job == "recipe":
-    from agentic_jax.rl import recipe  # pylint: disable=import-outside-toplevel
-    recipe.validate_recipe(config)
-  else:
-    raise ConfigError(f"config.job: expected one of ['midtrain', 'rl', 'recipe'], got {job!r}")
+  if job != "midtrain":
+    raise ConfigError(f"config.job: {job!r} is not a mid-training job (train.loop runs 'midtrain'; "
+                      "agentic_jax.jobs.validate checks every job)")
+  validate_midtrain(config)
