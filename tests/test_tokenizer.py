@@ -182,3 +182,27 @@ def test_train_tokenizer_cli_builtin_corpus(tmp_path):
   proc = _run(f"--output={out}", "--vocab_size=1024")
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert tk.load_tokenizer(str(out)).vocab_size == 1024
+
+
+def test_find_or_train_order_and_reports(tmp_path):
+  """The one tokenizer lookup of every job: an explicit path, else WORKDIR/tokenizer.model, else
+  trained and saved there (a second call loads the saved file); without a trainer a missing
+  file names the reason."""
+  from agentic_jax.data import tokenizer as tk
+  texts = ["def f(x):\n    return x + 1\n", "What is 12 * 7 - 5?"] * 40
+  calls = []
+
+  def train():
+    calls.append(1)
+    return tk.SentencePieceTokenizer.train(texts, 300, seed=0)
+
+  wd = str(tmp_path / "wd")
+  tok, rep = tk.find_or_train("", wd, train=train)
+  assert rep["trained"] and rep["path"] == os.path.join(wd, "tokenizer.model") and calls == [1]
+  again, rep2 = tk.find_or_train("", wd, train=train)
+  assert rep2 == {"path": rep["path"], "trained": False} and calls == [1]
+  assert again.encode("What is 12?") == tok.encode("What is 12?")
+  explicit, rep3 = tk.find_or_train(rep["path"], str(tmp_path / "other"), train=train)
+  assert rep3 == {"path": rep["path"], "trained": False} and calls == [1]
+  with pytest.raises(FileNotFoundError, match="tokenizer.model does not exist: shared disk"):
+    tk.find_or_train("", str(tmp_path / "empty"), missing="shared disk")

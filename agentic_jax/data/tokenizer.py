@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+import time
+from typing import Callable, Iterable, Optional, Protocol, Sequence, runtime_checkable
 
 import sentencepiece as spm
 
@@ -250,3 +251,28 @@ def load_tokenizer(path: str) -> SentencePieceTokenizer:
     raise FileNotFoundError(f"tokenizer model {path!r} not found; create it with "
                             f"`python launch/train_tokenizer.py --output={path}`")
   return SentencePieceTokenizer.load(path)
+
+
+SAVED_NAME = "tokenizer.model"  # where a run that trains its tokenizer keeps it, in its WORKDIR
+
+
+def find_or_train(path: str, workdir: str, *,
+                  train: Optional[Callable[[], "SentencePieceTokenizer"]] = None,
+                  missing: str = "") -> tuple["SentencePieceTokenizer", dict]:
+  """The one way every job finds its tokenizer: `path` if given, else WORKDIR/tokenizer.model if
+  it exists, else `train()` saved there (a run resumed later loads that file). Returns
+  (tokenizer, report {"path", "trained"[, "vocab_size", "seconds"]}). With `train` None a
+  missing file is a FileNotFoundError saying `missing` (e.g. why this process may not train)."""
+  if path:
+    return load_tokenizer(path), {"path": path, "trained": False}
+  saved = os.path.join(workdir, SAVED_NAME)
+  if os.path.exists(saved):
+    return load_tokenizer(saved), {"path": saved, "trained": False}
+  if train is None:
+    raise FileNotFoundError(f"{saved} does not exist" + (f": {missing}" if missing else ""))
+  t0 = time.perf_counter()
+  tok = train()
+  os.makedirs(workdir, exist_ok=True)
+  tok.save(saved)
+  return tok, {"path": saved, "trained": True, "vocab_size": tok.vocab_size,
+               "seconds": round(time.perf_counter() - t0, 3)}

@@ -102,16 +102,12 @@ def _tokenizer(config: Any, workdir: str):
       raise FileNotFoundError(f"config.init_from={config.init_from!r} has no tokenizer.model and "
                               "config.tokenizer.path is empty: set it to the tokenizer that "
                               "mid-training used (its data.tokenizer.path)")
-  if config.tokenizer.path:
-    return tok_lib.load_tokenizer(config.tokenizer.path), config.tokenizer.path
-  saved = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(saved):
-    return tok_lib.load_tokenizer(saved), saved
-  texts = builtin.corpus_texts(config.seed, sources=builtin.ALL_SOURCES)
-  tok = tok_lib.SentencePieceTokenizer.train(texts, int(config.tokenizer.vocab_size),
-                                             seed=config.seed)
-  tok.save(saved)
-  return tok, f"trained -> {saved}"
+  tok, report = tok_lib.find_or_train(
+      config.tokenizer.path, workdir,
+      train=lambda: tok_lib.SentencePieceTokenizer.train(
+          builtin.corpus_texts(config.seed, sources=builtin.ALL_SOURCES),
+          int(config.tokenizer.vocab_size), seed=config.seed))
+  return tok, (f"trained -> {report['path']}" if report["trained"] else report["path"])
 
 
 def load_init_from(path: str, model_cfg: models.ModelConfig, model_section: dict,

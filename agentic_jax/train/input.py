@@ -341,40 +341,20 @@ def ensure_tokenizer(config: Any, workdir: str) -> dict:
   data = config.data
   if is_synthetic(data):
     return {}
-  if data.tokenizer.path:
-    return {"path": data.tokenizer.path, "trained": False}
-  saved = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(saved):
-    return {"path": saved, "trained": False}
-  t0 = time.perf_counter()
-  tok = _train_tokenizer(data, config.seed)
-  os.makedirs(workdir, exist_ok=True)
-  tok.save(saved)
-  return {"path": saved, "trained": True, "seconds": round(time.perf_counter() - t0, 3)}
+  _, report = _tokenizer(data, workdir, config.seed, may_train=True)
+  return report
 
 
-def _tokenizer(data: Any, workdir: str, seed: int, report: dict, *, may_train: bool):
+def _tokenizer(data: Any, workdir: str, seed: int, *, may_train: bool):
+  """(tokenizer, report): data.tokenizer.path, else WORKDIR's, else trained on the built-in
+  corpus (data/tokenizer.py find_or_train, the one lookup every job uses)."""
   from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
-  path = data.tokenizer.path
-  if path:
-    report["tokenizer"] = {"path": path, "trained": False}
-    return tok_lib.load_tokenizer(path)
-  saved = os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(saved):
-    report["tokenizer"] = {"path": saved, "trained": False}
-    return tok_lib.load_tokenizer(saved)
-  if not may_train:
-    raise FileNotFoundError(
-        f"{saved} does not exist on this process: process 0 trains the tokenizer there, so "
-        "WORKDIR must be a filesystem shared by all processes; otherwise set "
-        "config.data.tokenizer.path to a tokenizer file every process can read")
-  t0 = time.perf_counter()
-  tok = _train_tokenizer(data, seed)
-  os.makedirs(workdir, exist_ok=True)
-  tok.save(saved)
-  report["tokenizer"] = {"path": saved, "trained": True, "vocab_size": tok.vocab_size,
-                         "seconds": round(time.perf_counter() - t0, 3)}
-  return tok
+  return tok_lib.find_or_train(
+      data.tokenizer.path, workdir, train=(lambda: _train_tokenizer(data, seed)) if may_train
+      else None,
+      missing="process 0 trains the tokenizer there, so WORKDIR must be a filesystem shared by "
+              "all processes; otherwise set config.data.tokenizer.path to a tokenizer file every "
+              "process can read")
 
 
 def _take(it: Any, n: int) -> list:
@@ -414,7 +394,7 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
   from agentic_jax.data.render import MASK_KINDS, render  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   loaded = _load_samples(specs, data, config.seed, report, with_eval=eval_batches > 0)
-  tok = _tokenizer(data, workdir, config.seed, report, may_train=may_train_tokenizer)
+  tok, report["tokenizer"] = _tokenizer(data, workdir, config.seed, may_train=may_train_tokenizer)
   if tok.vocab_size > vocab_limit:
     raise ValueError(f"tokenizer has {tok.vocab_size} ids but config.model.vocab_size is "
                      f"{vocab_limit}; raise the model's vocab_size or lower data.tokenizer.vocab_size")
