@@ -96,7 +96,10 @@ def get_config(arg: str = "tiny"):
     # one packed row per planner turn (its whole context): 4 groups keep an update near the
     # plain variant's cost
     r.tasks_per_step = 4
-    r.max_context_tokens = 352
+    # a plan (free text, "Sub-goal: ...", "Tool: NAME") runs past 32 tokens of the built-in
+    # tokenizer: at 32 most plans were cut before their Tool line (0 of 64 solved)
+    r.max_new_tokens = 64
+    r.max_context_tokens = 320
     r.seq_len = 384
   r.eval_tasks = 64
   r.eval_max_turns = 4
