@@ -32,3 +32,15 @@ def assert_batches_equal(a, b):
     for k in KEYS:
       assert x[k].dtype == y[k].dtype and x[k].shape == y[k].shape
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def builtin_tokenizer_512(directory) -> str:
+  """A 512-piece tokenizer trained on 6 samples of each built-in source (seed 0), saved under
+  `directory`; the held-out and data-mix tests pin batches produced with exactly this one."""
+  from agentic_jax.data import builtin  # pylint: disable=import-outside-toplevel
+  from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
+  texts = [builtin.sample_text(s) for name in builtin.SOURCES
+           for s in builtin.generate(name, seed=0, num_samples=6)]
+  path = str(directory / "tok.model")
+  tok_lib.SentencePieceTokenizer.train(texts, 512, seed=0).save(path)
+  return path

@@ -31,6 +31,7 @@ from agentic_jax.data.schema import EnvSample, Turn
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import input as input_lib
 from tests.train_fixtures import MIDTRAIN, ROOT
+from tests import data_fixtures
 
 ADP = os.path.join(ROOT, "tests", "data", "adp_good.jsonl")
 # Golden digests of 4 training batches and the 2 held-out batches, computed with the code before
@@ -52,11 +53,7 @@ STAGES = ({"until_step": 2, "weights": {"pyrepo": 1.0}},
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory):
-  texts = [builtin.sample_text(s) for name in builtin.SOURCES
-           for s in builtin.generate(name, seed=0, num_samples=6)]
-  path = str(tmp_path_factory.mktemp("tok") / "tok.model")
-  tok_lib.SentencePieceTokenizer.train(texts, 512, seed=0).save(path)
-  return path
+  return data_fixtures.builtin_tokenizer_512(tmp_path_factory.mktemp("tok"))
 
 
 def _digest(batches) -> str:

@@ -25,6 +25,7 @@ from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import step as step_lib
 from tests.train_fixtures import MIDTRAIN, small_config
+from tests import data_fixtures
 
 
 @pytest.fixture(scope="module")
@@ -130,12 +131,7 @@ def test_evaluate_is_token_weighted_over_all_batches(setup):
 
 @pytest.fixture(scope="module")
 def tokenizer_path(tmp_path_factory):
-  from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
-  texts = [builtin.sample_text(s) for name in builtin.SOURCES
-           for s in builtin.generate(name, seed=0, num_samples=6)]
-  path = str(tmp_path_factory.mktemp("tok") / "tok.model")
-  tok_lib.SentencePieceTokenizer.train(texts, 512, seed=0).save(path)
-  return path
+  return data_fixtures.builtin_tokenizer_512(tmp_path_factory.mktemp("tok"))
 
 
 COUNTS = {"calculator": (24, 8), "pyrepo": (6, 3), "stdlib_edits": (12, 6)}  # train, eval
