@@ -40,7 +40,8 @@ from typing import Mapping, Optional, Sequence
 from agentic_jax.data.builtin.protocol import Tool
 from agentic_jax.data.schema import EnvSample, Turn
 from agentic_jax.rl.agentflow_modules import (ANALYSIS_HEADER, ARITHMETIC_ARGS, format_plan,
-                                              scripted_analysis, scripted_command, step_text)
+                                              placeholder, scripted_analysis, scripted_command,
+                                              step_text)
 
 
 class _Tools:
@@ -51,18 +52,13 @@ class _Tools:
     self.answer_tools = tuple(answer_tools)
 
 
-def _placeholder(tool: Tool) -> str:
-  head = tool.signature.partition("(")[2].partition(")")[0]
-  return head.strip().upper()
-
-
 def sub_goal_for(command: str, tool: Tool, *, answer: bool) -> str:
   """A sub-goal from which the scripted executor writes `command` again (module doc)."""
   first, _, body = command.partition("\n")
   arg = first[len(tool.name) + 1:first.rfind(")")] if tool.needs_arg else ""
   if not tool.needs_arg:
     goal = f"call {tool.name}"
-  elif _placeholder(tool) in ARITHMETIC_ARGS:
+  elif placeholder(tool) in ARITHMETIC_ARGS:
     goal = f"submit {arg} as the final answer" if answer else f"compute {arg}"
   else:
     goal = f"use {tool.name} with `{arg}`"

@@ -171,7 +171,8 @@ def arithmetic_span(text: str) -> Optional[str]:
   return best[2] if best else None
 
 
-def _placeholder(tool: Tool) -> str:
+def placeholder(tool: Tool) -> str:
+  """The argument placeholder of a tool's signature, upper-cased: calc(EXPRESSION) -> EXPRESSION."""
   m = re.search(r"\((.*?)\)", tool.signature)
   return m.group(1).strip().upper() if m else ""
 
@@ -180,7 +181,7 @@ def _argument(text: str, tool: Tool) -> Optional[str]:
   """The argument of `tool` named in the sub-goal's first line: an arithmetic one (calc's
   EXPRESSION, answer's VALUE) by `arithmetic_span`; any other: the first `quoted` text, else the
   text after the line's last ':'."""
-  if _placeholder(tool) in ARITHMETIC_ARGS:
+  if placeholder(tool) in ARITHMETIC_ARGS:
     return arithmetic_span(text)
   q = _QUOTED.search(text)
   if q:
@@ -214,7 +215,7 @@ def scripted_command(sub_goal: str, tool: Tool) -> Optional[str]:
 
 def missing_argument(tool: Tool) -> str:
   """The memory's explanation when the scripted executor found nothing to run."""
-  need = [f"{_placeholder(tool) or 'argument'} for {tool.signature}"] if tool.needs_arg else []
+  need = [f"{placeholder(tool) or 'argument'} for {tool.signature}"] if tool.needs_arg else []
   if tool.takes_body:
     need.append(f"code for {tool.name} (a fenced block, or the lines after the first)")
   return f"error: the executor found no {' and no '.join(need)} in the sub-goal"
