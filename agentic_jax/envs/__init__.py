@@ -25,6 +25,9 @@ that end a task) for AgentFlow.
 | humaneval  | code.py       | HumanEvalOptions: timeout_s (5.0), memory_mb (512),  | 164 HumanEval problems;   |
 |            |               | max_steps (8), allow_unisolated (False), builtin     | eval iff N % 5 == 0       |
 |            |               | (False: add the built-in pycode tasks)               | seeded order              |
+| macro_code | macro_code.py | MacroCodeOptions: as pycode, plus min_ops (2) and    | data/builtin/macro_code;  |
+|            |               | max_ops (3), the macro-ops per program (at most 5)   | eval iff the op sequence's|
+|            |               |                                                      | sha256 % 5 == 0           |
 | pycode     | code.py       | PycodeOptions: as humaneval without builtin          | code.builtin_tasks        |
 | pyrepo     | pyrepo.py     | RepoOptions: timeout_s (20.0), memory_mb (512),      | templates x variants 0-3  |
 |            |               | max_steps (20), allow_unisolated (False), shell      | (train), 4-7 (eval)       |
@@ -33,9 +36,9 @@ that end a task) for AgentFlow.
 config.rl.env_options holds a typed placeholder for every option of every registered
 environment (None = the chosen environment's default); setting one the chosen environment does
 not have, a wrong type or a bad value is a one-line error naming config.rl.env_options.KEY.
-Sandbox policy: humaneval, pycode and pyrepo run model-written code; building their factory
-starts one trivial sandbox run that raises SandboxUnavailable without bubblewrap isolation,
-unless allow_unisolated is True (code.py).
+Sandbox policy: humaneval, macro_code, pycode and pyrepo run model-written code; building their
+factory starts one trivial sandbox run that raises SandboxUnavailable without bubblewrap
+isolation, unless allow_unisolated is True (code.py).
 
 Imports flow rl -> envs -> data and envs -> sandbox (agentic_jax/sandbox/, which imports nothing
 else from agentic_jax); nothing here imports rl (tests/test_layering.py checks it).
@@ -62,6 +65,7 @@ for _module in pkgutil.iter_modules(__path__):
 from agentic_jax.envs.calculator import (EVAL_BUCKETS, EVAL_START, CalculatorEnv,
                                          CalculatorOptions, calculator_split)
 from agentic_jax.envs.code import CodeEnv, HumanEvalOptions, PycodeOptions, check_sandbox
+from agentic_jax.envs.macro_code import MacroCodeOptions, macro_tasks
 from agentic_jax.envs.pyrepo import RepoEnv, RepoOptions
 
 __all__ = [
@@ -74,4 +78,5 @@ __all__ = [
     # the built-in environments
     "EVAL_BUCKETS", "EVAL_START", "CalculatorEnv", "CalculatorOptions", "calculator_split",
     "CodeEnv", "HumanEvalOptions", "PycodeOptions", "check_sandbox", "RepoEnv", "RepoOptions",
+    "MacroCodeOptions", "macro_tasks",
 ]
