@@ -207,7 +207,7 @@ def test_documented_options_pass_through_the_rl_config(env):
 
 
 def test_documented_defaults_and_config_fields():
-  assert envs.env_names() == ["calculator", "humaneval", "pycode", "pyrepo"]
+  assert envs.env_names() == ["calculator", "humaneval", "macro_code", "pycode", "pyrepo"]
   assert envs.CalculatorOptions() == envs.CalculatorOptions(level="basic", max_steps=12,
                                                             allow_unisolated=False)
   assert envs.PycodeOptions().to_dict() == {"timeout_s": 5.0, "memory_mb": 512, "max_steps": 8,
@@ -217,7 +217,7 @@ def test_documented_defaults_and_config_fields():
                                           "allow_unisolated": False, "shell": False}
   section = rl_test_config("grpo").rl.env_options.to_dict()
   assert section == dict.fromkeys(["level", "max_steps", "allow_unisolated", "timeout_s",
-                                   "memory_mb", "builtin", "shell"])
+                                   "memory_mb", "builtin", "min_ops", "max_ops", "shell"])
 
 
 BAD = [  # (env, option, value set on the config, message after config.rl.env_options.KEY: )
