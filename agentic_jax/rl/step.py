@@ -114,16 +114,37 @@ def variables_of(params: Any, router_state: Any) -> dict:
 def token_logp(model: Any, variables: Any, rows: Mapping[str, Array], temperature: float = 1.0
                ) -> tuple[Array, Array]:
   """(logp [F, T], entropy [F, T]): log_softmax(logits / temperature) at rows["targets"] and
-  the entropy of that distribution, from one forward of `model` on the rows."""
+  the entropy of that distribution, from one forward of `model` on the rows.
+
+  A negative target -(k + 1) stands for the event "any token but k": its logp is
+  log(1 - p_k). RA3's E-step (rl/ra3_estep.py) trains the binary decision "continue" (= not
+  <|think|>) at an action boundary this way, where the row's real next token is the expert's."""
   logits = model.apply(variables, rows["inputs"], rows["segment_ids"], rows["positions"])
   logits = logits.astype(jnp.float32)
   if temperature != 1.0:
     logits = logits / temperature
   logp_all = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-  targets = rows["targets"][..., None].astype(jnp.int32)
+  raw = rows["targets"].astype(jnp.int32)
+  complement = raw < 0
+  targets = jnp.where(complement, -raw - 1, raw)[..., None]
   logp = jnp.take_along_axis(logp_all, targets, axis=-1)[..., 0]
+  # log1mexp only sees the complement entries (elsewhere a safe -1): a confident ordinary
+  # token (logp ~ 0) would otherwise give -inf there and a NaN gradient through the where
+  logp = jnp.where(complement, log1mexp(jnp.where(complement, logp, -1.0)), logp)
   entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
   return logp, entropy
+
+
+def log1mexp(x: Array) -> Array:
+  """log(1 - exp(x)) for x <= 0, accurate at both ends (Maechler 2012: log(-expm1(x)) above
+  -log 2, log1p(-exp(x)) below). x is clamped to <= -1e-12 (result >= about -27.6), so the value
+  and its gradient stay finite when the excluded token had probability ~1; each branch gets a
+  safe input so the unused one never produces a NaN gradient."""
+  x = jnp.minimum(x, -1e-12)
+  near = x > -math.log(2.0)
+  a = jnp.where(near, x, -1.0)
+  b = jnp.where(near, -1.0, x)
+  return jnp.where(near, jnp.log(-jnp.expm1(a)), jnp.log1p(-jnp.exp(b)))
 
 
 def gather_samples(x: Array, index: Array) -> Array:
