@@ -56,6 +56,10 @@ def _base() -> ml_collections.ConfigDict:
   # "all" | "assistant_only" | "error_masked" (KAT-Coder: agent actions only, failed calls and
   # their rationale 0) | "all_error_masked" (all, failed calls 0); see agentic_jax.data.render
   d.mask_policy = "all"
+  # Multiplier of the loss weight of rationale blocks (<|think|>...<|end_think|> anywhere in an
+  # assistant turn, mask kind "rationale") on top of what the policy gives the turn: 1 = train
+  # the model to write them like the rest of the turn, 0 = context only (RA3's M-step chooses).
+  d.rationale_weight = 1.0
   d.on_bad_record = "raise"  # JSONL sources: "raise" | "skip" (skips counted and reported)
   d.overlong = "split"  # "split" | "drop" (counted)
   # Stage schedule: () = the mix's weights throughout; else a tuple of dicts

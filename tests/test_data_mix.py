@@ -44,8 +44,11 @@ GOLDEN = {
     # + data.stages below
     "stages": ("4ac1a9d0e01c8d4d", "c6342156de966188"),
     # data.sources = ("agent=adp:tests/data/adp_good.jsonl", "calculator"), source_weights
-    # (1.0, 2.0), loss_weights (1.0, 0.5), num_samples (0, 16), eval_num_samples (1, 4)
-    "file": ("97338629971aaebe", "3d018b195767b9f1"),
+    # (1.0, 2.0), loss_weights (1.0, 0.5), num_samples (0, 16), eval_num_samples (1, 4).
+    # Re-taken when rationale blocks got their own mask kind (issue 13): the ADP file's think
+    # blocks have target_kind 10 ("rationale") instead of 6; mapping 10 back to 6 gives the old
+    # digests ("97338629971aaebe", "3d018b195767b9f1"), so nothing else changed.
+    "file": ("d5918db2e3c92930", "602c9c16f58c2e16"),
 }
 STAGES = ({"until_step": 2, "weights": {"pyrepo": 1.0}},
           {"weights": {"calculator": 2.0, "stdlib_edits": 1.0}})

@@ -4,7 +4,8 @@ ByteTokenizer ids: special ids 0..15 (bos 1, eos 2, <|system|> 4, <|user|> 5, <|
 <|tool_call|> 7, <|observation|> 8, <|end_turn|> 9, <|context|> 10, <|file|> 11, <|summary|> 12,
 <|edit|> 13, <|think|> 14, <|end_think|> 15); the byte b is 16 + b.
 MASK_KINDS indices: context 0, file 1, summary 2, edit 3, system 4, user 5, assistant 6,
-tool_call 7, observation 8, special 9.
+tool_call 7, observation 8, special 9, rationale 10 (a think block's tokens: a per-token kind list
+in PARTS below). Rationale blocks anywhere in a turn: tests/test_render_rationale.py.
 """
 
 import random
@@ -39,7 +40,8 @@ PARTS = [
     ([1], 9),                                            # <s>
     ([4, 99, 9], 4),                                     # <|system|> S <|end_turn|>
     ([5, 88, 121, 9], 5),                                # <|user|> H i
-    ([6, 14, 132, 15, 127, 123, 9], 6),                  # <|assistant|><|think|>t<|end_think|>ok
+    # <|assistant|> <|think|>t<|end_think|> (kind rationale) ok <|end_turn|>
+    ([6, 14, 132, 15, 127, 123, 9], [6, 10, 10, 10, 6, 6, 6]),
     ([7, 131, 120, 26, 124, 131, 9], 7),                 # <|tool_call|> s h \n l s
     ([8, 131, 120, 26, 85, 9], 8),                       # <|observation|> s h \n E
     ([6, 113, 9], 6),                                    # <|assistant|> a
@@ -58,7 +60,8 @@ WEIGHTS = {
 
 def _expand(parts, part_weights):
   tokens = [t for ids, _ in parts for t in ids]
-  kinds = [k for ids, k in parts for _ in ids]
+  kinds = [k for ids, kind in parts
+           for k in (kind if isinstance(kind, list) else [kind] * len(ids))]
   weights = [w for (ids, _), w in zip(parts, part_weights) for _ in ids]
   return tokens, kinds, weights
 
@@ -127,7 +130,8 @@ KAT_PARTS = [
     ([1], 9),                                            # <s>
     ([4] + b("Use calc.") + [9], 4),                     # system
     ([5] + b("6/0+1?") + [9], 5),                        # user
-    ([6, 14] + b("div") + [15] + b("go") + [9], 6),      # rationale of the failed call
+    # rationale of the failed call: the think block has kind rationale, "go" assistant
+    ([6, 14] + b("div") + [15] + b("go") + [9], [6] + [10] * 5 + [6] * 3),
     ([7] + b("calc\ncalc(6/0)") + [9], 7),               # failed call (error=True)
     ([8] + b("calc\nerror: division by zero") + [9], 8), # the error text
     ([6] + b("Fix it.") + [9], 6),                       # reflection after the failure
@@ -232,12 +236,13 @@ def test_sentencepiece_renders_the_same_template():
   # same turn boundaries, weights constant within a turn
   kinds = r.mask_kind.tolist()
   runs = [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k]
-  assert runs == [9, 4, 5, 6, 7, 8, 6, 7, 8, 9]
+  assert runs == [9, 4, 5, 6, 10, 6, 7, 8, 6, 7, 8, 9]   # the think block is its own run
   assert r.tokens[r.mask_kind == 6][0] == 6
   starts = [i for i in range(len(kinds)) if i == 0 or kinds[i - 1] != kinds[i]] + [len(kinds)]
   run_weights = [r.loss_weights[a:z].tolist() for a, z in zip(starts, starts[1:])]
-  assert run_weights == [[w] * (z - a) for w, a, z in
-                         zip(WEIGHTS["error_masked"], starts, starts[1:])]
+  turn_weights = WEIGHTS["error_masked"]
+  turn_weights = turn_weights[:4] + [turn_weights[3]] * 2 + turn_weights[4:]  # 3 runs, 1 turn
+  assert run_weights == [[w] * (z - a) for w, a, z in zip(turn_weights, starts, starts[1:])]
 
 
 def test_bad_arguments():

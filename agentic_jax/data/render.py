@@ -6,9 +6,15 @@ Template (special tokens are inserted by id, never tokenized from text; `[x]` = 
   env turn         <|ROLE|> [name "\\n"] content <|end_turn|>
                    ROLE in system, user, assistant, tool_call, observation; e.g.
                    <|tool_call|>bash\\nls -la<|end_turn|>   <|observation|>bash\\ntotal 0\\n<|end_turn|>
-  rationale        an assistant turn whose content starts with the text "<|think|>" and contains
-                   "<|end_think|>" renders that leading block with the <|think|>/<|end_think|> tokens:
-                   <|assistant|><|think|>why<|end_think|>rest<|end_turn|>
+  rationale        every block "<|think|>" inner "<|end_think|>" ANYWHERE in an assistant turn's
+                   content renders with the <|think|>/<|end_think|> tokens, e.g. (RA3: latent
+                   rationales interleaved between code lines)
+                   <|assistant|>a = 1\\n<|think|>why<|end_think|>b = 2\\n<|end_turn|>
+                   The text pieces before, between and after the blocks are tokenized separately.
+                   A block opens at the first "<|think|>" and closes at the first "<|end_think|>"
+                   after it: a "<|think|>" inside a block is text of the block, a "<|think|>"
+                   with no "<|end_think|>" after it and an "<|end_think|>" outside a block stay
+                   plain text. Only assistant turns have blocks (the markers are text in others).
   context span     <|KIND|> [path "\\n"] text      KIND in context, file, summary, edit (no end marker:
                    the next span's marker or </s> closes it), e.g. <|file|>pkg/mod.py\\ndef f(): ...
 
@@ -16,7 +22,10 @@ The name line and the content are tokenized separately, so "name\\n" is a stable
 
 `loss_weights[i]` is the weight of token i as a prediction target; `mask_kind[i]` indexes MASK_KINDS:
 the role / span kind of the turn or span the token belongs to (its marker, name/path line, content
-and <|end_turn|> included), "special" for <s> and </s>.
+and <|end_turn|> included), "special" for <s> and </s>, and "rationale" for the tokens of a
+rationale block (<|think|>, the inner text and <|end_think|>; the rest of the turn stays
+"assistant"). "rationale" is the last kind, appended after the others so that the indices of the
+older kinds (stored in batches as target_kind, pinned by tests) did not move.
 
 Action tokens are the tokens the agent writes: assistant turns (its text and rationale) and
 tool_call turns; in a context sample, the edit spans. A failed step is a tool_call turn with
@@ -44,6 +53,13 @@ sum(w * CE) / sum(w) over a batch gives ROME's normalisation. The assistant turn
 A turn's own `weight` (schema; default 1) multiplies what the policy gives its tokens, so a
 turn with weight 0 is context only under every policy.
 
+A rationale block's tokens get what the policy and the turn's weight give the turn, times
+`rationale_weight` (default 1: trained exactly like the rest of the turn). RA3's M-step trains on
+trajectories with the E-step's rationales interleaved; whether the model also learns to WRITE the
+rationales (weight 1), only conditions on them (0) or something in between is a config choice
+(config.data.rationale_weight), so the weight is separate from the turn's. The kind is separate
+too, so the loss on rationale tokens is reported on its own (loss/kind/rationale).
+
 <s> always has weight 0 (nothing predicts it); </s> has 1 under all / all_error_masked and 0
 under assistant_only / error_masked (the agent does not write it). Every weight is then
 multiplied by `source_weight`.
@@ -61,8 +77,9 @@ import numpy as np
 from agentic_jax.data.schema import ContextSample, EnvSample, Sample, Turn
 from agentic_jax.data.tokenizer import Tokenizer
 
+# New kinds go at the END: the indices are stored in batches (target_kind) and named in metrics.
 MASK_KINDS = ("context", "file", "summary", "edit", "system", "user", "assistant", "tool_call",
-              "observation", "special")
+              "observation", "special", "rationale")
 KIND_ID = {k: i for i, k in enumerate(MASK_KINDS)}
 POLICIES = ("all", "assistant_only", "error_masked", "all_error_masked")
 _ACTIONS_ONLY = ("assistant_only", "error_masked")      # non-action tokens get 0
@@ -109,40 +126,80 @@ def _turn_weights(sample: EnvSample, policy: str) -> list[float]:
           for k, t in enumerate(sample.turns)]
 
 
-def _content_ids(tok: Tokenizer, role: str, content: str) -> list[int]:
-  if role == "assistant" and content.startswith(THINK):
-    end = content.find(END_THINK, len(THINK))
-    if end >= 0:
-      return ([tok.special_id(THINK)] + tok.encode(content[len(THINK):end])
-              + [tok.special_id(END_THINK)] + tok.encode(content[end + len(END_THINK):]))
-  return tok.encode(content)
+def _rationale_pieces(role: str, content: str) -> list[tuple[str, bool]]:
+  """`content` cut into (text, is_rationale_block_inner) pieces in order (module doc: a block
+  opens at the first <|think|>, closes at the first <|end_think|> after it). Empty text pieces
+  between blocks are kept; they encode to nothing. Non-assistant turns are one text piece."""
+  if role != "assistant":
+    return [(content, False)]
+  pieces: list[tuple[str, bool]] = []
+  pos = 0
+  while True:
+    start = content.find(THINK, pos)
+    if start < 0:
+      break
+    end = content.find(END_THINK, start + len(THINK))
+    if end < 0:  # unclosed: no later <|think|> can be closed either, the rest is text
+      break
+    pieces.append((content[pos:start], False))
+    pieces.append((content[start + len(THINK):end], True))
+    pos = end + len(END_THINK)
+  pieces.append((content[pos:], False))
+  return pieces
+
+
+def _content_parts(tok: Tokenizer, role: str, content: str) -> list[tuple[list[int], bool]]:
+  """(ids, is_rationale) runs of a turn's content; a block's run includes both marker ids."""
+  parts: list[tuple[list[int], bool]] = []
+  for text, block in _rationale_pieces(role, content):
+    if block:
+      parts.append(([tok.special_id(THINK)] + tok.encode(text) + [tok.special_id(END_THINK)], True))
+    elif text:  # skipping "" changes nothing (encode("") is []), it only avoids empty runs
+      parts.append((tok.encode(text), False))
+  return parts
+
+
+def _turn_parts(turn: Turn, tok: Tokenizer) -> list[tuple[list[int], bool]]:
+  """(ids, is_rationale) runs of <|ROLE|> [name "\\n"] content <|end_turn|>."""
+  head = [tok.special_id(f"<|{turn.role}|>")]
+  if turn.name is not None:
+    head += tok.encode(turn.name + "\n")
+  return ([(head, False)] + _content_parts(tok, turn.role, turn.content)
+          + [([tok.special_id(END_TURN)], False)])
 
 
 def render_turn(turn: Turn, tokenizer: Tokenizer) -> list[int]:
   """Token ids of one env turn exactly as `render` writes it inside a sample:
   <|ROLE|> [name "\\n"] content <|end_turn|> (the RL rollout appends observations with this)."""
-  ids = [tokenizer.special_id(f"<|{turn.role}|>")]
-  if turn.name is not None:
-    ids += tokenizer.encode(turn.name + "\n")
-  ids += _content_ids(tokenizer, turn.role, turn.content)
-  ids.append(tokenizer.special_id(END_TURN))
-  return ids
+  return [i for ids, _ in _turn_parts(turn, tokenizer) for i in ids]
+
+
+def _check_weight(name: str, value: float) -> None:
+  if not (isinstance(value, numbers.Real) and math.isfinite(value) and value >= 0):
+    raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def render(sample: Sample, tokenizer: Tokenizer, policy: str,
-           source_weight: float = 1.0) -> Rendered:
-  """Tokens, per-target loss weights and mask kinds of one sample (template in the module doc)."""
+           source_weight: float = 1.0, rationale_weight: float = 1.0) -> Rendered:
+  """Tokens, per-target loss weights and mask kinds of one sample (template in the module doc).
+
+  `rationale_weight` scales the tokens of rationale blocks on top of the turn's weight (so a
+  failed step's rationale, or a weight-0 turn's, stays 0 whatever it is); `source_weight` scales
+  every token."""
   if policy not in POLICIES:
     raise ValueError(f"unknown mask policy {policy!r}; expected one of {list(POLICIES)}")
-  if not (isinstance(source_weight, numbers.Real) and math.isfinite(source_weight)
-          and source_weight >= 0):
-    raise ValueError(f"source_weight must be a finite number >= 0, got {source_weight!r}")
+  _check_weight("source_weight", source_weight)
+  _check_weight("rationale_weight", rationale_weight)
   tok = tokenizer
   b = _Builder()
   b.add([tok.bos_id], "special", 0.0)
   if isinstance(sample, EnvSample):
     for turn, w in zip(sample.turns, _turn_weights(sample, policy)):
-      b.add(render_turn(turn, tok), turn.role, w)
+      for ids, block in _turn_parts(turn, tok):
+        if block:
+          b.add(ids, "rationale", w * float(rationale_weight))
+        else:
+          b.add(ids, turn.role, w)
   elif isinstance(sample, ContextSample):
     for span in sample.spans:
       w = 1.0 if policy not in _ACTIONS_ONLY or span.kind == "edit" else 0.0
@@ -166,12 +223,7 @@ def sample_texts(sample: Sample) -> list[str]:
     for t in sample.turns:
       if t.name is not None:
         out.append(t.name + "\n")
-      content = t.content
-      if t.role == "assistant" and content.startswith(THINK) and END_THINK in content[len(THINK):]:
-        end = content.find(END_THINK, len(THINK))
-        out += [content[len(THINK):end], content[end + len(END_THINK):]]
-      else:
-        out.append(content)
+      out += [text for text, _ in _rationale_pieces(t.role, t.content)]
   else:
     for s in sample.spans:
       if s.path is not None:

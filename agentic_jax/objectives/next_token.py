@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from agentic_jax.data.render import MASK_KINDS
 from agentic_jax.models import balance
 from agentic_jax.objectives import register_loss
 
@@ -37,7 +38,7 @@ DEFAULT_OPTIONS = {
     "balance_groups": 1,  # device groups for balance_loss="device"
     "target_ffn_per_token": -1.0,  # K_e for the device loss; <= 0 means "all K slots"
     "z_loss": 0.0,
-    "num_kinds": 10,
+    "num_kinds": len(MASK_KINDS),  # follows render's kinds (a new kind is appended there)
     "num_sources": 1,
 }
 

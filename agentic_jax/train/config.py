@@ -232,6 +232,8 @@ def _check_data(config: Any, num_devices: int, num_processes: int) -> None:
   check_int(config, "data.seq_len")
   check_int(config, "data.tokenizer.vocab_size")
   check_choice(config, "data.mask_policy", render.POLICIES)
+  if "rationale_weight" in config.data:  # absent in configs written before it: 1.0 (input.py)
+    check_number(config, "data.rationale_weight", 0.0)
   check_choice(config, "data.on_bad_record", reader.ON_BAD_RECORD)
   check_choice(config, "data.overlong", pipeline.OVERLONG_MODES)
   from agentic_jax.train import input as input_lib  # pylint: disable=import-outside-toplevel

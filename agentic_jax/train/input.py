@@ -401,14 +401,18 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
   t1 = time.perf_counter()
   sources, eval_sources = [], []
   eval_report: dict = {"batches": eval_batches, "seed": config.seed + EVAL_SEED_OFFSET, "sources": {}}
+  rw = data.get("rationale_weight", 1.0)  # configs written before the key: the old weighting
+
+  def render_all(samples, loss_weight):
+    return [render(s, tok, data.mask_policy, loss_weight, rationale_weight=rw) for s in samples]
+
   for (name, samples, held), spec in zip(loaded, specs):
     weight, lw = spec.weight, spec.loss_weight
-    rendered = [render(s, tok, data.mask_policy, lw) for s in samples]
+    rendered = render_all(samples, lw)
     sources.append(pipeline.Source(name, weight, rendered))
     report["sources"][name]["tokens"] = int(sum(len(r) for r in rendered))
     if eval_batches:
-      kept, dropped = _without_overlap([render(s, tok, data.mask_policy, lw) for s in held],
-                                       rendered)
+      kept, dropped = _without_overlap(render_all(held, lw), rendered)
       eval_sources.append(pipeline.Source(name, weight if kept else 0.0, kept))
       eval_report["sources"][name] = {"samples": len(kept), "dropped_overlap": dropped}
   report["render_seconds"] = round(time.perf_counter() - t1, 3)
