@@ -50,6 +50,9 @@ _RULES = flags.DEFINE_string("rules", "default", "Logical-axis rules table (para
 _JSON = flags.DEFINE_bool("json", False, "Print the plan as JSON instead of a table.")
 
 
+STAGE_SECTIONS = ("mstep", "midtrain")
+
+
 def _config_get(config, dotted: str, default):
   node = config
   for part in dotted.split("."):
@@ -66,6 +69,14 @@ def main(argv: list[str]) -> int:
   from agentic_jax.parallel import memory, mesh as mesh_lib, rules as rules_lib  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
+  if config is not None and "model" not in config:
+    # jobs of several stages keep the training stage's config in a section: the RA3 job's
+    # M-phases (config.mstep), the recipe's mid-training (config.midtrain)
+    for name in STAGE_SECTIONS:
+      if name in config and "model" in config[name]:
+        print(f"planning config.{name} (the job's training stage)")
+        config = config[name]
+        break
   if config is None and _MODEL.value is None:
     raise app.UsageError("give --config=FILE.py[:variant] or --model=PRESET")
   if _MODEL.value is not None:
