@@ -29,6 +29,12 @@ VARIANTS = ("tiny", "longcat_flash", "deepseek_v3", "youtu_llm")
 def _base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # "" = fresh params from seed. Else the WORKDIR of a previous mid-training (or RL) run: a run
+  # whose own WORKDIR has no checkpoint yet starts from the params and router biases of that
+  # run's latest checkpoint (optimizer fresh, step 0; config.model must build the same shapes)
+  # and, with data.tokenizer.path "", its tokenizer.model; a WORKDIR with a checkpoint resumes
+  # from it and ignores this (agentic_jax/train/init_from.py).
+  c.init_from = ""
 
   # --- data (agentic_jax.train.input)
   d = c.data = DataSection()  # names config.data.mix when an old key (data.sources...) is used

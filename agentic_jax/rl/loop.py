@@ -8,7 +8,8 @@ cadence, NaN policy, statuses, summary.json, metrics writer and plot are the sha
 train/runner.py (as in train/loop.py). A new job = a step function + the runner.
 
 Order of a run: tokenizer + initial variables (config.init_from: a mid-training WORKDIR's
-tokenizer.model and the params/router_state of its latest checkpoint; "" = fresh from
+tokenizer.model and the params/router_state of its latest checkpoint, read by
+train/init_from.py, the loader mid-training uses too; "" = fresh from
 config.seed with a tokenizer from config.tokenizer) -> frozen reference variables (a copy of the
 initial ones) -> train state (restored from WORKDIR/checkpoints, else fresh) -> eval on
 config.rl.eval_tasks held-out tasks ("before"; greedy, or rl.eval_samples episodes per task at
@@ -62,18 +63,13 @@ from agentic_jax.rl import rollout as rollout_lib
 from agentic_jax.rl import step as step_lib
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
+from agentic_jax.train import init_from as init_from_lib
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import runner
 from agentic_jax.train import state as state_lib
 from agentic_jax.train import watchdog as watchdog_lib
 
 PLOT_FILE = "rl.png"
-# Model fields that change the parameter tree (a mismatch with init_from is an error).
-_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "q_lora_rank",
-                 "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
-                 "intermediate_size", "n_routed_experts", "zero_expert_num",
-                 "moe_intermediate_size",
-                 "layer_type", "tie_word_embeddings", "scan_layers")
 
 
 def _say(msg: str) -> None:
@@ -108,47 +104,6 @@ def _tokenizer(config: Any, workdir: str):
           builtin.corpus_texts(config.seed, sources=builtin.ALL_SOURCES),
           int(config.tokenizer.vocab_size), seed=config.seed))
   return tok, (f"trained -> {report['path']}" if report["trained"] else report["path"])
-
-
-def load_init_from(path: str, model_cfg: models.ModelConfig, model_section: dict,
-                   step: Optional[int] = None) -> tuple[dict, int, dict]:
-  """(variables {"params", "router_state"?}, step, its config) from a mid-training WORKDIR's
-  checkpoint `step` (default: the latest). Shapes must match `model_cfg`; else ValueError naming
-  the differing config.model fields."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-  directory = os.path.join(os.path.abspath(path), "checkpoints")
-  steps = (sorted(int(d) for d in os.listdir(directory) if d.isdigit())
-           if os.path.isdir(directory) else [])
-  if not steps:
-    raise FileNotFoundError(f"config.init_from={path!r}: no checkpoints in {directory}")
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f"config.init_from={path!r}: checkpoint step {step} (the reference "
-                            f"this run started from) is gone; found {steps}")
-  with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
-    meta = json.load(f)
-  theirs = meta.get("config", {}).get("model", {})
-  model_section = json.loads(json.dumps(dict(model_section), default=str))  # tuples -> lists
-  diff = [f"{k}: {theirs.get(k)!r} (init_from) vs {model_section.get(k)!r} (config.model)"
-          for k in sorted(set(theirs) | set(model_section))
-          if theirs.get(k) != model_section.get(k)]
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
-  want = models.abstract_variables(model_cfg)
-  got = {"params": restored["params"]}
-  if want.get("router_state"):
-    got["router_state"] = restored["router_state"]
-  shape = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)  # noqa: E731
-  if (jax.tree.structure(shape(got)) != jax.tree.structure(shape(want))
-      or jax.tree.leaves(shape(got)) != jax.tree.leaves(shape(want))):
-    shaping = [d for d in diff if d.split(":")[0] in _SHAPE_FIELDS]
-    raise config_lib.ConfigError(
-        f"config.init_from={path!r}: its parameters do not fit config.model; differing fields: "
-        f"{'; '.join(shaping or diff) or 'none (tree differs)'}")
-  if diff:
-    _say("[init] config.model differs from init_from's in non-shape fields: " + "; ".join(diff))
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  variables = jax.tree.map(lambda x: jax.device_put(np.asarray(x), device), got)
-  return variables, step, meta.get("config", {})
 
 
 def _fresh_variables(model_cfg, seed: int) -> dict:
@@ -347,8 +302,10 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   meta = resumed.meta if resumed is not None else {}
   init = meta.get("init", {})
   if config.init_from:
-    init_vars, init_step, _ = load_init_from(config.init_from, model_cfg, config.model.to_dict(),
-                                             init.get("step"))
+    # the shared loader (train/init_from.py, also mid-training's): params and router biases of
+    # the checkpoint this run started from (its step on a resume: the reference is reloaded)
+    init_vars, init_step, _ = init_from_lib.load(config.init_from, model_cfg,
+                                                 config.model.to_dict(), init.get("step"), say=_say)
   else:
     init_vars, init_step = _fresh_variables(model_cfg, config.seed), None
   fp = [int(x) for x in ckpt_lib.fingerprint(init_vars)]

@@ -262,6 +262,29 @@ def _check_data(config: Any, num_devices: int, num_processes: int) -> None:
                       "batch shards of config.mesh (data x fsdp x expert)")
 
 
+def check_init_from(config: Any) -> str:
+  """config.init_from: "" (or absent, configs written before it), or the WORKDIR of a previous
+  run holding at least one checkpoint in WORKDIR/checkpoints (train/init_from.py); else
+  ConfigError. Whether its parameters fit config.model is checked when they are read (orbax
+  metadata, in train/init_from.load), not here."""
+  value = config.get("init_from", "")
+  if not isinstance(value, str):
+    raise ConfigError(f"config.init_from: expected a path or '', got {value!r}")
+  if not value:
+    return value
+  from agentic_jax.train import init_from  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(value):
+    raise ConfigError(f"config.init_from: {value!r} is not a directory (expected the WORKDIR "
+                      "of a previous mid-training or RL run, or '')")
+  if not os.path.isdir(os.path.join(value, "checkpoints")):
+    raise ConfigError(f"config.init_from: {value!r} has no checkpoints/ directory (expected the "
+                      "WORKDIR of a previous mid-training or RL run)")
+  if not init_from.checkpoint_steps(value):
+    raise ConfigError(f"config.init_from: {os.path.join(value, 'checkpoints')!r} holds no "
+                      "checkpoint")
+  return value
+
+
 def validate_midtrain(config: Any, *, num_devices: Optional[int] = None,
                       num_processes: Optional[int] = None) -> None:
   """Every key of a mid-training config (configs/midtrain.py); ConfigError naming the first bad
@@ -270,6 +293,7 @@ def validate_midtrain(config: Any, *, num_devices: Optional[int] = None,
   num_devices = jax.device_count() if num_devices is None else num_devices
   num_processes = jax.process_count() if num_processes is None else num_processes
   model_cfg = validate_common(config, num_devices=num_devices)
+  check_init_from(config)
   _check_data(config, num_devices, num_processes)
   check_number(config, "train.peak_flops", 0.0, low_open=True)
   every = check_int(config, "train.eval_every", 0) if "eval_every" in config.train else 0

@@ -10,8 +10,9 @@ function + the runner (see runner.py's docstring), not a copy of this file.
 
 Order of a run: mesh (config.mesh over all devices of all processes) -> data (generation,
 tokenizer, rendering; each process loads only its rows of every global batch) -> state
-(restored from the latest readable checkpoint in WORKDIR/checkpoints, else initialised from
-config.seed, in both cases directly in its sharded layout) -> the step jitted with explicit
+(restored from the latest readable checkpoint in WORKDIR/checkpoints, else started from
+config.init_from's params, else initialised from config.seed, in every case directly in its
+sharded layout) -> the step jitted with explicit
 shardings and donation, compiled ahead of time (timed apart from training) -> steps until
 train.num_steps, with held-out evaluation every train.eval_every steps and at the end ->
 final checkpoint, summary.json, loss.png, a printed summary.
@@ -47,8 +48,18 @@ Stopping early:
     of this invocation was skipped applied no update: it returns status "all_skipped"
     (launch/train.py exits 1), not "completed".
 
+Starting from another run (config.init_from, train/init_from.py): when WORKDIR has no
+checkpoint yet, the state is a fresh one (step 0, new optimizer state, step rng from
+config.seed) holding the params and router biases of init_from's latest checkpoint, read
+straight into the sharded layout; summary.json's "init_from" says which ({"path", "step"}; null
+for a run from config.seed), and so does every checkpoint's meta, so a resumed run still reports
+it. With data.tokenizer.path "" the run adopts init_from's tokenizer.model (copied into WORKDIR,
+where resumes find it): the parameters only make sense with the tokenizer they were trained
+with. Once WORKDIR has a checkpoint the run resumes from it and init_from is ignored (said once).
+
 Before anything is built, config.validate checks every value and raises config.ConfigError
-naming the key; a checkpoint that does not fit the config raises one too (checkpoint.py).
+naming the key; a checkpoint that does not fit the config raises one too (checkpoint.py), and
+so do init_from parameters whose shapes differ from config.model's (init_from.py).
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import eval as eval_lib
 from agentic_jax.train import flops as flops_lib
+from agentic_jax.train import init_from as init_from_lib
 from agentic_jax.train import input as input_lib
 from agentic_jax.train import metrics as metrics_lib
 from agentic_jax.train import optim as optim_lib
@@ -139,6 +151,14 @@ def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
     return distributed.host_local_batch_to_global(local, batch_sh, global_rows)
 
   # ---- data
+  # Decided before the data (the tokenizer depends on it): a WORKDIR without a checkpoint
+  # starts from config.init_from when one is set.
+  init_from = config.get("init_from", "")
+  start_from_init = bool(init_from) and not init_from_lib.checkpoint_steps(workdir)
+  if (start_from_init and primary and not input_lib.is_synthetic(config.data)
+      and not config.data.tokenizer.path):  # the others wait at the tokenizer barrier below
+    _say(f"[init] tokenizer {init_from_lib.adopt_tokenizer(init_from, workdir)} "
+         f"(init_from's, whose ids its parameters were trained on)")
   tok_info: dict = {}
   if jax.process_count() > 1:  # one tokenizer for all: process 0 trains it, the rest load it
     if primary:
@@ -168,17 +188,33 @@ def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
                           data_iterator=inp.iterator, say=_say)
   if resumed is not None:
     state, start = resumed.state, resumed.step
+    init_record = resumed.meta.get("init_from")  # where this run's params first came from
+    if init_from:
+      _say(f"[init] WORKDIR has checkpoint step {start}: resumed from it, config.init_from "
+           f"({init_from}) is ignored")
+  elif init_from:  # no checkpoint in WORKDIR
+    loaded = init_from_lib.load(init_from, model_cfg, config.model.to_dict(), say=_say,
+                                shardings={"params": state_sh.params,
+                                           "router_state": state_sh.router_state})
+    # Same shardings as init_sharded_state and a restore: the step compiles to one program.
+    state = init_from_lib.fresh_state(loaded.variables, model_cfg, tx, config.seed, state_sh)
+    start = 0
+    init_record = init_from_lib.summary_entry(init_from, loaded.step)
+    _say(f"[init] params and router state from {init_record['path']} checkpoint step "
+         f"{loaded.step}; optimizer state fresh, step 0")
   else:
     # Created with the same shardings a restore gives, so a fresh and a resumed run compile
     # the step to the same program.
     state = state_lib.init_sharded_state(model_cfg, tx, config.seed, state_sh)
     start = 0
+    init_record = None
   n_params = models.count_params(model_cfg)
   fm = flops_lib.flop_model(model_cfg)
   _say(f"[model] {config.model.preset}-style {model_cfg.layer_type}: {n_params:,} params, "
        f"{fm.dense_matmul_params + fm.expert_params:,} in matmuls")
 
-  result: dict[str, Any] = {"status": "completed", "start_step": start, "losses": []}
+  result: dict[str, Any] = {"status": "completed", "start_step": start, "losses": [],
+                            "init_from": init_record}
   if start >= num_steps:
     _say(f"[train] nothing to do: checkpoint step {start} >= train.num_steps {num_steps}")
     ckpt.close()
@@ -255,7 +291,7 @@ def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
       stopping = run_.stop_status(signalled)
       if run_.checkpoint_due(stopping):
         with dog.watch(f"the checkpoint of step {step}"):
-          ckpt.save(state, inp.iterator, config_json)
+          ckpt.save(state, inp.iterator, config_json, extra={"init_from": init_record})
       if stopping:
         run_.stopped(stopping, (stop.signal or "signal on another process") if signalled
                      else "stop_after_steps")
@@ -283,7 +319,7 @@ def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
       peak_flops=config.train.peak_flops, params=n_params,
       mesh={"sizes": dict(zip(mesh.axis_names, mesh.axis_sizes)),
             "processes": jax.process_count(), "devices": mesh.size},
-      data=inp.report, pipeline=input_lib.pipeline_stats(inp))
+      data=inp.report, pipeline=input_lib.pipeline_stats(inp), init_from=init_record)
   if primary:
     png = metrics_lib.plot_losses(workdir, title=f"midtrain {config.get('variant', '')} "
                                   f"({config.model.preset})")
@@ -309,6 +345,8 @@ def _print_summary(s: dict) -> None:
       f"   time: data {s['seconds']['data']}s, compile {s['seconds']['compile']}s, "
       f"train {s['seconds']['train']}s, total {s['seconds']['total']}s",
       _eval_line(s),
+      (f"   init: params from {s['init_from']['path']} step {s['init_from']['step']}"
+       if s.get("init_from") else ""),
       _data_line(s),
       f"   outputs: {s['outputs']['summary']}, {s['outputs']['metrics']}, "
       f"{s['outputs']['loss_png']}, {s['outputs']['tensorboard']}/, {s['checkpoints']['directory']}/",

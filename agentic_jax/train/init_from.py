@@ -1,0 +1,180 @@
+"""Starting a run from another run's parameters (config.init_from).
+
+    loaded = load(config.init_from, model_cfg, config.model.to_dict())   # latest checkpoint
+    loaded.variables      # {"params", "router_state"?}, on one device or in `shardings`
+    state = fresh_state(loaded.variables, model_cfg, tx, config.seed, state_shardings)
+
+`init_from` is the WORKDIR of a previous mid-training or RL run. What is taken from it is the
+model: the params and the MoE router biases (router_state) of a checkpoint, by default its
+latest. Everything else starts fresh: the optimizer state (a new run has its own schedule and
+its moments belong to another objective), the step (0) and the step rng (config.seed).
+
+Both loops use it: train/loop.py when its own WORKDIR has no checkpoint yet (mid-training from
+an earlier mid-training, e.g. a second data stage) and rl/loop.py for its initial and
+reference variables. It lives in train/ because train never imports rl (tests/test_layering.py).
+
+The checkpoint must fit the model the config builds. The parameter tree's shapes are compared
+with orbax's metadata BEFORE anything is loaded; a mismatch is a ConfigError naming the
+config.model fields that differ from the checkpoint's config (the shape-changing ones first).
+Only params and router_state are read (orbax partial restore), each leaf straight into the
+layout of `shardings` when given (the sharded loop), else onto the first local device, and cast
+to the dtypes the config builds.
+
+The tokenizer. Parameters only make sense with the tokenizer they were trained with (the same
+id means the same piece), so `tokenizer_file` finds init_from's WORKDIR/tokenizer.model (the
+one a run trains when config.data.tokenizer.path is ""), and `adopt_tokenizer` copies it into
+the new WORKDIR, where the data pipeline and every later resume find it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+
+from agentic_jax import models
+from agentic_jax.train.config import ConfigError
+
+TOKENIZER_FILE = "tokenizer.model"  # data/tokenizer.py find_or_train's SAVED_NAME
+# Model fields that change the parameter tree: named first when the shapes do not fit.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "q_lora_rank",
+                "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
+                "intermediate_size", "n_routed_experts", "zero_expert_num",
+                "moe_intermediate_size", "layer_type", "tie_word_embeddings", "scan_layers")
+_ITEMS = ("params", "router_state")
+
+
+class Loaded(NamedTuple):
+  """What `load` read (a tuple, so `variables, step, config = load(...)` works too)."""
+  variables: dict  # {"params", "router_state"?}
+  step: int  # the checkpoint's step
+  config: dict  # the config the checkpoint was written under (its meta)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of the checkpoints in WORKDIR/checkpoints (step-numbered directories), ascending;
+  [] when there is none. Directories moved aside (<step>.corrupt-<time>) and orbax's
+  temporaries do not count."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+  return {jax.tree_util.keystr(p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _model_diff(theirs: dict, ours: dict) -> list[str]:
+  ours = json.loads(json.dumps(dict(ours), default=str))  # tuples -> lists, as in the meta JSON
+  return [f"{k}: {theirs.get(k)!r} (init_from) vs {ours.get(k)!r} (config.model)"
+          for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+
+
+def load(path: str, model_cfg: models.ModelConfig, model_section: dict,
+         step: Optional[int] = None, *, shardings: Optional[dict] = None,
+         say: Callable[[str], None] = print) -> Loaded:
+  """The params and router_state of checkpoint `step` (default: the latest) of the run in
+  WORKDIR `path` (module doc). `model_section` is this config's model section (its fields are
+  compared with the checkpoint's to explain a mismatch); `shardings` maps "params" /
+  "router_state" to sharding trees of the model's variables. FileNotFoundError when there is
+  no such checkpoint; ConfigError when its parameters do not fit `model_cfg`."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from etils import epath  # pylint: disable=import-outside-toplevel  (orbax's path type)
+  directory = os.path.join(os.path.abspath(path), "checkpoints")
+  steps = checkpoint_steps(path)
+  if not steps:
+    raise FileNotFoundError(f"config.init_from={path!r}: no checkpoints in {directory}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"config.init_from={path!r}: checkpoint step {step} (the reference "
+                            f"this run started from) is gone; found {steps}")
+  with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+    meta = json.load(f)
+  diff = _model_diff(meta.get("config", {}).get("model", {}), model_section)
+  state_dir = os.path.join(directory, str(step), "state")
+  saved = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
+  want = models.abstract_variables(model_cfg)
+  # router_state only where this model has one (as the RL loop always did): a dense model
+  # taking a MoE checkpoint fails on its params anyway
+  items = [k for k in _ITEMS if k == "params" or want.get(k)]
+  if any(_shapes(saved.get(k) or {}) != _shapes(want[k]) for k in items):
+    shaping = [d for d in diff if d.split(":")[0] in SHAPE_FIELDS]
+    raise ConfigError(
+        f"config.init_from={path!r}: its parameters do not fit config.model; differing fields: "
+        f"{'; '.join(shaping or diff) or 'none (tree differs)'}")
+  if diff:
+    say("[init] config.model differs from init_from's in non-shape fields: " + "; ".join(diff))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {}
+  for k in items:
+    where = shardings[k] if shardings is not None else jax.tree.map(lambda _: device, want[k])
+    target[k] = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                             want[k], where)
+  # partial: the checkpoint also holds opt_state, step, rng, ... which a new run does not take
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))
+  return Loaded({k: restored[k] for k in items}, step, meta.get("config", {}))
+
+
+def fresh_state(variables: dict, model_cfg: models.ModelConfig, tx: Any, seed: int,
+                shardings: Any) -> Any:
+  """state.init_state(model_cfg, tx, seed) with `variables` as its params / router_state and an
+  optimizer state initialised on them: step 0, the step rng of config.seed. Built by one jit
+  whose outputs have `shardings` (a TrainState of shardings, the loop's layout) like
+  state.init_sharded_state, so it compiles the step to the same program as a fresh run; the
+  random init inside is dead code and never runs. `variables` are donated."""
+  from agentic_jax.train import state as state_lib  # pylint: disable=import-outside-toplevel
+  mesh = jax.tree.leaves(shardings)[0].mesh
+
+  def build(params, router_state):
+    fresh = state_lib.init_state(model_cfg, tx, seed)
+    return fresh.replace(params=params, opt_state=tx.init(params),
+                         router_state=router_state if router_state else fresh.router_state)
+
+  with jax.set_mesh(mesh):
+    return jax.jit(build, out_shardings=shardings, donate_argnums=(0, 1))(
+        variables["params"], variables.get("router_state", {}))
+
+
+def tokenizer_file(path: str) -> Optional[str]:
+  """init_from's WORKDIR/tokenizer.model, or None when it has none (it was given a file in
+  config.data.tokenizer.path, or used synthetic data)."""
+  file = os.path.join(path, TOKENIZER_FILE)
+  return file if os.path.isfile(file) else None
+
+
+def adopt_tokenizer(path: str, workdir: str) -> str:
+  """Copies init_from's tokenizer.model into `workdir` (where build_input and later resumes
+  look) and returns the copy's path. A copy already there with the same bytes is kept; one
+  with other bytes is a ConfigError (those parameters do not go with it); none in init_from
+  is a ConfigError saying what to set instead."""
+  theirs = tokenizer_file(path)
+  if theirs is None:
+    raise ConfigError(
+        f"config.init_from: {path!r} has no {TOKENIZER_FILE} and config.data.tokenizer.path "
+        "is empty: set config.data.tokenizer.path to the tokenizer that run used (its own "
+        "config.data.tokenizer.path); a new tokenizer would not fit its parameters")
+  ours = os.path.join(workdir, TOKENIZER_FILE)
+  if os.path.exists(ours):
+    with open(ours, "rb") as a, open(theirs, "rb") as b:
+      if a.read() == b.read():
+        return ours
+    raise ConfigError(
+        f"config.init_from: {ours} differs from {theirs}, the tokenizer init_from's parameters "
+        f"were trained with; remove {ours} or use another WORKDIR")
+  os.makedirs(workdir, exist_ok=True)
+  shutil.copyfile(theirs, ours + ".tmp")
+  os.replace(ours + ".tmp", ours)  # atomic: a crash leaves no half-written tokenizer
+  return ours
+
+
+def summary_entry(path: str, step: int) -> dict:
+  """summary.json's / the checkpoint meta's record of where the params came from."""
+  return {"path": os.path.abspath(path), "step": int(step)}
