@@ -20,6 +20,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "midtrain": ("agentic_jax.train.loop", "agentic_jax.train.config:validate_midtrain"),
     "rl": ("agentic_jax.rl.loop", "agentic_jax.rl.config:check_rl_config"),
     "recipe": ("agentic_jax.rl.recipe", "agentic_jax.rl.recipe:validate_recipe"),
+    "ra3": ("agentic_jax.rl.ra3", "agentic_jax.rl.ra3:validate_ra3"),
 }
 DEFAULT_JOB = "midtrain"
 

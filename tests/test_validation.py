@@ -269,5 +269,5 @@ def test_jobs_table_checks_each_job_and_train_refuses_other_jobs():
   rl.unlock()
   rl.job = "rlhf"
   with pytest.raises(config_lib.ConfigError, match=r"config.job: expected one of \['midtrain', "
-                                                   r"'recipe', 'rl'\], got 'rlhf'"):
+                                                   r"'ra3', 'recipe', 'rl'\], got 'rlhf'"):
     jobs.validate(rl)

@@ -1,0 +1,123 @@
+"""agentic_jax/rl/ra3.py on a shrunk configs/ra3.py:tiny (1-layer model, a few steps per phase):
+the job runs both arms and writes the summary the README promises; both arms train the same
+number of tokens; a run stopped in the middle and rerun gives exactly the uninterrupted result;
+RA3 with c = inf is next-token training (the same M-phases and metrics as the ntp arm); bad
+config values are named before anything runs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from agentic_jax import jobs
+from agentic_jax.rl import ra3
+from agentic_jax.train import config as config_lib
+from tests.train_fixtures import ROOT, SMALL_MODEL
+
+METRICS = ("action_nll", "action_nll_plain", "pass_at_1", "pass_at_1_sampled", "think_rate")
+
+
+def small_ra3(**over):
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "ra3.py:tiny"))
+  config.unlock()
+  d = config.ra3_data
+  d.num_programs, d.num_base_programs, d.num_heldout, d.min_ops, d.max_ops = 12, 24, 4, 2, 2
+  d.vocab_size = 300
+  for m in (config.base, config.mstep):
+    for k, v in {**SMALL_MODEL, "vocab_size": 300, "max_position_embeddings": 128}.items():
+      m.model[k] = v
+    m.data.batch_size, m.data.seq_len = 2, 128
+    m.train.log_every, m.train.progress = 1, False
+    m.optim.warmup_steps = 1
+    m.checkpoint.every = 2
+  config.base.train.num_steps = 4
+  config.mstep.train.num_steps = 3
+  r = config.ra3
+  r.rounds, r.estep_steps, r.proposals, r.max_rationale_len = 2, 2, 2, 3
+  config.estep.rl.seq_len = 128
+  v = config.eval
+  v.tasks, v.samples, v.max_new_tokens, v.humaneval = 2, 1, 40, False
+  for key, value in over.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  config.lock()
+  return config
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("ra3_full"))
+  return wd, ra3.run(small_ra3(), wd, handle_signals=False)
+
+
+def test_job_runs_both_arms_and_writes_the_summary(full_run):
+  wd, s = full_run
+  assert s["status"] == "completed" and s["job"] == "ra3"
+  with open(os.path.join(wd, "summary.json")) as f:
+    on_disk = json.load(f)
+  for arm in ("ra3", "ntp", "base"):
+    for k in METRICS:
+      assert isinstance(on_disk[arm][k], float), (arm, k)
+    assert 0.0 <= on_disk[arm]["pass_at_1"] <= 1.0 and on_disk[arm]["action_nll"] > 0
+  # the same training tokens for both arms; the E-phases ran only for ra3
+  assert s["ra3"]["train_tokens"] == s["ntp"]["train_tokens"] == 2 * 3 * 2 * 128
+  assert [r["round"] for r in s["ra3"]["rounds"]] == [1, 2]
+  assert "estep" in s["ra3"]["rounds"][0] and "estep" not in s["ntp"]["rounds"][0]
+  assert os.path.exists(os.path.join(wd, "ra3", "round_1", "estep", "checkpoints"))
+  assert not os.path.exists(os.path.join(wd, "ntp", "round_1", "estep"))
+  # the annotated data is in our schema and renders (the M-phase trained on it)
+  with open(os.path.join(wd, "ra3", "round_1", "data.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert len(rows) == 6 and all(r["turns"][0]["role"] == "user" for r in rows)
+  # the base model's tokenizer sits beside it, so a later run can start from it (init_from)
+  assert os.path.exists(os.path.join(wd, "base", "tokenizer.model"))
+
+
+def test_stopped_and_rerun_equals_uninterrupted(full_run, tmp_path):
+  _, full = full_run
+  wd = str(tmp_path)
+  config = small_ra3()
+  # 4 base steps + the first E-phase (2 E-steps) + 1 step into the first ra3 M-phase
+  first = ra3.run(config, wd, stop_after_steps=7, handle_signals=False)
+  assert first["status"] == "stopped"
+  again = ra3.run(config, wd, stop_after_steps=2, handle_signals=False)  # stops again
+  assert again["status"] == "stopped"
+  done = ra3.run(config, wd, handle_signals=False)
+  assert done["status"] == "completed"
+  for arm in ("ra3", "ntp", "base"):
+    for k in METRICS:
+      assert done[arm][k] == full[arm][k], (arm, k)
+  for arm in ("ra3", "ntp"):
+    assert done[arm]["rounds"] == full[arm]["rounds"]
+
+
+def test_infinite_cost_is_next_token_training(full_run, tmp_path):
+  wd0, full = full_run
+  config = small_ra3(**{"ra3.c": math.inf, "ra3.arms": ("ra3",),
+                        "init_from": os.path.join(wd0, "base")})
+  s = ra3.run(config, str(tmp_path), handle_signals=False)
+  assert "estep" not in s["ra3"]["rounds"][0]  # c = inf: every decision is "continue"
+  for k in METRICS:
+    assert s["ra3"][k] == full["ntp"][k], k
+  assert [r["mstep"] for r in s["ra3"]["rounds"]] == [r["mstep"] for r in full["ntp"]["rounds"]]
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("ra3.c", -1.0, "config.ra3.c: expected a number >= 0"),
+    ("ra3.arms", ("ra3", "rl"), "config.ra3.arms"),
+    ("ra3.segment", "words", "config.ra3.segment"),
+    ("estep.rl.loss", "ppo", "config.estep.rl.loss"),
+    ("estep.rl.temperature", 0.7, "config.estep.rl.temperature"),
+    ("mstep.optim.lr", -1.0, "config.mstep.optim.lr"),
+    ("ra3_data.num_programs", 2, "config.ra3_data.num_programs"),
+    ("init_from", "/nonexistent", "config.init_from"),
+])
+def test_bad_config_is_named(key, value, message):
+  with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")):
+    jobs.validate(small_ra3(**{key: value}))
