@@ -78,6 +78,16 @@ def _read_summary(workdir: str) -> Optional[dict]:
     return json.load(f)
 
 
+def _losses(workdir: str) -> dict:
+  """First and last training loss of a mid-training run over all its invocations (its
+  metrics.jsonl, where a resumed run dropped the records past its checkpoint)."""
+  path = os.path.join(workdir, runner.METRICS_FILE)
+  losses = [r["loss"] for r in runner.read_jsonl(path) if r.get("loss") is not None] if (
+      os.path.exists(path)) else []
+  return {"first_loss": losses[0] if losses else None,
+          "final_loss": losses[-1] if losses else None}
+
+
 def _finished(workdir: str, num_steps: int) -> Optional[dict]:
   s = _read_summary(workdir)
   ok = s is not None and s.get("status") == "completed" and s.get("final_step") == num_steps
@@ -380,7 +390,7 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
   ckpt = ckpt_lib.Checkpointer(os.path.join(out_dir, "checkpoints"), keep=1, async_save=False)
   ckpt.save(state, None, {"model": model_section})
   ckpt.close()
-  keys = [k for k in records[0] if k != "step"] if records else []
+  keys = [k for k in records[0] if k not in ("step", "seconds")] if records else []
   summary = {"status": "completed", "final_step": len(chunks), "num_steps": len(chunks),
              "programs": len(programs), "rationales_dropped": dropped,
              "mean": {k: float(np.mean([r[k] for r in records if r.get(k) is not None]))
@@ -479,7 +489,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
     res = midtrain("base", bcfg, base_dir)
     if res is None:
       return _stopped(workdir, status, seconds)
-    stages["base"] = {k: res.get(k) for k in ("final_step", "first_loss", "final_loss")}
+    stages["base"] = {"final_step": res.get("final_step"), **_losses(base_dir)}
     # beside its checkpoints, so that another run (a sweep of c, say) starts from this base
     # with --config.init_from=WORKDIR/base
     theirs = os.path.join(base_dir, os.path.basename(tok_path))
@@ -527,7 +537,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
       res = midtrain(f"{arm} M-phase {r}", mcfg, mdir)
       if res is None:
         return _stopped(workdir, status, seconds)
-      info["mstep"] = {k: res.get(k) for k in ("first_loss", "final_loss")}
+      info["mstep"] = _losses(mdir)
       train_tokens[arm] += (int(config.mstep.train.num_steps) * int(config.mstep.data.batch_size)
                             * int(config.mstep.data.seq_len))
       rounds[arm].append(info)

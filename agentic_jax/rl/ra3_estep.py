@@ -82,6 +82,13 @@ def sample_boundaries(starts: np.ndarray, k: int, rng: np.random.Generator) -> n
   return np.sort(rng.choice(starts, size=k, replace=False)).astype(np.int32)
 
 
+def room(program: Program, limit: int, max_rationale_len: int) -> int:
+  """How many rationales of at most max_rationale_len tokens (+ 2 markers) fit in a row of
+  `limit` tokens with the program: -1 when the program alone does not fit."""
+  free = limit - len(program.prompt) - len(program.expert)
+  return -1 if free < 0 else free // (max_rationale_len + 2)
+
+
 def batch_seed(seed: int, phase: int, step: int) -> int:
   """The seed of E-step `step` of E-phase `phase`: a function of these only."""
   return (int(seed) * 1_000_003 + int(phase) * 7919 + int(step) * 104_729) % (2**31 - 1)
@@ -121,14 +128,28 @@ def estep_step(model_cfg: ModelConfig, state: Any, scorer_variables: dict,
                rl_step: Callable, seq_len: int, pack: Callable[[dict], dict],
                batch_bucket: int = 8) -> tuple[Any, list[ann_lib.Annotation], dict]:
   """One E-step update (module docstring) -> (new state, the chosen annotation per program,
-  metrics). `rl_step(state, ref_variables, packed)` is rl/step.py's jitted step (its reference =
+  metrics; None for a program too long for a row of seq_len + 1 tokens, which is counted in
+  programs_too_long and left as the expert wrote it). `rl_step(state, ref_variables, packed)` is rl/step.py's jitted step (its reference =
   the scorer, used for the KL term and metrics only); `pack(policy_rows) -> packed` is
   rl/step.pack_batch with the E-step's shapes."""
   s = settings
   think, end, banned = special_ids(tokenizer)
   g = s.proposals
   rng = np.random.default_rng(seed)
-  bds = [sample_boundaries(p.starts, s.boundaries, rng) for p in programs]
+  # a row holds seq_len + 1 tokens: a program gets only as many decision points as rationales
+  # of full length fit beside it (counted), one that does not fit at all stays as it is
+  fits = [room(p, seq_len + 1, s.max_rationale_len) for p in programs]
+  too_long = [i for i, f in enumerate(fits) if f < 0]
+  capped = sum(1 for p, f in zip(programs, fits) if 0 <= f < min(
+      len(p.starts), s.boundaries if s.boundaries > 0 else len(p.starts)))
+  keep = [i for i, f in enumerate(fits) if f >= 0]
+  bds = {i: sample_boundaries(programs[i].starts, s.boundaries, rng)[:fits[i]] for i in keep}
+  if not keep:
+    raise ValueError(f"E-step: none of the {len(programs)} programs fits a row of "
+                     f"config.estep.rl.seq_len={seq_len}")
+  full = programs
+  programs = [full[i] for i in keep]
+  bds = [bds[i] for i in keep]
   rows_p = [i for i in range(len(programs)) for _ in range(g)]
   policy_vars = step_lib.variables_of(state.params, state.router_state)
   anns = ann_lib.annotate(
@@ -143,7 +164,8 @@ def estep_step(model_cfg: ModelConfig, state: Any, scorer_variables: dict,
   by_prog = ret.reshape(len(programs), g)
   best = np.asarray(ra3_obj.choose_latents(by_prog))
   chosen_rows = np.arange(len(programs)) * g + best
-  chosen = [anns[r] for r in chosen_rows]
+  chosen_kept = {k: anns[r] for k, r in zip(keep, chosen_rows)}
+  chosen = [chosen_kept.get(i) for i in range(len(full))]  # None: left as the expert wrote it
 
   batch = ann_lib.policy_rows(anns, ret, np.asarray(rows_p, np.int32), think_id=think,
                               seq_len=seq_len)
@@ -158,15 +180,19 @@ def estep_step(model_cfg: ModelConfig, state: Any, scorer_variables: dict,
       **{f"chosen/{k}": v for k, v in _bound(terms, s, chosen_rows).items()},
       **{f"rl/{k}": v for k, v in m.items()},
       "skipped": int(m.get("skipped", 0)),
+      "programs_too_long": len(too_long),
+      "programs_capped": capped,
   }
   return new_state, chosen, metrics
 
 
-def annotated_content(program: Program, annotation: ann_lib.Annotation, tokenizer: Any
-                      ) -> tuple[str, int]:
+def annotated_content(program: Program, annotation: Optional[ann_lib.Annotation],
+                      tokenizer: Any) -> tuple[str, int]:
   """The assistant text with the annotation's rationales inserted as <|think|>TEXT<|end_think|>
   at the start of the actions they precede (data/render.py renders them back with the marker
   tokens); returns (content, rationales dropped because their text holds a marker string)."""
+  if annotation is None:
+    return program.content, 0
   where = {int(t): int(c) for t, c in zip(program.starts, program.chars)}
   pieces, last, dropped = [], 0, 0
   for pos, ids in annotation.rationales():

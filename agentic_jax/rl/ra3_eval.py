@@ -46,12 +46,23 @@ def completion_code(text: str) -> str:
 
 def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep_lib.Program],
                tokenizer: Any, *, max_rationale_len: int, batch_bucket: int = 8) -> dict:
-  """{"action_nll", "action_nll_plain", "think_rate", "rationale_len", "action_tokens"}."""
+  """{"action_nll", "action_nll_plain", "think_rate", "rationale_len", "action_tokens",
+  "programs_too_long"}."""
   import jax  # pylint: disable=import-outside-toplevel
   think, end, banned = estep_lib.special_ids(tokenizer)
+  # within the model's positions: the first action starts get a decision point as long as a
+  # full-length rationale still fits; a program that does not fit at all is left out (counted)
+  limit = model_cfg.max_position_embeddings
+  fits = [estep_lib.room(p, limit, max_rationale_len) for p in programs]
+  too_long = sum(f < 0 for f in fits)
+  programs = [p for p, f in zip(programs, fits) if f >= 0]
+  fits = [f for f in fits if f >= 0]
+  if not programs:
+    return {"action_nll": None, "action_nll_plain": None, "think_rate": None,
+            "rationale_len": None, "action_tokens": 0, "programs_too_long": too_long}
   n_content = [len(tokenizer.encode(p.content)) for p in programs]
-  out = {}
-  for name, bds in (("action_nll", [p.starts for p in programs]),
+  out = {"programs_too_long": too_long}
+  for name, bds in (("action_nll", [p.starts[:f] for p, f in zip(programs, fits)]),
                     ("action_nll_plain", [np.zeros((0,), np.int32) for _ in programs])):
     anns = ann_lib.annotate(model_cfg, variables, [p.prompt for p in programs],
                             [p.expert for p in programs], bds, jax.random.key(0),
@@ -67,7 +78,7 @@ def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep
     out[name] = total / max(count, 1)
     if name == "action_nll":
       out["action_tokens"] = count
-      n_b = sum(len(p.starts) for p in programs)
+      n_b = sum(min(len(p.starts), f) for p, f in zip(programs, fits))
       n_new = sum(int((a.kind == ann_lib.KIND_NEW).sum()) for a in anns)
       n_rat = sum(int((a.kind == ann_lib.KIND_RATIONALE).sum()) for a in anns)
       out["think_rate"] = n_new / max(n_b, 1)
