@@ -64,6 +64,7 @@ SEGMENT_MODES = ("lines", "blocks")
 ANNOTATIONS = ("best",)
 THINK, END_THINK = "<|think|>", "<|end_think|>"
 FILES = {"corpus": "corpus.jsonl", "base": "base.jsonl", "heldout": "heldout.jsonl"}
+TRUTH_FILE = "heldout_blocks.json"  # the held-out programs' operation blocks (diagnostics)
 
 
 def _say(msg: str) -> None:
@@ -146,11 +147,25 @@ def write_data(config: Any, data_dir: str) -> dict:
                [_sample(p.id, "macro", p.prompt, p.body) for p in corpus])
   _write_jsonl(os.path.join(data_dir, FILES["heldout"]),
                [_sample(p.id, "macro_heldout", p.prompt, p.body) for p in heldout])
+  with open(os.path.join(data_dir, TRUTH_FILE), "w") as f:
+    json.dump({p.id: block_starts(p) for p in heldout}, f)
   report = {"corpus": len(corpus), "base": len(base), "heldout": len(heldout),
             "base_blocks": blocks, "base_blocks_with_rationale": with_rationale}
   with open(report_path, "w") as f:
     json.dump(report, f)
   return report
+
+
+def block_starts(program: Any) -> list[list]:
+  """[line index, phrase] of each operation block of a macro program (the return excluded): the
+  ground truth of what a rationale before that line could name (eval diagnostics only)."""
+  from agentic_jax.data.builtin import macro_code  # pylint: disable=import-outside-toplevel
+  out, line = [], 0
+  for b in program.blocks:
+    if b.op != macro_code.RETURN_OP:
+      out.append([line, b.phrase])
+    line += len(b.lines)
+  return out
 
 
 def line_texts(samples) -> list[str]:
@@ -400,12 +415,13 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
 
 
 def evaluate_model(config: Any, model_cfg: Any, variables: dict, tokenizer: Any,
-                   heldout: list, tasks: list, humaneval: list) -> dict:
+                   heldout: list, tasks: list, humaneval: list,
+                   truth: Optional[list] = None) -> dict:
   """The held-out metrics of one model (rl/ra3_eval.py)."""
   from agentic_jax.rl import ra3_eval  # pylint: disable=import-outside-toplevel
   v = config.eval
   out = ra3_eval.action_nll(model_cfg, variables, heldout, tokenizer,
-                            max_rationale_len=int(config.ra3.max_rationale_len))
+                            max_rationale_len=int(config.ra3.max_rationale_len), truth=truth)
   kw = dict(max_new_tokens=int(v.max_new_tokens), timeout_s=float(v.timeout_s),
             allow_unisolated=bool(v.allow_unisolated), seed=int(config.seed))
   if tasks:
@@ -451,8 +467,13 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
     p, m = tokenize(s, tokenizer, mode)
     corpus.append(p)
     missed += m
-  heldout = [tokenize(s, tokenizer, mode)[0]
-             for s in _read_jsonl(os.path.join(data_dir, FILES["heldout"]))]
+  heldout_samples = _read_jsonl(os.path.join(data_dir, FILES["heldout"]))
+  heldout = [tokenize(s, tokenizer, mode)[0] for s in heldout_samples]
+  truth = None
+  if os.path.exists(os.path.join(data_dir, TRUTH_FILE)):
+    with open(os.path.join(data_dir, TRUTH_FILE)) as f:
+      blocks = json.load(f)
+    truth = [blocks.get(s.id) for s in heldout_samples]
   data_report = {**data_report, "action_starts_not_token_boundaries": missed,
                  "action_starts": int(sum(len(p.starts) for p in corpus))}
   seconds["data"] = time.perf_counter() - t0
@@ -558,7 +579,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
       continue
     variables = _load(wd, model_cfg, config.mstep.model.to_dict())
     res = runner.clean(evaluate_model(config, model_cfg, variables, tokenizer, heldout, tasks,
-                                      humaneval))
+                                      humaneval, truth))
     with open(cache + ".tmp", "w") as f:
       json.dump(res, f)
     os.replace(cache + ".tmp", cache)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -44,10 +44,43 @@ def completion_code(text: str) -> str:
   return _MARKER.sub("", _BLOCK.sub("", text))
 
 
+def _line_of(program: estep_lib.Program, k: int) -> int:
+  return program.content[:int(program.chars[k])].count("\n")
+
+
+def oracle_sequence(program: estep_lib.Program, blocks: Sequence[Sequence[Any]], tokenizer: Any
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """The program with the true operation phrase as a rationale before each block's first
+  line: (tokens, bool mask of the expert's content tokens)."""
+  think, end = tokenizer.special_id("<|think|>"), tokenizer.special_id("<|end_think|>")
+  phrase_at = {int(line): str(phrase) for line, phrase in blocks}
+  n = len(tokenizer.encode(program.content))
+  cuts = list(program.starts) + [len(program.expert)]
+  toks, is_action = [program.prompt], [np.zeros(len(program.prompt), bool)]
+  toks.append(program.expert[:cuts[0]])
+  is_action.append(np.arange(cuts[0]) < n)
+  for k in range(len(program.starts)):
+    phrase = phrase_at.get(_line_of(program, k))
+    if phrase is not None:
+      r = np.asarray([think] + tokenizer.encode(phrase) + [end], np.int32)
+      toks.append(r)
+      is_action.append(np.zeros(len(r), bool))
+    seg = np.arange(cuts[k], cuts[k + 1])
+    toks.append(program.expert[seg])
+    is_action.append(seg < n)
+  return np.concatenate(toks).astype(np.int32), np.concatenate(is_action)
+
+
 def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep_lib.Program],
-               tokenizer: Any, *, max_rationale_len: int, batch_bucket: int = 8) -> dict:
+               tokenizer: Any, *, max_rationale_len: int, batch_bucket: int = 8,
+               truth: Optional[Sequence[Optional[Sequence[Sequence[Any]]]]] = None) -> dict:
   """{"action_nll", "action_nll_plain", "think_rate", "rationale_len", "action_tokens",
-  "programs_too_long"}."""
+  "programs_too_long"}, and with `truth` (per program [line, phrase] of each operation block,
+  or None) the diagnostics: "action_nll_oracle" (the true phrase as the rationale before every
+  block, whatever the model would write), "rationale_accuracy" (the model's own rationales
+  that name the true phrase of a block starting at that line), "rationales_at_block_starts"
+  (own rationales placed at a block start), "block_starts_with_rationale" (block starts where
+  the model wrote one)."""
   import jax  # pylint: disable=import-outside-toplevel
   think, end, banned = estep_lib.special_ids(tokenizer)
   # within the model's positions: the first action starts get a decision point as long as a
@@ -55,8 +88,10 @@ def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep
   limit = model_cfg.max_position_embeddings
   fits = [estep_lib.room(p, limit, max_rationale_len) for p in programs]
   too_long = sum(f < 0 for f in fits)
-  programs = [p for p, f in zip(programs, fits) if f >= 0]
-  fits = [f for f in fits if f >= 0]
+  kept = [i for i, f in enumerate(fits) if f >= 0]
+  programs = [programs[i] for i in kept]
+  truth = [truth[i] for i in kept] if truth is not None else None
+  fits = [fits[i] for i in kept]
   if not programs:
     return {"action_nll": None, "action_nll_plain": None, "think_rate": None,
             "rationale_len": None, "action_tokens": 0, "programs_too_long": too_long}
@@ -83,7 +118,35 @@ def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep
       n_rat = sum(int((a.kind == ann_lib.KIND_RATIONALE).sum()) for a in anns)
       out["think_rate"] = n_new / max(n_b, 1)
       out["rationale_len"] = n_rat / max(n_new, 1)
+      if truth is not None:
+        out.update(_rationale_checks(programs, anns, truth, tokenizer))
+  if truth is not None and all(t is not None for t in truth):
+    seqs = [oracle_sequence(p, t, tokenizer) for p, t in zip(programs, truth)]
+    lps = ann_lib.token_logps(model_cfg, variables, [x for x, _ in seqs],
+                              batch_bucket=batch_bucket)
+    total = sum(float(-lp[m[1:]].sum()) for lp, (_, m) in zip(lps, seqs))
+    out["action_nll_oracle"] = total / max(sum(int(m.sum()) for _, m in seqs), 1)
   return out
+
+
+def _rationale_checks(programs, anns, truth, tokenizer) -> dict:
+  own = correct = at_block = blocks = covered = 0
+  for p, a, t in zip(programs, anns, truth):
+    if t is None:
+      continue
+    phrase_at = {int(line): str(phrase) for line, phrase in t}
+    blocks += len(phrase_at)
+    index = {int(pos): k for k, pos in enumerate(p.starts)}
+    for pos, ids in a.rationales():
+      own += 1
+      line = _line_of(p, index[pos]) if pos in index else -1
+      if line in phrase_at:
+        at_block += 1
+        covered += 1
+        correct += tokenizer.decode(ids) == phrase_at[line]
+  return {"rationale_accuracy": correct / own if own else None,
+          "rationales_at_block_starts": at_block / own if own else None,
+          "block_starts_with_rationale": covered / blocks if blocks else None}
 
 
 def prompt_ids(tokenizer: Any, prompt: str) -> np.ndarray:
