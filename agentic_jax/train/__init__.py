@@ -19,5 +19,6 @@ Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
   eval        make_eval_step / evaluate: held-out loss on a fixed eval set (data seed + 1000003)
   metrics     progress bar, metrics.jsonl, TensorBoard (tensorboard.py), summary.json, loss.png
   config      model_section / model_config / load_config / validate (ConfigError naming the key)
+  init_from   a run's first state from another run's latest checkpoint (config.init_from)
   loop        run(config, workdir): resume, SIGTERM, NaN policy, final summary
 """
