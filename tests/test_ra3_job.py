@@ -126,3 +126,17 @@ def test_infinite_cost_is_next_token_training(full_run, tmp_path):
 def test_bad_config_is_named(key, value, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")):
     jobs.validate(small_ra3(**{key: value}))
+
+
+@pytest.mark.parametrize("variant,devices", [("youtu_llm", 256), ("longcat_flash", 1024)])
+def test_full_size_variants_are_sized_by_the_planner(variant, devices):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  config = config_lib.load_config(os.path.join(ROOT, "configs", f"ra3.py:{variant}"))
+  mt = config_lib.load_config(os.path.join(ROOT, "configs", f"midtrain.py:{variant}"))
+  assert config.mstep.model.to_dict() == config.base.model.to_dict() == mt.model.to_dict()
+  out = subprocess.run([sys.executable, "launch/plan.py", f"--config=configs/ra3.py:{variant}",
+                        f"--num_devices={devices}", "--device_memory_gib=95"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "planning config.mstep" in out.stdout and "FITS" in out.stdout
