@@ -34,7 +34,7 @@ import os
 
 import ml_collections
 
-from agentic_jax.rl.config import loss_options_section
+from agentic_jax.rl.config import loss_options_section, rl_config
 from agentic_jax.train.config import load_config
 from agentic_jax.train.input import mix_source
 
@@ -106,18 +106,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   rl.seq_len = 256  # packed forward rows (an annotated program must fit)
   rl.row_bucket = 4
   rl.sample_bucket = 4
-  p = e.optim = ml_collections.ConfigDict()
-  p.lr = 3e-4
-  p.schedule = "wsd"
-  p.warmup_steps = 0
-  p.decay_fraction = 0.0
-  p.min_lr_ratio = 1.0
-  p.weight_decay = 0.0
-  p.b1 = 0.9
-  p.b2 = 0.99
-  p.eps = 1e-8
-  p.clip_norm = 1.0
-  p.grad_accum = 1
+  # AdamW + schedule as the RL jobs (rl/config.py): constant lr, no decay, b2 0.99
+  e.optim = rl_config("grpo", model=None).optim
+  e.optim.lr = 3e-4
 
   v = c.eval = ml_collections.ConfigDict()
   v.tasks = 64  # held-out macro tasks (unseen op compositions), checked in the sandbox
