@@ -81,7 +81,9 @@ def test_group_advantages_std_options():
   # identical rewards (all-continue group): advantages 0, no blow-up
   np.testing.assert_allclose(np.asarray(ra3.group_advantages(arr([-2.0] * 3), std="unbiased")),
                              [0.0] * 3, atol=1e-6)
-  assert np.asarray(ra3.group_advantages(arr([[4.0]]), std="unbiased")).tolist() == [[0.0]]
+  # a group of one: the registry's convention (mean 0, std 1), as in every RL loss here
+  np.testing.assert_allclose(np.asarray(ra3.group_advantages(arr([[4.0]]), std="unbiased")),
+                             [[4.0 / (1.0 + 1e-6)]], rtol=1e-6)
   with pytest.raises(ValueError):
     ra3.group_advantages(arr(REWARDS), std="mad")
 

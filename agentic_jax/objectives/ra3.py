@@ -35,12 +35,13 @@ the text (a new rationale that happens to repeat the old one still pays c); the 
 "previous" latent is the empty rationale, so a continue at t=0 means "no rationale". c = +inf is
 allowed (a new proposal then gets −inf, a continue its plain log-likelihood; no inf·0 NaN).
 
-Group baselines (`group_advantages`): the G proposals at one boundary form a group and
-A_i = r_i − mean_g r. Choice: std="none" by default, no division by the group std. The rewards are
-log-likelihoods in nats, so their scale means something, and at a boundary where every proposal is
-a continue the rewards are identical (std 0) and dividing would only blow up round-off. std=
-"unbiased" (ddof=1, verl's choice, spec §0) and "population" (ddof=0) are options; both divide by
-(std + eps), and a group of one gets advantage 0.
+Group baselines (`group_advantages`, the registry's GRPO estimator): the G proposals at one
+boundary form a group and A_i = r_i − mean_g r. Choice: std="none" by default, no division by the
+group std. The rewards are log-likelihoods in nats, so their scale means something, and at a
+boundary where every proposal is a continue the rewards are identical (std 0) and dividing would
+only blow up round-off. std="unbiased" (ddof=1, verl's choice, spec §0) and "population" (ddof=0)
+are options; both divide by (std + eps). The job (rl/ra3_estep.py) gets the same numbers from the
+configured RL loss: config.estep.rl.loss "grpo" with loss_options.std_norm / std_ddof.
 
 Choosing the annotation (`choose_latents`): the proposal with the largest reward at each boundary
 (ties: the first, so put the continue proposal first to prefer it). With c = inf every new proposal
@@ -86,17 +87,21 @@ def estep_reward(action_logp: Array, is_new: Array, c) -> Array:
 
 
 def group_advantages(rewards: Array, *, std: str = "none", eps: float = 1e-6) -> Array:
-  """Advantages of the proposals of each group (last axis = the G proposals at one boundary)."""
+  """Advantages of the proposals of each group (last axis = the G proposals at one boundary),
+  computed by the RL registry's GRPO estimator (objectives/rl_advantages.grpo_advantages; no
+  second copy of its group statistics): std "none" = R − mean, "unbiased" / "population" =
+  divided by (std + eps) with ddof 1 / 0. A group of one follows the registry's (verl's)
+  convention: mean 0, std 1, so its advantage is its reward."""
   if std not in STD_MODES:
     raise ValueError(f"std must be one of {STD_MODES}, got {std!r}")
-  centred = rewards - jnp.mean(rewards, axis=-1, keepdims=True)
-  if std == "none":
-    return centred
-  g = rewards.shape[-1]
-  if g == 1:
-    return jnp.zeros_like(rewards)
-  ddof = 1 if std == "unbiased" else 0
-  return centred / (jnp.std(rewards, axis=-1, keepdims=True, ddof=ddof) + eps)
+  from agentic_jax.objectives import rl_advantages  # pylint: disable=import-outside-toplevel
+  r = jnp.asarray(rewards, jnp.float32)
+  g = r.shape[-1]
+  flat = r.reshape(-1)
+  group_id = jnp.arange(flat.shape[0], dtype=jnp.int32) // g
+  adv = rl_advantages.grpo_advantages(flat, group_id, std_norm=std != "none",
+                                      std_ddof=1 if std == "unbiased" else 0, eps=eps)
+  return adv.reshape(r.shape)
 
 
 def latent_log_prior(is_new: Array, p_keep: float, rationale_len: Optional[Array] = None,
