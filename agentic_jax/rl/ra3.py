@@ -4,7 +4,7 @@ mid-training from the same base model, on synthetic macro-operation programs (is
     result = run(config, workdir)    # rerunning the same command resumes phase by phase
 
 Stages (each in its own directory; a completed one, per its summary.json, is not run again):
-  data      WORKDIR/data: corpus.jsonl (the mid-training programs of both arms), base.jsonl (the
+  data      (rl/ra3_data.py) WORKDIR/data: corpus.jsonl (the mid-training programs of both arms), base.jsonl (the
             base model's pretraining programs: a share `base_rationale_rate` of their blocks
             preceded by a rationale <|think|>PHRASE<|end_think|> naming the operation, so the
             base model knows what a rationale looks like, as an LLM knows comments; the same
@@ -49,22 +49,19 @@ import copy
 import json
 import math
 import os
-import random
 import shutil
 import time
 from typing import Any, Optional
 
 import numpy as np
 
+from agentic_jax.rl import ra3_data as data_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import runner
 
 ARMS = ("ra3", "ntp")
 SEGMENT_MODES = ("lines", "blocks")
 ANNOTATIONS = ("best",)
-THINK, END_THINK = "<|think|>", "<|end_think|>"
-FILES = {"corpus": "corpus.jsonl", "base": "base.jsonl", "heldout": "heldout.jsonl"}
-TRUTH_FILE = "heldout_blocks.json"  # the held-out programs' operation blocks (diagnostics)
 
 
 def _say(msg: str) -> None:
@@ -93,128 +90,6 @@ def _finished(workdir: str, num_steps: int) -> Optional[dict]:
   s = _read_summary(workdir)
   ok = s is not None and s.get("status") == "completed" and s.get("final_step") == num_steps
   return s if ok else None
-
-
-# ------------------------------------------------------------------ data
-
-def _sample(pid: str, source: str, prompt: str, content: str):
-  from agentic_jax.data.schema import EnvSample, Turn  # pylint: disable=import-outside-toplevel
-  return EnvSample(pid, source, (Turn("user", prompt), Turn("assistant", content)))
-
-
-def _write_jsonl(path: str, samples) -> None:
-  from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
-  with open(path + ".tmp", "w") as f:
-    for s in samples:
-      f.write(json.dumps(schema.to_record(s)) + "\n")
-  os.replace(path + ".tmp", path)
-
-
-def _read_jsonl(path: str) -> list:
-  from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
-  with open(path) as f:
-    return [schema.parse_record(json.loads(line), file=path, line=i + 1)
-            for i, line in enumerate(f) if line.strip()]
-
-
-def write_data(config: Any, data_dir: str) -> dict:
-  """Stage "data" (module docstring); skipped when its report exists. Returns the report."""
-  from agentic_jax.data.builtin import macro_code  # pylint: disable=import-outside-toplevel
-  report_path = os.path.join(data_dir, "report.json")
-  if os.path.exists(report_path):
-    with open(report_path) as f:
-      return json.load(f)
-  d = config.ra3_data
-  kw = dict(min_ops=d.min_ops, max_ops=d.max_ops)
-  corpus = macro_code.programs(d.seed, d.num_programs, split="train", **kw)
-  base = macro_code.programs(d.seed + 1, d.num_base_programs, split="train", **kw)
-  heldout = macro_code.programs(d.seed + 2, d.num_heldout, split="eval", **kw)
-  rng = random.Random(f"ra3-base-rationales:{d.seed}")
-  base_samples, with_rationale, blocks = [], 0, 0
-  for p in base:
-    parts = []
-    for b in p.blocks:
-      if b.op != macro_code.RETURN_OP:
-        blocks += 1
-        if rng.random() < d.base_rationale_rate:
-          parts.append(f"{THINK}{b.phrase}{END_THINK}")
-          with_rationale += 1
-      parts.append("".join(b.lines))
-    base_samples.append(_sample(p.id, "macro_base", p.prompt, "".join(parts)))
-  os.makedirs(data_dir, exist_ok=True)
-  _write_jsonl(os.path.join(data_dir, FILES["base"]), base_samples)
-  _write_jsonl(os.path.join(data_dir, FILES["corpus"]),
-               [_sample(p.id, "macro", p.prompt, p.body) for p in corpus])
-  _write_jsonl(os.path.join(data_dir, FILES["heldout"]),
-               [_sample(p.id, "macro_heldout", p.prompt, p.body) for p in heldout])
-  with open(os.path.join(data_dir, TRUTH_FILE), "w") as f:
-    json.dump({p.id: block_starts(p) for p in heldout}, f)
-  report = {"corpus": len(corpus), "base": len(base), "heldout": len(heldout),
-            "base_blocks": blocks, "base_blocks_with_rationale": with_rationale}
-  with open(report_path, "w") as f:
-    json.dump(report, f)
-  return report
-
-
-def block_starts(program: Any) -> list[list]:
-  """[line index, phrase] of each operation block of a macro program (the return excluded): the
-  ground truth of what a rationale before that line could name (eval diagnostics only)."""
-  from agentic_jax.data.builtin import macro_code  # pylint: disable=import-outside-toplevel
-  out, line = [], 0
-  for b in program.blocks:
-    if b.op != macro_code.RETURN_OP:
-      out.append([line, b.phrase])
-    line += len(b.lines)
-  return out
-
-
-def line_texts(samples) -> list[str]:
-  """Every line of the text pieces the renderer tokenizes (data/render.sample_texts), each a
-  sentence of its own for tokenizer training (so no piece spans a line break)."""
-  from agentic_jax.data.render import sample_texts  # pylint: disable=import-outside-toplevel
-  return [line for s in samples for t in sample_texts(s) for line in t.splitlines(True) if line]
-
-
-def tokenizer_for(config: Any, workdir: str, data_dir: str):
-  """The run's tokenizer: config.init_from's tokenizer.model, else WORKDIR/tokenizer.model
-  (trained on the data's lines the first time)."""
-  from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
-  if config.init_from:
-    path = os.path.join(config.init_from, tok_lib.SAVED_NAME)
-    return tok_lib.load_tokenizer(path), path
-  samples = [s for name in ("base", "corpus") for s in _read_jsonl(os.path.join(data_dir,
-                                                                                FILES[name]))]
-  tok, report = tok_lib.find_or_train(
-      "", workdir, train=lambda: tok_lib.SentencePieceTokenizer.train(
-          line_texts(samples), int(config.ra3_data.vocab_size), seed=int(config.ra3_data.seed)))
-  return tok, report["path"]
-
-
-def tokenize(sample, tokenizer: Any, segment_mode: str):
-  """An EnvSample (user prompt, assistant body) as an rl/ra3_estep.Program; returns it and the
-  number of action starts that are not token boundaries (not offered as decision points)."""
-  from agentic_jax.data.render import render  # pylint: disable=import-outside-toplevel
-  from agentic_jax.data.segment import segment  # pylint: disable=import-outside-toplevel
-  from agentic_jax.rl.ra3_estep import Program  # pylint: disable=import-outside-toplevel
-  tokens = render(sample, tokenizer, "all").tokens
-  assistant = tokenizer.special_id("<|assistant|>")
-  k = int(np.flatnonzero(tokens == assistant)[0])
-  prompt, expert = tokens[:k + 1], tokens[k + 1:]
-  content = sample.turns[1].content
-  segs, _ = segment(content, mode=segment_mode)
-  starts, chars, missed = [], [], 0
-  for s in segs:
-    if s.piece:
-      continue
-    ids = tokenizer.encode(content[:s.start])
-    if np.array_equal(expert[:len(ids)], ids):
-      starts.append(len(ids))
-      chars.append(s.start)
-    else:
-      missed += 1
-  return Program(sample.id, sample.turns[0].content, content, prompt.astype(np.int32),
-                 expert.astype(np.int32), np.asarray(starts, np.int32),
-                 np.asarray(chars, np.int32)), missed
 
 
 # ------------------------------------------------------------------ stage configs
@@ -400,8 +275,8 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
   for p, a in zip(programs, chosen):
     content, d = ra3_estep.annotated_content(p, a, tokenizer)
     dropped += d
-    samples.append(_sample(p.id, "ra3_annotated", p.prompt_text, content))
-  _write_jsonl(os.path.join(os.path.dirname(out_dir), "data.jsonl"), samples)
+    samples.append(data_lib.env_sample(p.id, "ra3_annotated", p.prompt_text, content))
+  data_lib.write_jsonl(os.path.join(os.path.dirname(out_dir), "data.jsonl"), samples)
   ckpt = ckpt_lib.Checkpointer(os.path.join(out_dir, "checkpoints"), keep=1, async_save=False)
   ckpt.save(state, None, {"model": model_section})
   ckpt.close()
@@ -458,20 +333,20 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   seconds: dict[str, float] = {}
   t0 = time.perf_counter()
   data_dir = os.path.join(workdir, "data")
-  data_report = write_data(config, data_dir)
-  tokenizer, tok_path = tokenizer_for(config, workdir, data_dir)
+  data_report = data_lib.write_data(config, data_dir)
+  tokenizer, tok_path = data_lib.tokenizer_for(config, workdir, data_dir)
   model_cfg = config_lib.model_config(config.mstep.model)
   mode = config.ra3.segment
   corpus, missed = [], 0
-  for s in _read_jsonl(os.path.join(data_dir, FILES["corpus"])):
-    p, m = tokenize(s, tokenizer, mode)
+  for s in data_lib.read_jsonl(os.path.join(data_dir, data_lib.FILES["corpus"])):
+    p, m = data_lib.tokenize(s, tokenizer, mode)
     corpus.append(p)
     missed += m
-  heldout_samples = _read_jsonl(os.path.join(data_dir, FILES["heldout"]))
-  heldout = [tokenize(s, tokenizer, mode)[0] for s in heldout_samples]
+  heldout_samples = data_lib.read_jsonl(os.path.join(data_dir, data_lib.FILES["heldout"]))
+  heldout = [data_lib.tokenize(s, tokenizer, mode)[0] for s in heldout_samples]
   truth = None
-  if os.path.exists(os.path.join(data_dir, TRUTH_FILE)):
-    with open(os.path.join(data_dir, TRUTH_FILE)) as f:
+  if os.path.exists(os.path.join(data_dir, data_lib.TRUTH_FILE)):
+    with open(os.path.join(data_dir, data_lib.TRUTH_FILE)) as f:
       blocks = json.load(f)
     truth = [blocks.get(s.id) for s in heldout_samples]
   data_report = {**data_report, "action_starts_not_token_boundaries": missed,
@@ -504,7 +379,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   base_dir = config.init_from
   if not base_dir:
     base_dir = os.path.join(workdir, "base")
-    bcfg = stage_config(config.base, data_path=os.path.join(data_dir, FILES["base"]),
+    bcfg = stage_config(config.base, data_path=os.path.join(data_dir, data_lib.FILES["base"]),
                         tokenizer_path=tok_path, init_from="", rationale_weight=1.0,
                         seed=config.seed)
     res = midtrain("base", bcfg, base_dir)
@@ -550,7 +425,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
         os.makedirs(rdir, exist_ok=True)
         path = os.path.join(rdir, "data.jsonl")
         if not os.path.exists(path):
-          _write_jsonl(path, [_sample(p.id, "macro", p.prompt_text, p.content) for p in progs])
+          data_lib.write_jsonl(path, [data_lib.env_sample(p.id, "macro", p.prompt_text,
+                                                          p.content) for p in progs])
       mcfg = stage_config(config.mstep, data_path=os.path.join(rdir, "data.jsonl"),
                           tokenizer_path=tok_path, init_from=start_from,
                           rationale_weight=1.0 if config.ra3.train_rationale else 0.0,
