@@ -20,9 +20,10 @@ from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import input as input_lib
 from agentic_jax.train import loop
+from agentic_jax.train import metrics as metrics_lib
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
-from agentic_jax.train.tensorboard import read_records
+from tests.tensorboard_fixtures import read_events, scalars
 from tests.train_fixtures import ROOT, small_config
 
 LAUNCH = os.path.join(ROOT, "launch", "train.py")
@@ -60,6 +61,10 @@ def test_resume_after_stop_gives_bitwise_identical_losses(uninterrupted, tmp_pat
   # with its own windows, each step logged once.
   recs = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in recs] == [2, 3, 4, 6]
+  # TensorBoard: one event file per invocation; the resumed one starts by purging steps >= 4
+  events = read_events(os.path.join(workdir, "tb"))
+  assert [e.step for e in events if e.HasField("session_log")] == [1, 4]
+  assert [step for step, _ in scalars(events)["loss"]] == [2, 3, 4, 6]
 
 
 def test_outputs_of_a_run(uninterrupted):
@@ -81,11 +86,19 @@ def test_outputs_of_a_run(uninterrupted):
   assert summary["checkpoints"]["steps"][-1] == 6
   with open(os.path.join(workdir, "loss.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # TensorBoard (tensorboardX): one event file, every scalar of every record at its step
   tb_dir = os.path.join(workdir, "tb")
-  (events,) = [os.path.join(tb_dir, f) for f in os.listdir(tb_dir)]
-  records = read_records(events)
-  assert b"brain.Event:2" in records[0] and len(records) == 1 + 3
-  assert b"loss" in records[1] and b"tokens_per_s" in records[1]
+  assert len(os.listdir(tb_dir)) == 1
+  events = read_events(tb_dir)
+  assert events[0].file_version == "brain.Event:2"
+  tb = scalars(events)
+  for key in ("loss", "tokens_per_s", "mfu", "lr", "loss/kind/context"):
+    assert [step for step, _ in tb[key]] == [2, 4, 6], key
+  assert [v for _, v in tb["loss"]] == pytest.approx([r["loss"] for r in recs], rel=1e-6)
+  # the per-expert load list is no scalar: a histogram per record, over its 6 experts
+  hists = [(e.step, v.histo) for e in events for v in e.summary.value
+           if v.tag == "moe/expert_load"]
+  assert [step for step, _ in hists] == [2, 4, 6] and all(h.num == 6 for _, h in hists)
 
 
 class _NanAt(grain.DatasetIterator):
@@ -216,3 +229,12 @@ def test_launcher_rejects_unknown_job_and_bad_process_flags(tmp_path):
   out = proc.communicate(timeout=120)[0]
   assert proc.returncode == 2, out[-2000:]
   assert "process_id must be in [0, 2), got 2" in out and "Traceback" not in out
+
+
+def test_progress_postfix():
+  rec = {"step": 4, "loss": 2.345678, "tokens_per_s": 12345.6, "mfu": 0.0123, "skipped": 0}
+  assert metrics_lib.progress_postfix(rec) == {"loss": "2.3457", "tok/s": "12,346", "MFU": "1.2%"}
+  # skipped steps and an eval loss join; a non-finite loss (null) and no MFU (no peak) show so
+  rec.update(loss=None, mfu=None, skipped=2, eval_loss=2.5)
+  assert metrics_lib.progress_postfix(rec) == {"loss": "nan", "tok/s": "12,346", "skipped": 2,
+                                               "eval": "2.5000"}

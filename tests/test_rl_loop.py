@@ -315,3 +315,14 @@ def test_default_env_options_build_every_environment(env):
       envs.make_env_factory(env, level="hard")
     else:
       envs.make_env_factory(env, level="basic")
+
+
+def test_progress_postfix_every_log_every_steps_and_at_the_last():
+  postfix = loop._progress_postfix(5, 2)  # pylint: disable=protected-access
+  rec = {"reward_mean": 0.5, "success_rate": 0.25, "kl": 0.00012, "entropy": 1.23456,
+         "clip_frac": 0.0, "turns_per_episode": 1.5, "rollout_s": 2.04, "train_s": 0.31}
+  assert postfix({"step": 1, **rec}) is None and postfix({"step": 3, **rec}) is None
+  assert postfix({"step": 2, **rec}) == {
+      "reward": "0.500", "success": "0.250", "kl": "0.0001", "entropy": "1.235", "clip": "0.000",
+      "turns": "1.50", "rollout": "2.0s", "train": "0.3s"}
+  assert postfix({"step": 5, "kl": None})["kl"] == "n/a"  # the last step, a missing number

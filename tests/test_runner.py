@@ -1,14 +1,17 @@
 """agentic_jax/train/runner.py, the pieces both run loops share, against hand-computed cases:
 checkpoint cadence, NaN policy, stop decisions and statuses, the Run bookkeeping and its
 messages, resume, summary keys, summary.json, the metrics writer (jsonl, TensorBoard, progress
-line, truncation on resume), the stop flag, the plot. No model, no jit: milliseconds each."""
+bar, text and histograms, Weights & Biases through a fake module, truncation on resume), the stop
+flag, the plot. No model, no jit: milliseconds each."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import signal
+import sys
 import time
 import types
 
@@ -17,7 +20,7 @@ import pytest
 
 from agentic_jax.train import runner
 from agentic_jax.train import runtime
-from agentic_jax.train import tensorboard
+from tests.tensorboard_fixtures import read_events, scalars
 
 
 # ------------------------------------------------------------------ decisions
@@ -203,21 +206,146 @@ def test_write_summary_is_json_safe(tmp_path):
 
 # ------------------------------------------------------------------ metrics writer
 
-def test_metrics_writer_files_and_progress(tmp_path):
-  out = io.StringIO()
-  lines = lambda rec: f"step {rec['step']}" if rec["step"] % 2 == 0 else None  # noqa: E731
-  w = runner.MetricsWriter(str(tmp_path), progress=lines, stream=out)
+class _Terminal(io.StringIO):
+  """A stream that says it is a terminal: the progress bar draws live (tqdm) on it."""
+
+  def isatty(self):
+    return True
+
+
+def _postfix_every_2(rec):
+  return {"loss": f"{rec['loss']:.2f}", "n": rec["step"]} if rec["step"] % 2 == 0 else None
+
+
+def test_metrics_writer_files(tmp_path):
+  w = runner.MetricsWriter(str(tmp_path))
   for step in (1, 2, 3):
-    w.write({"step": step, "loss": np.float32(0.5) * step, "bad": float("nan"), "name": "x"})
+    w.write({"step": step, "loss": np.float32(0.5) * step, "bad": float("nan"), "name": "x",
+             "flag": True, "load": [0.25, 0.75]})
   w.write({"step": 4, "name": "only text"})  # no scalar: no TensorBoard event
   w.close()
+  w.close()  # a second close does nothing
   recs = runner.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in recs] == [1, 2, 3, 4] and recs[2]["loss"] == 1.5
   assert recs[0]["bad"] is None and w.records == recs
-  assert out.getvalue() == "step 2\nstep 4\n"  # not a terminal: one line per progress line
+  # TensorBoard through tensorboardX: every int/float value but "step" (a bool is an int),
+  # one series per key; non-finite (None after cleaning), strings and lists are left out
   (tb_file,) = os.listdir(tmp_path / "tb")
-  # the file_version event + one event per record with scalars ("step" and text excluded)
-  assert len(tensorboard.read_records(str(tmp_path / "tb" / tb_file))) == 1 + 3
+  assert tb_file.startswith("events.out.tfevents.") and tb_file.endswith(".s0000000000")
+  events = read_events(str(tmp_path / "tb"))
+  assert events[0].file_version == "brain.Event:2"
+  assert scalars(events) == {"loss": [(1, 0.5), (2, 1.0), (3, 1.5)],
+                             "flag": [(1, 1.0), (2, 1.0), (3, 1.0)]}
+
+
+def test_metrics_writer_progress_lines_off_a_terminal(tmp_path):
+  out = io.StringIO()  # a log file: one line per record with a postfix, no "\r" redraws
+  w = runner.MetricsWriter(str(tmp_path), progress=_postfix_every_2, num_steps=4, desc="job",
+                           stream=out, tensorboard=False)
+  for step in (1, 2, 3, 4):
+    w.advance(step)  # between records: nothing off a terminal
+    w.write({"step": step, "loss": 0.5 * step})
+  w.close()
+  lines = out.getvalue().split("\n")
+  assert len(lines) == 3 and lines[-1] == "" and "\r" not in out.getvalue()
+  # tqdm's meter: label, percentage, ascii bar, step/total, times and rate, then the postfix
+  assert re.fullmatch(r"job:  50%\|#+ *\| 2/4 \[.*step/s, loss=1\.00, n=2\]", lines[0]), lines[0]
+  assert re.fullmatch(r"job: 100%\|#+\| 4/4 \[.*, loss=2\.00, n=4\]", lines[1]), lines[1]
+
+
+def test_metrics_writer_progress_bar_on_a_terminal(tmp_path):
+  out = _Terminal()
+  w = runner.MetricsWriter(str(tmp_path), start_step=1, progress=_postfix_every_2, num_steps=5,
+                           desc="job", stream=out, tensorboard=False)
+  assert w.bar.live and w.bar.bar.n == 1 and w.bar.bar.total == 5  # resumed: starts at 1
+  for step in (2, 3, 4):
+    w.write({"step": step, "loss": 0.5 * step})
+  assert w.bar.bar.n == 4 and w.bar.bar.postfix == "loss=2.00, n=4"
+  w.close()  # stopped at 4 of 5: the bar is closed where it is, drawn a last time
+  assert w.bar.bar is None
+  text = out.getvalue()
+  assert "\r" in text and text.endswith("\n")  # redrawn in place, then left on its own line
+  assert "4/5" in text.split("\r")[-1] and "loss=2.00, n=4" in text.split("\r")[-1]
+
+
+def test_progress_postfix_text():
+  assert runner.postfix_text({"a": "1.00", "b": 3, "c": 0.123456}) == "a=1.00, b=3, c=0.1235"
+  assert runner.postfix_text("free text") == "free text" and runner.postfix_text(None) == ""
+
+
+def test_metrics_writer_text_and_histograms(tmp_path):
+  w = runner.MetricsWriter(str(tmp_path))
+  w.text("rollouts", "```\nQ: 2+2\nA: 4\n```", 3)
+  w.histogram("moe/load", np.array([[0.1, 0.2], [0.3, np.nan]]), 3)  # the NaN is left out
+  w.histogram("empty", [np.inf], 3)  # nothing finite: no event
+  w.close()
+  by_tag = {v.tag: (e.step, v) for e in read_events(str(tmp_path / "tb")) for v in e.summary.value}
+  step, text = by_tag["rollouts/text_summary"]
+  assert step == 3 and text.metadata.plugin_data.plugin_name == "text"
+  assert text.tensor.string_val == [b"```\nQ: 2+2\nA: 4\n```"]
+  step, hist = by_tag["moe/load"]
+  assert step == 3 and hist.histo.num == 3 and hist.histo.min == pytest.approx(0.1)
+  assert hist.histo.max == pytest.approx(0.3) and hist.histo.sum == pytest.approx(0.6)
+  assert "empty" not in by_tag
+  # nothing is written where TensorBoard is off or the process writes nothing
+  for kwargs in ({"tensorboard": False}, {"write": False}):
+    w = runner.MetricsWriter(str(tmp_path / "off"), **kwargs)
+    w.text("t", "x", 1)
+    w.histogram("h", [1.0], 1)
+    w.close()
+  assert not os.path.exists(tmp_path / "off" / "tb")
+
+
+class _FakeWandb(types.ModuleType):
+  """Just enough of the wandb module: init returns a run that records log and finish calls."""
+
+  def __init__(self):
+    super().__init__("wandb")
+    self.inits, self.logged, self.finished = [], [], 0
+
+  def init(self, **kwargs):
+    self.inits.append(kwargs)
+    return self
+
+  def log(self, data, step=None):
+    self.logged.append((step, dict(data)))
+
+  def finish(self):
+    self.finished += 1
+
+
+def test_metrics_writer_logs_scalars_to_wandb(tmp_path, monkeypatch):
+  fake = _FakeWandb()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  w = runner.MetricsWriter(str(tmp_path), tensorboard=False,
+                           wandb={"project": "p", "name": "run-1"})
+  w.write({"step": 1, "loss": np.float32(2.0), "bad": float("nan"), "name": "x"})
+  w.write({"step": 2, "name": "only text"})  # no scalar: nothing logged
+  w.close()
+  w.close()
+  assert fake.inits == [{"project": "p", "name": "run-1"}]
+  assert fake.logged == [(1, {"loss": 2.0})] and fake.finished == 1
+  # processes other than 0 and writers without wandb settings never call it
+  runner.MetricsWriter(str(tmp_path / "b"), write=False, wandb={"project": "p"}).close()
+  runner.MetricsWriter(str(tmp_path / "c"), tensorboard=False).close()
+  assert len(fake.inits) == 1
+
+
+def test_metrics_writer_without_the_wandb_package(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+  with pytest.warns(UserWarning, match="wandb package is not installed"):
+    w = runner.MetricsWriter(str(tmp_path), tensorboard=False, wandb={"project": "p"})
+  w.write({"step": 1, "loss": 1.0})
+  w.close()
+  assert runner.read_jsonl(str(tmp_path / "metrics.jsonl")) == [{"step": 1, "loss": 1.0}]
+
+
+def test_wandb_settings():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  assert runner.wandb_settings(ml_collections.ConfigDict({"seed": 0})) is None
+  config = ml_collections.ConfigDict({"wandb": {"project": "p", "tags": ["a"]}})
+  assert runner.wandb_settings(config) == {"project": "p", "tags": ["a"]}
+  assert runner.wandb_settings({"wandb": None}) is None
 
 
 def test_metrics_writer_drops_records_past_the_resumed_step(tmp_path):
@@ -230,17 +358,35 @@ def test_metrics_writer_drops_records_past_the_resumed_step(tmp_path):
   w.close()
   recs = runner.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [(r["step"], r["x"]) for r in recs] == [(1, 1), (2, 2), (3, 3), (4, 40)]
+  # TensorBoard: the resumed run's own event file (named after its start step, after the first
+  # one) opens with a SessionLog START at step 4, which makes TensorBoard purge steps >= 4
+  files = sorted(os.listdir(tmp_path / "tb"))
+  assert [f[-12:] for f in files] == [".s0000000000", ".s0000000003"]
+  events = read_events(str(tmp_path / "tb"))
+  assert [(e.step, e.session_log.status) for e in events if e.HasField("session_log")] == [
+      (1, 1), (4, 1)]  # 1 = SessionLog.START
+  assert [s for s, _ in scalars(events)["x"]] == [1, 2, 3, 4, 5, 4]
   assert runner.truncate_jsonl(str(tmp_path / "metrics.jsonl"), 2) == 2
   assert runner.truncate_jsonl(str(tmp_path / "absent.jsonl"), 2) == 0
 
 
 def test_metrics_writer_that_does_not_write(tmp_path):
-  out = io.StringIO()
-  w = runner.MetricsWriter(str(tmp_path / "w"), write=False, progress=lambda r: "x", stream=out)
-  assert w.write({"step": 1, "a": np.float64(2.0)}) == {"step": 1, "a": 2.0}
+  for stream in (io.StringIO(), _Terminal()):  # no bar and no line, on a terminal or not
+    w = runner.MetricsWriter(str(tmp_path / "w"), write=False, progress=lambda r: "x",
+                             num_steps=3, stream=stream)
+    assert w.write({"step": 1, "a": np.float64(2.0)}) == {"step": 1, "a": 2.0}
+    w.advance(2)
+    w.close()
+    assert w.records == [{"step": 1, "a": 2.0}]
+    assert not os.path.exists(tmp_path / "w") and stream.getvalue() == ""
+
+
+def test_metrics_writer_without_progress_draws_nothing(tmp_path):
+  out = _Terminal()  # train.progress False: no bar even on a terminal
+  w = runner.MetricsWriter(str(tmp_path), num_steps=3, stream=out, tensorboard=False)
+  w.write({"step": 1, "a": 1.0})
   w.close()
-  assert w.records == [{"step": 1, "a": 2.0}]
-  assert not os.path.exists(tmp_path / "w") and out.getvalue() == ""
+  assert out.getvalue() == "" and not w.bar.live
 
 
 # ------------------------------------------------------------------ stop flag

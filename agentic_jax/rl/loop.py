@@ -340,9 +340,9 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
          f"held-out tasks, greedy {_greedy_rate(before)} ({before.get('seconds')}s)")
   extra = {"init": init, "eval_before": before}
 
-  writer = runner.MetricsWriter(
-      workdir, start, stream=sys.stdout,
-      progress=_progress_line(num_steps, config.train.log_every) if config.train.progress else None)
+  postfix = _progress_postfix(num_steps, config.train.log_every) if config.train.progress else None
+  writer = runner.MetricsWriter(workdir, start, stream=sys.stdout, progress=postfix,
+                                num_steps=num_steps, desc="rl", wandb=runner.wandb_settings(config))
   run_ = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
                     stop_after_steps, tag="rl", say=_say)
   jitted = None  # compiled at the first batch (its key set fixes the batch shardings)
@@ -453,16 +453,18 @@ def _greedy_rate(result: Optional[dict]) -> Optional[float]:
   return (result.get("greedy") or {}).get("success_rate")
 
 
-def _progress_line(num_steps: int, log_every: int):
-  """The RL progress line of a record, every log_every steps and at the last step."""
+def _progress_postfix(num_steps: int, log_every: int):
+  """The RL progress bar's numbers for a record (reward, success, KL, entropy, clip fraction,
+  turns, rollout and train seconds: what the hand-drawn line showed), every log_every steps and
+  at the last step; None in between (the bar moves, the numbers stay)."""
   every = max(1, log_every)
 
-  def line(rec: dict) -> Optional[str]:
+  def postfix(rec: dict) -> Optional[dict]:
     if rec["step"] % every and rec["step"] != num_steps:
       return None
     f = lambda k, spec=".3f": "n/a" if rec.get(k) is None else format(rec[k], spec)  # noqa: E731
-    return (f"[rl] step {rec['step']}/{num_steps} | reward {f('reward_mean')} | success "
-            f"{f('success_rate')} | kl {f('kl', '.4f')} | entropy {f('entropy')} | clip "
-            f"{f('clip_frac')} | turns {f('turns_per_episode', '.2f')} | rollout "
-            f"{f('rollout_s', '.1f')}s train {f('train_s', '.1f')}s")
-  return line
+    return {"reward": f("reward_mean"), "success": f("success_rate"), "kl": f("kl", ".4f"),
+            "entropy": f("entropy"), "clip": f("clip_frac"),
+            "turns": f("turns_per_episode", ".2f"), "rollout": f"{f('rollout_s', '.1f')}s",
+            "train": f"{f('train_s', '.1f')}s"}
+  return postfix

@@ -13,11 +13,13 @@ Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
               config mismatches named (a ConfigError, nothing on disk changed)
   input       build_input(config, workdir, ...): the data mix (config.data.mix, source_specs)
   runner      what every run loop shares (also rl/loop.py): stop flag, resume + config diff,
-              checkpoint cadence, NaN policy, summary.json, MetricsWriter, plot_metrics; a new
-              job = a step function + the runner
+              checkpoint cadence, NaN policy, summary.json, MetricsWriter (metrics.jsonl,
+              TensorBoard via tensorboardX, tqdm progress bar, optional wandb), plot_metrics; a
+              new job = a step function + the runner
   runtime     re-exports StopFlag and config_diff from runner (older import path)
   eval        make_eval_step / evaluate: held-out loss on a fixed eval set (data seed + 1000003)
-  metrics     progress bar, metrics.jsonl, TensorBoard (tensorboard.py), summary.json, loss.png
+  metrics     mid-training's records (window means, tokens/s, MFU) and progress-bar numbers,
+              written by runner.MetricsWriter; loss.png
   config      model_section / model_config / load_config / validate (ConfigError naming the key)
   init_from   a run's first state from another run's latest checkpoint (config.init_from)
   loop        run(config, workdir): resume, SIGTERM, NaN policy, final summary

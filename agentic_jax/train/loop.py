@@ -244,7 +244,7 @@ def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
       workdir, kind_names=inp.kind_names, source_names=inp.source_names, flop_model=fm,
       seq_len=config.data.seq_len, peak_flops=config.train.peak_flops, num_steps=num_steps,
       log_every=config.train.log_every, start_step=start, progress=config.train.progress,
-      write=primary)
+      write=primary, wandb=runner.wandb_settings(config))
   run_ = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
                     stop_after_steps, tag="train", say=_say)
   last_eval: Optional[dict] = None

@@ -1,7 +1,8 @@
-"""What a run reports: progress bar, WORKDIR/metrics.jsonl, TensorBoard events, summary.json,
-and a PNG of the loss curves.
+"""What a mid-training run reports: progress bar, WORKDIR/metrics.jsonl, TensorBoard events,
+summary.json, and a PNG of the loss curves.
 
-Every `log_every` steps one record is written (JSONL line and TensorBoard scalars). Values
+Every `log_every` steps one record is written (JSONL line and TensorBoard scalars; MoE
+per-expert lists such as `moe/expert_load` also as TensorBoard histograms). Values
 are over the steps since the previous record (the "window"): `loss`, `accuracy`,
 `grad_norm` and the MoE statistics are means over the window's non-skipped steps;
 `loss/kind/<k>` and `loss/source/<s>` are weight-summed over the window (kinds or sources
@@ -13,12 +14,17 @@ results (`eval_loss`, `eval_accuracy`, `eval_loss/kind/<k>`, `eval_loss/source/<
 train/eval.py) join the record of the step they were computed at: a step with an eval
 result always closes a window.
 
-Multi-process runs: every process keeps the records (same numbers: metrics are global), but
-only the one with `write=True` (process 0) writes files and the progress bar.
+The progress bar (tqdm, train.progress) moves every step and shows the last record's loss,
+tokens/s and MFU, plus the window's skipped steps and the eval loss when there are any; its
+elapsed<remaining times are tqdm's. Off a terminal it writes one line per record instead.
 
-The files themselves (metrics.jsonl, tb/, the progress line, summary.json, the PNG) are written
-by the shared runner (train/runner.py: MetricsWriter, write_summary, plot_metrics); this module
-only turns per-step metrics into mid-training records.
+Multi-process runs: every process keeps the records (same numbers: metrics are global), but
+only the one with `write=True` (process 0) writes files and draws the progress bar.
+
+The files and the bar (metrics.jsonl, tb/, progress, Weights & Biases, summary.json, the PNG)
+are the shared runner's (train/runner.py: MetricsWriter, write_summary, plot_metrics), as in
+every other job; this module only turns per-step metrics into mid-training records and says
+which of their numbers the bar shows.
 """
 
 from __future__ import annotations
@@ -38,24 +44,22 @@ _MEAN_KEYS = ("grad_norm", "accuracy", "objective", "balance_loss", "router_z_lo
 _clean = runner.clean
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = max(0, int(seconds))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 class MetricsLogger:
-  """Collects per-step host metrics and writes a record every `log_every` steps."""
+  """Collects per-step host metrics and writes a record every `log_every` steps through the
+  shared runner.MetricsWriter (`wandb`: its wandb.init keyword arguments, None = no wandb)."""
 
   def __init__(self, workdir: str, *, kind_names: Sequence[str], source_names: Sequence[str],
                flop_model: FlopModel, seq_len: int, peak_flops: float, num_steps: int,
                log_every: int, start_step: int = 0, progress: bool = True,
-               tensorboard: bool = True, write: bool = True):
+               tensorboard: bool = True, write: bool = True,
+               wandb: Optional[Mapping[str, Any]] = None):
     self.workdir = workdir
     self.kinds, self.sources = list(kind_names), list(source_names)
     self.flop_model, self.seq_len, self.peak = flop_model, seq_len, peak_flops
     self.num_steps, self.log_every = num_steps, max(1, log_every)
     self.writer = runner.MetricsWriter(workdir, start_step, write=write, tensorboard=tensorboard,
-                                       progress=self._progress if progress else None)
+                                       progress=progress_postfix if progress else None,
+                                       num_steps=num_steps, desc="train", wandb=wandb)
     self.jsonl_path = self.writer.path
     self._window: list[tuple[int, dict, float]] = []
     self._extra: dict = {}
@@ -73,6 +77,7 @@ class MetricsLogger:
     """Adds step `step` (1-based: steps completed); returns the record if one was written.
     `extra` (e.g. eval results) goes into this step's record, which it closes."""
     self._window.append((step, dict(metrics), seconds))
+    self.writer.advance(step)  # the bar moves every step, the numbers every record
     if extra:
       self._extra.update(extra)
     if step % self.log_every == 0 or step == self.num_steps or extra:
@@ -128,34 +133,31 @@ class MetricsLogger:
         rec[k] = float(vals.mean())
       else:
         rec[k] = vals.mean(0).round(5).tolist()
+        # per-expert lists are no scalars: TensorBoard gets their spread (load balance)
+        self.writer.histogram(k, rec[k], step)
     rec.update(self._extra)
     self._extra = {}
     return self.writer.write(rec)
 
-  def _progress(self, rec: dict) -> str:
-    """The progress line of a record: bar, step, loss, tokens/s, MFU, ETA, skips, eval loss."""
-    step = rec["step"]
-    done = step - self.start_step
-    eta = (self.num_steps - step) * (self.total_seconds / done) if done > 0 else 0.0
-    width = 20
-    filled = int(width * step / max(self.num_steps, 1))
-    bar = "=" * filled + ">" * (filled < width) + " " * (width - filled - 1)
-    loss = rec["loss"]
-    mfu = rec.get("mfu")
-    loss_s = f"{loss:.4f}" if loss is not None else "nan"
-    line = f"[{bar}] step {step}/{self.num_steps} | loss {loss_s}"
-    line += (f" | {rec['tokens_per_s'] or 0:,.0f} tok/s"
-             + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
-             + f" | ETA {_fmt_time(eta)}")
-    if rec["skipped"]:
-      line += f" | skipped {rec['skipped']}"
-    if rec.get("eval_loss") is not None:
-      line += f" | eval {rec['eval_loss']:.4f}"
-    return line
-
   def close(self) -> None:
     self.flush()
     self.writer.close()
+
+
+def progress_postfix(rec: Mapping[str, Any]) -> dict:
+  """The progress bar's numbers for a mid-training record: loss, tokens/s, MFU (as the line
+  drawn by hand before showed them), then the window's skipped steps and the eval loss when
+  there are any. Position, ETA and rate are the bar's own."""
+  def f(key: str, spec: str) -> str:
+    return "nan" if rec.get(key) is None else format(rec[key], spec)
+  out = {"loss": f("loss", ".4f"), "tok/s": f("tokens_per_s", ",.0f")}
+  if rec.get("mfu") is not None:
+    out["MFU"] = f"{100 * rec['mfu']:.1f}%"
+  if rec.get("skipped"):
+    out["skipped"] = rec["skipped"]
+  if rec.get("eval_loss") is not None:
+    out["eval"] = f("eval_loss", ".4f")
+  return out
 
 
 def plot_losses(workdir: str, title: str = "") -> Optional[str]:

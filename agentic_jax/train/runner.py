@@ -7,7 +7,8 @@ the runner does everything around them.
       resumed = runner.resume(ckpt, target, config_json, say=say)   # Resumed | None
       run = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
                        stop_after_steps, tag="myjob", say=say)
-      writer = runner.MetricsWriter(workdir, start, progress=my_progress_line)
+      writer = runner.MetricsWriter(workdir, start, progress=my_postfix, num_steps=num_steps,
+                                    desc="myjob", wandb=runner.wandb_settings(config))
       run.stop_in_setup(stop.signal is not None, stop.signal)
       while run.running():
         state, m = step(state, batch); run.step += 1
@@ -36,8 +37,10 @@ Pieces (small, pure where they can be; no trainer class to subclass):
   Run                    the bookkeeping of one invocation (step, status, messages) over those
   summary / write_summary  summary.json's common keys (status, start_step, final_step,
                          num_steps, nan_skips, seconds, checkpoints, outputs) + the job's own
-  MetricsWriter          WORKDIR/metrics.jsonl (records past the resumed step dropped), tb/
-                         TensorBoard scalars, an optional progress line per record
+  MetricsWriter          the one metrics writer: WORKDIR/metrics.jsonl (records past the
+                         resumed step dropped), tb/ TensorBoard scalars, text and histograms
+                         (tensorboardX), the run's tqdm progress bar (ProgressBar), optional
+                         Weights & Biases scalars
   plot_metrics           one PNG of metric curves from metrics.jsonl, panels of keys / prefixes
 
 Statuses (launch/train.py maps them to exit codes): completed, stopped, preempted (exit 0);
@@ -54,11 +57,15 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TextIO
+import time
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TextIO, Union
 
 import numpy as np
-
-from agentic_jax.train.tensorboard import EventWriter
+# tqdm.auto first: it imports tqdm.autonotebook with that module's notebook warning silenced
+import tqdm.auto
+import tqdm.autonotebook
+import tqdm.std
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -325,61 +332,219 @@ def read_jsonl(path: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def postfix_text(postfix: Union[str, Mapping[str, Any], None]) -> str:
+  """The text a progress postfix shows: a string as it is, a mapping as "k=v, k=v" (tqdm's
+  own postfix layout; values as the caller formatted them, floats as 4 significant digits)."""
+  if postfix is None or isinstance(postfix, str):
+    return postfix or ""
+  return ", ".join(f"{k}={format(v, '.4g') if isinstance(v, float) else v}"
+                   for k, v in postfix.items())
+
+
+def _in_notebook() -> bool:
+  """True when tqdm.auto picked the notebook widget (a Jupyter kernel with ipywidgets). A
+  kernel's stderr is no terminal, yet the widget redraws in place: live mode, not lines."""
+  return tqdm.autonotebook.tqdm is not tqdm.std.tqdm
+
+
+def _columns(stream: TextIO) -> Optional[int]:
+  """The width of the terminal `stream` writes to; None when it has none (not a file, no tty)."""
+  try:
+    return os.get_terminal_size(stream.fileno()).columns
+  except (AttributeError, OSError, ValueError):
+    return None
+
+
+class ProgressBar:
+  """The one progress bar of a run loop: position = the step, total = num_steps, postfix = the
+  few numbers the job shows (loss, tokens/s, ...).
+
+  Two modes, chosen once from where it draws:
+    live   a terminal (`stream.isatty()`) or a notebook: a tqdm.auto bar (a widget in
+           Jupyter), moved by `advance` / `update`, redrawn at most every `mininterval` s
+           (tqdm's own throttling), left on screen when closed.
+    lines  anything else (a log file, a pipe, a CI job): no bar is drawn, only one line per
+           `update` that has a postfix, written by tqdm's own meter formatter
+           (`tqdm.format_meter`: bar, step/total, elapsed<remaining, rate, postfix). A live
+           tqdm bar in a file is one ever-growing line of "\\r"-separated redraws; one line
+           per log record is what the hand-drawn line wrote there before, so the volume of
+           output is the same.
+  `enabled=False` (train.progress False, processes other than 0) draws nothing at all."""
+
+  def __init__(self, total: Optional[int], initial: int = 0, *, desc: str = "",
+               stream: Optional[TextIO] = None, enabled: bool = True):
+    self.stream = stream or sys.stderr
+    self.total, self.initial, self.desc = total, initial, desc
+    isatty = getattr(self.stream, "isatty", lambda: False)
+    self.live = enabled and (isatty() or _in_notebook())
+    self.lines = enabled and not self.live
+    self._t0 = time.time()
+    self.bar = None
+    if self.live:
+      # width: the terminal's, followed as it is resized; a pseudo-terminal that reports 0
+      # columns (`docker run -t` before the size is set) would make tqdm trim the bar to nothing
+      width = {"ncols": 100} if _columns(self.stream) == 0 else {"dynamic_ncols": True}
+      self.bar = tqdm.auto.tqdm(total=total, initial=initial, desc=desc, unit="step",
+                                file=self.stream, leave=True, **width)
+
+  def advance(self, step: int) -> None:
+    """Moves a live bar to `step` (steps completed); a lines-mode bar waits for `update`."""
+    if self.bar is not None and step > self.bar.n:
+      self.bar.update(step - self.bar.n)  # tqdm refreshes at most every mininterval
+
+  def update(self, step: int, postfix: Union[str, Mapping[str, Any], None]) -> None:
+    """At `step`: the live bar's position (and postfix, when one is given); in lines mode,
+    one line when there is a postfix."""
+    if self.bar is not None:
+      self.advance(step)
+      if postfix is not None:
+        # drawn now, not at the next throttled move: new numbers come once per record
+        self.bar.set_postfix_str(postfix_text(postfix), refresh=True)
+    elif self.lines and postfix is not None:
+      line = tqdm.std.tqdm.format_meter(
+          step, self.total, time.time() - self._t0, prefix=self.desc, ascii=True, unit="step",
+          postfix=postfix_text(postfix), initial=self.initial)
+      self.stream.write(line + "\n")
+      self.stream.flush()
+
+  def close(self) -> None:
+    """Leaves the bar where the run ended (a stopped run's bar stays short of the total)."""
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
 class MetricsWriter:
-  """One record per write: a line of WORKDIR/metrics.jsonl (JSON-safe, NaN -> null; records
-  past `start_step`, left by a run that died after its last checkpoint, are dropped first),
-  TensorBoard scalars in WORKDIR/tb/ (every int/float value but "step") and, when `progress`
-  returns a line for the record, that line on `stream` (rewritten in place on a terminal).
-  `write=False` (processes other than 0) keeps the records and writes nothing."""
+  """The one metrics writer of every run loop (mid-training through train/metrics.py, RL,
+  RA3's phases, later jobs). One record per `write`:
+    * a line of WORKDIR/metrics.jsonl (JSON-safe, NaN -> null); records past `start_step`,
+      left by a run that died after its last checkpoint, are dropped first;
+    * TensorBoard scalars in WORKDIR/tb/ through tensorboardX.SummaryWriter: every int/float
+      value but "step", one scalar series per key, in a new event file per writer. It opens
+      with purge_step = start_step + 1, so TensorBoard hides what an earlier run in WORKDIR
+      logged past the step this one starts from (a run that died after its last checkpoint),
+      as truncate_jsonl does for metrics.jsonl;
+    * the progress bar (ProgressBar; total `num_steps`, label `desc`): `progress(record)`
+      returns the bar's postfix (a mapping or a string) or None (position only, no line);
+    * Weights & Biases, when `wandb` (keyword arguments of wandb.init, e.g. {"project": ...})
+      is given and the wandb package is importable: the same scalars, logged at the record's
+      step. On a resume pass wandb.init's own `id`/`resume` to continue the same wandb run.
+  `text(tag, text, step)` and `histogram(tag, values, step)` add TensorBoard text summaries
+  (e.g. sampled rollouts) and histograms (e.g. router load) beside the scalars.
+  `write=False` (processes other than 0) keeps the records and writes, draws and logs nothing.
+
+  tensorboardX is imported when the first event file is opened, not with this module: when
+  torch is installed tensorboardX imports it (seconds), which jobs without TensorBoard, and
+  processes that write nothing, should not pay for."""
 
   def __init__(self, workdir: str, start_step: int = 0, *, write: bool = True,
                tensorboard: bool = True,
-               progress: Optional[Callable[[dict], Optional[str]]] = None,
-               stream: Optional[TextIO] = None):
+               progress: Optional[Callable[[dict], Union[str, Mapping[str, Any], None]]] = None,
+               num_steps: Optional[int] = None, desc: str = "",
+               stream: Optional[TextIO] = None, wandb: Optional[Mapping[str, Any]] = None):
     self.path = os.path.join(workdir, METRICS_FILE)
     self.tb_dir = os.path.join(workdir, TB_DIR)
     self.records: list[dict] = []
     self.progress = progress if write else None
-    self.stream = stream or sys.stderr
-    self.tty = self.progress is not None and self.stream.isatty()
-    self._open_line = False
-    self._jsonl = self._tb = None
+    self._jsonl = self._tb = self._wandb = None
     if write:
-      os.makedirs(workdir, exist_ok=True)
-      truncate_jsonl(self.path, start_step)
-      self._jsonl = open(self.path, "a")
-      self._tb = EventWriter(self.tb_dir) if tensorboard else None
+      self._open(workdir, start_step, tensorboard, wandb)
+    # last: the bar's clock (elapsed, rate, ETA) starts after the files are open, not before
+    # tensorboardX's import
+    self.bar = ProgressBar(num_steps, start_step, desc=desc, stream=stream,
+                           enabled=self.progress is not None)
+
+  def _open(self, workdir: str, start_step: int, tensorboard: bool,
+            wandb: Optional[Mapping[str, Any]]) -> None:
+    os.makedirs(workdir, exist_ok=True)
+    truncate_jsonl(self.path, start_step)
+    self._jsonl = open(self.path, "a")
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+      # The file is named events.out.tfevents.<unix second>.<host> and opened "wb": a second
+      # writer in the same second (a quick resume, tests) would overwrite the first. The
+      # start step in the suffix keeps them apart and in order (TensorBoard reads a
+      # directory's files in name order, and purges by the order it reads). flush_secs:
+      # tensorboardX writes from a background thread; every 5 s keeps a live TensorBoard
+      # current (close() flushes the rest).
+      self._tb = SummaryWriter(self.tb_dir, purge_step=start_step + 1, flush_secs=5,
+                               filename_suffix=f".s{start_step:010d}")
+    if wandb is not None:
+      self._wandb = _wandb_run(wandb)
 
   def write(self, rec: Mapping[str, Any]) -> dict:
+    """Writes one record (it must hold "step") everywhere; returns it JSON-cleaned."""
     rec = clean(dict(rec))
+    step = rec["step"]
     if self._jsonl is not None:
       self._jsonl.write(json.dumps(rec) + "\n")
       self._jsonl.flush()
+    # a bool is an int: flags plot as 0/1; None (was non-finite), strings and lists are left out
+    scalars = {k: v for k, v in rec.items() if k != "step" and isinstance(v, (int, float))}
     if self._tb is not None:
-      self._tb.scalars(rec["step"], {k: v for k, v in rec.items()
-                                     if k != "step" and isinstance(v, (int, float))})
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, step)
+    if self._wandb is not None and scalars:
+      self._wandb.log(scalars, step=step)
     self.records.append(rec)
-    line = self.progress(rec) if self.progress is not None else None
-    if line is not None:
-      if self.tty:
-        self.stream.write("\r" + line + " " * 4)
-        self._open_line = True
-      else:
-        self.stream.write(line + "\n")
-      self.stream.flush()
+    if self.progress is not None:
+      self.bar.update(step, self.progress(rec))
     return rec
 
+  def advance(self, step: int) -> None:
+    """Moves the progress bar to `step` between records (a job that logs every k steps)."""
+    self.bar.advance(step)
+
+  def text(self, tag: str, text: str, step: int) -> None:
+    """A TensorBoard text summary (the Text tab; tensorboardX files it as
+    "<tag>/text_summary"). Markdown is rendered there: wrap code or rollouts in ``` fences."""
+    if self._tb is not None:
+      self._tb.add_text(tag, str(text), step)
+
+  def histogram(self, tag: str, values: Any, step: int) -> None:
+    """A TensorBoard histogram of `values` (any array-like; non-finite values are left out, an
+    empty or all-non-finite one writes nothing: TensorBoard has no empty histogram)."""
+    if self._tb is None:
+      return
+    vals = np.asarray(values, np.float64).ravel()
+    vals = vals[np.isfinite(vals)]
+    if vals.size:
+      self._tb.add_histogram(tag, vals, step)
+
   def close(self) -> None:
-    if self._open_line:
-      self.stream.write("\n")
-      self.stream.flush()
-      self._open_line = False
+    """Closes the bar, metrics.jsonl, the event file (flushing it) and the wandb run; a second
+    call does nothing."""
+    self.bar.close()
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
+
+
+def _wandb_run(init_kwargs: Mapping[str, Any]) -> Any:
+  """wandb.init(**init_kwargs), or None with a warning when wandb is not installed (it is an
+  optional extra: the run goes on with metrics.jsonl and TensorBoard)."""
+  try:
+    import wandb  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    warnings.warn("wandb settings given but the wandb package is not installed: nothing is "
+                  "logged to Weights & Biases (pip install wandb)", stacklevel=4)
+    return None
+  return wandb.init(**dict(init_kwargs))
+
+
+def wandb_settings(config: Any) -> Optional[dict]:
+  """The config's optional `wandb` section (wandb.init keyword arguments) as a dict, or None
+  when it has none: MetricsWriter's `wandb` argument."""
+  section = config.get("wandb") if hasattr(config, "get") else None
+  if not section:
+    return None
+  return section.to_dict() if hasattr(section, "to_dict") else dict(section)
 
 
 def plot_metrics(workdir: str, panels: Sequence[tuple[str, Sequence[str]]], file_name: str, *,
