@@ -420,3 +420,15 @@ def test_plot_metrics(tmp_path):
   w.close()
   path = runner.plot_metrics(str(tmp_path), panels, "p.png", title="t")
   assert path == str(tmp_path / "p.png") and os.path.getsize(path) > 1000
+
+
+def test_plot_without_matplotlib_writes_no_png_and_says_so(tmp_path, monkeypatch, capsys):
+  import sys  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import runner as runner_lib  # pylint: disable=import-outside-toplevel
+  with open(tmp_path / runner_lib.METRICS_FILE, "w") as f:
+    f.write('{"step": 1, "loss": 2.0}\n')
+  monkeypatch.setitem(sys.modules, "matplotlib", None)  # import raises ImportError
+  monkeypatch.setattr(runner_lib, "_NO_MATPLOTLIB_SAID", [])
+  assert runner_lib.plot_metrics(str(tmp_path), [("loss", ("loss",))], "x.png") is None
+  assert not (tmp_path / "x.png").exists()
+  assert "matplotlib is not installed" in capsys.readouterr().out

@@ -547,17 +547,29 @@ def wandb_settings(config: Any) -> Optional[dict]:
   return section.to_dict() if hasattr(section, "to_dict") else dict(section)
 
 
+_NO_MATPLOTLIB_SAID: list = []  # said once per process
+
+
 def plot_metrics(workdir: str, panels: Sequence[tuple[str, Sequence[str]]], file_name: str, *,
                  title: str = "", xlabel: str = "step", ylabel: str = "") -> Optional[str]:
   """WORKDIR/`file_name`: one panel per (panel title, keys) of curves from metrics.jsonl. A key
   ending in "/" stands for every key with that prefix (labelled by the rest); keys starting
   with "eval" are drawn dashed with markers (sparse points); the panel's first key is drawn
-  thick. Returns the path, or None when there is nothing to plot."""
+  thick. Returns the path, or None when there is nothing to plot or matplotlib is not installed
+  (it is the optional extra `plot`: the core install writes metrics.jsonl and TensorBoard
+  events, which hold the same curves; said once per process)."""
   path = os.path.join(workdir, METRICS_FILE)
   recs = read_jsonl(path) if os.path.exists(path) else []
   if not recs:
     return None
-  import matplotlib  # pylint: disable=import-outside-toplevel
+  try:
+    import matplotlib  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    if not _NO_MATPLOTLIB_SAID:
+      _NO_MATPLOTLIB_SAID.append(True)
+      print(f"[plot] matplotlib is not installed (pip install -e '.[plot]'): no {file_name}; "
+            f"the curves are in {path} and TensorBoard", flush=True)
+    return None
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=100, squeeze=False)
