@@ -35,6 +35,29 @@ COMPILE_CACHE_MODULES = frozenset(
     {"test_eval", "test_loop", "test_recipe", "test_rl_loop", "test_validation"})
 
 
+# The slow tier: modules that run whole jobs, several processes or transformers parity. `pytest -m
+# "not slow" tests` is the day-to-day tier (a few minutes); `.ci/run` runs everything. One list,
+# like COMPILE_CACHE_MODULES, chosen from `pytest --durations=0` of the whole suite.
+SLOW_MODULES = frozenset({
+    "test_checkpoint", "test_configs", "test_convert", "test_distributed", "test_eval",
+    "test_expert_mesh_train", "test_expert_parallel", "test_launch_scripts", "test_loop",
+    "test_midtrain_init_from", "test_moe_mesh", "test_multihost_train", "test_notebooks",
+    "test_parallel", "test_parity", "test_ra3_job", "test_recipe", "test_rl_loop",
+    "test_validation", "test_watchdog"})
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: in a module of conftest.SLOW_MODULES (whole jobs, "
+                          "multi-process runs, transformers parity); deselect with -m 'not slow'")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+      item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
   """The cache directory, active (jax.config) until the module's last test has run."""

@@ -105,6 +105,8 @@ def test_mix_gives_the_batches_of_the_old_tuples(case, tokenizer_path, tmp_path)
   with open(tokenizer_path, "rb") as f:
     if hashlib.sha256(f.read()).hexdigest() != TOKENIZER_SHA256:
       pytest.skip("this sentencepiece trains another tokenizer than the one of the digests")
+  if sys.version_info[:2] != (3, 11):  # the stdlib_edits source edits the running stdlib's files
+    pytest.skip("digests recorded on Python 3.11, whose stdlib the built-in sources read")
   if case == "file":
     mix = {"agent": input_lib.mix_source("adp", path=ADP, eval_num_samples=1),
            "calculator": input_lib.mix_source("calculator", num_samples=16, eval_num_samples=4,

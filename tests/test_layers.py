@@ -6,13 +6,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-from transformers import DeepseekV3Config
-from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_ds
 
-from agentic_jax.models import ModelConfig
-from agentic_jax.models.layers import (RMSNorm, apply_rope, default_positions, rope_cos_sin,
+# transformers parity needs torch, which only the Python 3.11 leg has (its CPU wheel):
+# the newer legs skip this module
+torch = pytest.importorskip("torch")
+from transformers import DeepseekV3Config  # noqa: E402
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
+from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_ds  # noqa: E402
+
+from agentic_jax.models import ModelConfig  # noqa: E402
+from agentic_jax.models.layers import (RMSNorm, apply_rope, default_positions, rope_cos_sin,  # noqa: E402
                                        rope_inv_freq)
 
 YARN = dict(rope_type="yarn", rope_theta=1e4, factor=4.0, original_max_position_embeddings=64,
