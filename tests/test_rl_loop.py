@@ -24,6 +24,7 @@ from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import optim as optim_lib
 from agentic_jax.train import state as state_lib
+from tests import tensorboard_fixtures
 from tests.rl_fixtures import small_rl_config
 from tests.train_fixtures import ROOT
 
@@ -85,7 +86,12 @@ def test_outputs_and_metrics_of_a_run(uninterrupted):
   assert summary["success_rate_before"] == full["success_rate_before"]
   assert summary["eval_before"]["tasks"] == 4 and summary["dropped_rows"] == 0
   assert os.path.exists(os.path.join(workdir, "rl.png"))
-  assert os.listdir(os.path.join(workdir, "tb"))
+  # each step's sampled episodes as TensorBoard text (tensorboardX: "<tag>/text_summary")
+  events = tensorboard_fixtures.read_events(os.path.join(workdir, "tb"))
+  texts = [(e.step, v.tensor.string_val[0].decode()) for e in events for v in e.summary.value
+           if v.tag == "rollouts/text_summary"]
+  assert [step for step, _ in texts] == [1, 2, 3, 4]
+  assert all("reward" in t and "turn 0 (policy)" in t and "```" in t for _, t in texts)
 
 
 def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(tokenizer_path, tmp_path, monkeypatch):

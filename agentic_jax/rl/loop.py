@@ -39,8 +39,9 @@ params fingerprint (the reference params are reloaded from there, not saved: the
 initial params). MoE router biases stay frozen (see step.py).
 
 WORKDIR: metrics.jsonl (one record per RL step), summary.json (success_rate_before /
-success_rate_after ...), tb/ (TensorBoard scalars), rl.png (reward / success / KL curves),
-checkpoints/, tokenizer.model (when trained here).
+success_rate_after ...), tb/ (TensorBoard scalars, and each step's first sampled episodes as
+text: rollout_text), rl.png (reward / success / KL curves), checkpoints/, tokenizer.model
+(when trained here).
 """
 
 from __future__ import annotations
@@ -202,6 +203,28 @@ def make_batch(config, episodes) -> tuple[dict, dict]:
   pstats["packing_efficiency"] = pstats["tokens"] / max(pstats["token_slots"], 1)
   return packed, {"dropped_rows": stats["dropped_rows"],
                   "dropped_trajectories": stats["dropped_trajectories"], **pstats}
+
+
+ROLLOUT_TEXT_EPISODES = 2  # sampled episodes shown per RL step in TensorBoard's Text tab
+
+
+def rollout_text(episodes, limit: int = ROLLOUT_TEXT_EPISODES, max_chars: int = 2000) -> str:
+  """The first `limit` episodes as markdown for a TensorBoard text summary: task, reward,
+  success, stop reason, then each turn's role, sampled text and the environment's answer
+  (each cut to `max_chars` characters), in fences so the text shows as written."""
+  def cut(text: str) -> str:
+    return text if len(text) <= max_chars else text[:max_chars] + " [...]"
+
+  parts = []
+  for e in episodes[:limit]:
+    parts.append(f"**{e.task_id}** (group {e.group_id}, trajectory {e.traj_id}): reward "
+                 f"{e.reward:g}, success {bool(e.success)}, stopped by {e.stop_reason}")
+    for k, t in enumerate(e.turns):
+      parts.append(f"turn {k} ({t.role}{'' if t.trainable else ', frozen'}):\n```\n"
+                   f"{cut(t.text)}\n```")
+      if t.observation:
+        parts.append(f"observation:\n```\n{cut(t.observation)}\n```")
+  return "\n\n".join(parts)
 
 
 def _episode_metrics(episodes) -> dict:
@@ -396,6 +419,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
         ev = evaluate(config, eval_sampler, variables(state), make_env, eval_tasks, tok, ref_vars)
         rec["eval_success_rate"] = ev["success_rate"]
       writer.write(rec)
+      writer.text("rollouts", rollout_text(first), step)  # what the policy sampled this step
       # halt on any non-finite update; a step counts as skipped when it applied none (one
       # without tokens skips nothing)
       if run_.on_update(m["skipped"] > 0, no_update=m["skipped"] > 0 and m["updates"] == 0):
