@@ -53,7 +53,6 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3.11",
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",

@@ -16,6 +16,7 @@ Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
               checkpoint cadence, NaN policy, summary.json, MetricsWriter (metrics.jsonl,
               TensorBoard via tensorboardX, tqdm progress bar, optional wandb), plot_metrics; a
               new job = a step function + the runner
+  progress    the run loops' progress bar (tqdm.auto; one line per record off a terminal)
   runtime     re-exports StopFlag and config_diff from runner (older import path)
   eval        make_eval_step / evaluate: held-out loss on a fixed eval set (data seed + 1000003)
   metrics     mid-training's records (window means, tokens/s, MFU) and progress-bar numbers,
