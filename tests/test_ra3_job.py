@@ -1,6 +1,7 @@
 """agentic_jax/rl/ra3.py on a shrunk configs/ra3.py:tiny (1-layer model, a few steps per phase):
 the job runs both arms and writes the summary the README promises; both arms train the same
 number of tokens; a run stopped in the middle and rerun gives exactly the uninterrupted result;
+the job in a gs:// workdir (fake GCS) gives the local results;
 RA3 with c = inf is next-token training (the same M-phases and metrics as the ntp arm); bad
 config values are named before anything runs."""
 
@@ -12,9 +13,10 @@ import os
 
 import pytest
 
-from agentic_jax import jobs
+from agentic_jax import fs, jobs
 from agentic_jax.rl import ra3
 from agentic_jax.train import config as config_lib
+from tests.gcs_fixtures import gcs  # noqa: F401  (the fake GCS fixture)
 from tests.train_fixtures import ROOT, SMALL_MODEL
 
 METRICS = ("action_nll", "action_nll_plain", "pass_at_1", "pass_at_1_sampled", "think_rate")
@@ -77,6 +79,23 @@ def test_job_runs_both_arms_and_writes_the_summary(full_run):
   assert len(rows) == 6 and all(r["turns"][0]["role"] == "user" for r in rows)
   # the base model's tokenizer sits beside it, so a later run can start from it (init_from)
   assert os.path.exists(os.path.join(wd, "base", "tokenizer.model"))
+
+
+def test_a_gcs_workdir_gives_the_local_results(full_run, gcs):
+  """The whole job in gs://BUCKET/... (fake GCS, tests/gcs_fixtures.py): data, tokenizer, every
+  phase's checkpoints and metrics, the annotated data the M-phases read through the data
+  pipeline, the eval caches and the summary go to the bucket, and the results are the local
+  run's."""
+  _, full = full_run
+  wd = f"{gcs}/ra3_job"
+  s = ra3.run(small_ra3(), wd, handle_signals=False)
+  assert s["status"] == "completed"
+  for arm in ("ra3", "ntp", "base"):
+    for k in METRICS:
+      assert s[arm][k] == full[arm][k], (arm, k)
+  assert json.loads(fs.read_text(f"{wd}/summary.json"))["ra3"]["action_nll"] == s["ra3"]["action_nll"]
+  assert len(fs.read_text(f"{wd}/ra3/round_1/data.jsonl").splitlines()) == 6
+  assert fs.exists(f"{wd}/base/tokenizer.model") and fs.isdir(f"{wd}/ra3/round_2/mstep/checkpoints")
 
 
 def test_stopped_and_rerun_equals_uninterrupted(full_run, tmp_path):

@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import math
 import re
 from typing import Any, Callable, Iterator, Optional
 
+from agentic_jax import fs
 from agentic_jax.data import adp
 from agentic_jax.data.schema import RecordError, Sample, parse_record, printable
 
@@ -299,6 +301,13 @@ def _array(data: bytes, path: str, report: ReadReport) -> Iterator[tuple[int, Ca
     raise fatal(pos, "extra data after the closing ']'")
 
 
+def _open_binary(path: str):
+  """A buffered binary reader (peek() needed) of a local or remote (gs://...) data file."""
+  if fs.is_remote(path):
+    return io.BufferedReader(fs.open_file(path, "rb"), 1 << 16)
+  return open(path, "rb", buffering=1 << 16)  # pylint: disable=consider-using-with
+
+
 def _layout(head: bytes) -> str:
   """"json-array" when the first non-blank character is "[" and the first line is not a complete
   JSON value followed by more lines (that is JSON Lines whose first record is an array)."""
@@ -332,7 +341,7 @@ def read_samples(path: str, format: str = "native", on_bad_record: str = "raise"
   report = ReadReport(path)
   samples: list[Sample] = []
   first_line_of_id: dict[str, int] = {}
-  with open(path, "rb", buffering=1 << 16) as f:
+  with _open_binary(path) as f:
     head = f.peek(1 << 16)[:1 << 16]
     wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
     if wide:

@@ -21,11 +21,12 @@ encoded through its three byte pieces.
 from __future__ import annotations
 
 import io
-import os
 import time
 from typing import Callable, Iterable, Optional, Protocol, Sequence, runtime_checkable
 
 import sentencepiece as spm
+
+from agentic_jax import fs
 
 MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", "<|tool_call|>", "<|observation|>",
            "<|end_turn|>", "<|context|>", "<|file|>", "<|summary|>", "<|edit|>", "<|think|>",
@@ -166,15 +167,11 @@ class SentencePieceTokenizer(_SpecialsMixin):
 
   @classmethod
   def load(cls, path: str) -> "SentencePieceTokenizer":
-    with open(path, "rb") as f:
-      return cls(f.read())
+    return cls(fs.read_bytes(path))
 
   def save(self, path: str) -> None:
     """Writes the `.model` file (atomically: a crash never leaves a truncated model)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-      f.write(self._proto)
-    os.replace(tmp, path)
+    fs.write_bytes(path, self._proto)
 
   @property
   def model_proto(self) -> bytes:
@@ -247,7 +244,7 @@ def _chunks(text: str, max_bytes: int) -> list[str]:
 
 def load_tokenizer(path: str) -> SentencePieceTokenizer:
   """Loads a `.model` file written by `SentencePieceTokenizer.save` / launch/train_tokenizer.py."""
-  if not os.path.exists(path):
+  if not fs.exists(path):
     raise FileNotFoundError(f"tokenizer model {path!r} not found; create it with "
                             f"`python launch/train_tokenizer.py --output={path}`")
   return SentencePieceTokenizer.load(path)
@@ -265,14 +262,14 @@ def find_or_train(path: str, workdir: str, *,
   missing file is a FileNotFoundError saying `missing` (e.g. why this process may not train)."""
   if path:
     return load_tokenizer(path), {"path": path, "trained": False}
-  saved = os.path.join(workdir, SAVED_NAME)
-  if os.path.exists(saved):
+  saved = fs.join(workdir, SAVED_NAME)
+  if fs.exists(saved):
     return load_tokenizer(saved), {"path": saved, "trained": False}
   if train is None:
     raise FileNotFoundError(f"{saved} does not exist" + (f": {missing}" if missing else ""))
   t0 = time.perf_counter()
   tok = train()
-  os.makedirs(workdir, exist_ok=True)
+  fs.makedirs(workdir)
   tok.save(saved)
   return tok, {"path": saved, "trained": True, "vocab_size": tok.vocab_size,
                "seconds": round(time.perf_counter() - t0, 3)}

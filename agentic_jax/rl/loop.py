@@ -47,7 +47,6 @@ text: rollout_text), rl.png (reward / success / KL curves), checkpoints/, tokeni
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any, Optional
@@ -57,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agentic_jax import envs as envs_lib
-from agentic_jax import models, parallel
+from agentic_jax import fs, models, parallel
 from agentic_jax.rl import config as rl_config_lib
 from agentic_jax.rl import refill as refill_lib
 from agentic_jax.rl import rollout as rollout_lib
@@ -92,8 +91,8 @@ def _tokenizer(config: Any, workdir: str):
   if config.init_from:
     # a mid-training run writes the tokenizer it trained into its WORKDIR; one that was given
     # a tokenizer file (data.tokenizer.path) does not: then config.tokenizer.path names it
-    theirs = os.path.join(config.init_from, "tokenizer.model")
-    if os.path.exists(theirs):
+    theirs = fs.join(config.init_from, "tokenizer.model")
+    if fs.exists(theirs):
       return tok_lib.load_tokenizer(theirs), theirs
     if not config.tokenizer.path:
       raise FileNotFoundError(f"config.init_from={config.init_from!r} has no tokenizer.model and "
@@ -303,7 +302,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
 def _run(config, workdir, stop, t_start, stop_after_steps):
   rl_config_lib.check_rl_config(config)  # every value, before anything is built or compiled
   rl = config.rl
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fs.resolve(workdir)
+  fs.makedirs(workdir)
   model_cfg = config_lib.model_config(config.model)
   num_steps = int(config.train.num_steps)
   tx = optim_lib.make_optimizer(config.optim)
@@ -316,7 +316,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   if tok.vocab_size > model_cfg.vocab_size:
     raise config_lib.ConfigError(f"config.model.vocab_size: {model_cfg.vocab_size} is smaller "
                                  f"than the tokenizer's {tok.vocab_size} ids ({tok_source})")
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+  ckpt = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                async_save=config.checkpoint.async_save)
   config_json = json.loads(config.to_json_best_effort())
   abstract = state_lib.abstract_state(model_cfg, tx, config.seed)  # the same tree as _new_state
@@ -441,7 +441,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
     _say(f"[eval] after RL: success rate {after['success_rate']} (before "
          f"{before['success_rate']}), greedy {_greedy_rate(after)} (before {_greedy_rate(before)})")
   # the whole run's records (a resumed run's first reward is still step 1's)
-  recs = runner.read_jsonl(writer.path) if os.path.exists(writer.path) else []
+  recs = runner.read_jsonl(writer.path) if fs.exists(writer.path) else []
   summary = runner.summary(
       run_, nan_skips=int(jax.device_get(state.nan_skips)),
       seconds={"rollout": totals["rollout_s"], "train": totals["train_s"],

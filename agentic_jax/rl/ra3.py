@@ -49,13 +49,12 @@ import copy
 import importlib.util
 import json
 import math
-import os
-import shutil
 import time
 from typing import Any, Optional
 
 import numpy as np
 
+from agentic_jax import fs
 from agentic_jax.rl import ra3_data as data_lib
 from agentic_jax.train import config as config_lib
 from agentic_jax.train import runner
@@ -70,19 +69,18 @@ def _say(msg: str) -> None:
 
 
 def _read_summary(workdir: str) -> Optional[dict]:
-  path = os.path.join(workdir, runner.SUMMARY_FILE)
-  if not os.path.exists(path):
+  path = fs.join(workdir, runner.SUMMARY_FILE)
+  if not fs.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(fs.read_text(path))
 
 
 def _losses(workdir: str) -> dict:
   """First and last training loss of a mid-training run over all its invocations (its
   metrics.jsonl, where a resumed run dropped the records past its checkpoint)."""
-  path = os.path.join(workdir, runner.METRICS_FILE)
+  path = fs.join(workdir, runner.METRICS_FILE)
   losses = [r["loss"] for r in runner.read_jsonl(path) if r.get("loss") is not None] if (
-      os.path.exists(path)) else []
+      fs.exists(path)) else []
   return {"first_loss": losses[0] if losses else None,
           "final_loss": losses[-1] if losses else None}
 
@@ -161,7 +159,7 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR") -> None:
                       f"{config.ra3.rounds * config.ra3.estep_steps} E-steps a program")
   if not isinstance(config.init_from, str):
     raise ConfigError(f"config.init_from: expected a path or '', got {config.init_from!r}")
-  if config.init_from and not os.path.isdir(os.path.join(config.init_from, "checkpoints")):
+  if config.init_from and not fs.isdir(fs.join(config.init_from, "checkpoints")):
     raise ConfigError(f"config.init_from: {config.init_from!r} has no checkpoints/ directory")
   if config.estep.rl.temperature != config.ra3.temperature:
     raise ConfigError(f"config.estep.rl.temperature: must equal config.ra3.temperature "
@@ -184,7 +182,7 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR") -> None:
   for name in ("base", "mstep"):
     if name not in config:
       raise ConfigError(f"config.{name}: required section is missing")
-    sc = stage_config(config[name], data_path=os.path.join(workdir, "data", "x.jsonl"),
+    sc = stage_config(config[name], data_path=fs.join(workdir, "data", "x.jsonl"),
                       tokenizer_path="", init_from="", rationale_weight=1.0, seed=config.seed)
     try:
       config_lib.validate_midtrain(sc)
@@ -252,7 +250,7 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
                                sample_bucket=int(rl.sample_bucket),
                                minibatches=int(rl.minibatches))[0]
 
-  os.makedirs(out_dir, exist_ok=True)
+  fs.makedirs(out_dir)
   writer = runner.MetricsWriter(out_dir, 0, tensorboard=False)
   chunks = np.array_split(np.arange(len(programs)), int(config.ra3.estep_steps))
   chosen, records, ran = [], [], 0
@@ -280,8 +278,8 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
     content, d = ra3_estep.annotated_content(p, a, tokenizer)
     dropped += d
     samples.append(data_lib.env_sample(p.id, "ra3_annotated", p.prompt_text, content))
-  data_lib.write_jsonl(os.path.join(os.path.dirname(out_dir), "data.jsonl"), samples)
-  ckpt = ckpt_lib.Checkpointer(os.path.join(out_dir, "checkpoints"), keep=1, async_save=False)
+  data_lib.write_jsonl(fs.join(out_dir.rsplit("/", 1)[0], "data.jsonl"), samples)
+  ckpt = ckpt_lib.Checkpointer(fs.join(out_dir, "checkpoints"), keep=1, async_save=False)
   ckpt.save(state, None, {"model": model_section})
   ckpt.close()
   keys = [k for k in records[0] if k not in ("step", "seconds")] if records else []
@@ -319,8 +317,8 @@ def evaluate_model(config: Any, model_cfg: Any, variables: dict, tokenizer: Any,
 
 
 def _arm_dirs(workdir: str, arm: str, r: int) -> tuple[str, str, str]:
-  rdir = os.path.join(workdir, arm, f"round_{r}")
-  return rdir, os.path.join(rdir, "estep"), os.path.join(rdir, "mstep")
+  rdir = fs.join(workdir, arm, f"round_{r}")
+  return rdir, fs.join(rdir, "estep"), fs.join(rdir, "mstep")
 
 
 def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
@@ -333,25 +331,25 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   v = config.eval
   if v.tasks or v.humaneval:  # fail before training, not after it
     code_env.check_sandbox(bool(v.allow_unisolated))
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fs.resolve(workdir)
+  fs.makedirs(workdir)
   seconds: dict[str, float] = {}
   t0 = time.perf_counter()
-  data_dir = os.path.join(workdir, "data")
+  data_dir = fs.join(workdir, "data")
   data_report = data_lib.write_data(config, data_dir)
   tokenizer, tok_path = data_lib.tokenizer_for(config, workdir, data_dir)
   model_cfg = config_lib.model_config(config.mstep.model)
   mode = config.ra3.segment
   corpus, missed = [], 0
-  for s in data_lib.read_jsonl(os.path.join(data_dir, data_lib.FILES["corpus"])):
+  for s in data_lib.read_jsonl(fs.join(data_dir, data_lib.FILES["corpus"])):
     p, m = data_lib.tokenize(s, tokenizer, mode)
     corpus.append(p)
     missed += m
-  heldout_samples = data_lib.read_jsonl(os.path.join(data_dir, data_lib.FILES["heldout"]))
+  heldout_samples = data_lib.read_jsonl(fs.join(data_dir, data_lib.FILES["heldout"]))
   heldout = [data_lib.tokenize(s, tokenizer, mode)[0] for s in heldout_samples]
   truth = None
-  if os.path.exists(os.path.join(data_dir, data_lib.TRUTH_FILE)):
-    with open(os.path.join(data_dir, data_lib.TRUTH_FILE)) as f:
-      blocks = json.load(f)
+  if fs.exists(fs.join(data_dir, data_lib.TRUTH_FILE)):
+    blocks = json.loads(fs.read_text(fs.join(data_dir, data_lib.TRUTH_FILE)))
     truth = [blocks.get(s.id) for s in heldout_samples]
   data_report = {**data_report, "action_starts_not_token_boundaries": missed,
                  "action_starts": int(sum(len(p.starts) for p in corpus))}
@@ -382,8 +380,8 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
 
   base_dir = config.init_from
   if not base_dir:
-    base_dir = os.path.join(workdir, "base")
-    bcfg = stage_config(config.base, data_path=os.path.join(data_dir, data_lib.FILES["base"]),
+    base_dir = fs.join(workdir, "base")
+    bcfg = stage_config(config.base, data_path=fs.join(data_dir, data_lib.FILES["base"]),
                         tokenizer_path=tok_path, init_from="", rationale_weight=1.0,
                         seed=config.seed)
     res = midtrain("base", bcfg, base_dir)
@@ -392,10 +390,9 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
     stages["base"] = {"final_step": res.get("final_step"), **_losses(base_dir)}
     # beside its checkpoints, so that another run (a sweep of c, say) starts from this base
     # with --config.init_from=WORKDIR/base
-    theirs = os.path.join(base_dir, os.path.basename(tok_path))
-    if not os.path.exists(theirs):
-      shutil.copyfile(tok_path, theirs + ".tmp")
-      os.replace(theirs + ".tmp", theirs)
+    theirs = fs.join(base_dir, tok_path.rsplit("/", 1)[-1])
+    if not fs.exists(theirs):
+      fs.copy(tok_path, theirs)
 
   slices = np.array_split(np.arange(len(corpus)), int(config.ra3.rounds))
   final_dirs: dict[str, str] = {}
@@ -426,12 +423,12 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
         info["estep"] = es.get("mean")
         start_from = edir
       else:
-        os.makedirs(rdir, exist_ok=True)
-        path = os.path.join(rdir, "data.jsonl")
-        if not os.path.exists(path):
+        fs.makedirs(rdir)
+        path = fs.join(rdir, "data.jsonl")
+        if not fs.exists(path):
           data_lib.write_jsonl(path, [data_lib.env_sample(p.id, "macro", p.prompt_text,
                                                           p.content) for p in progs])
-      mcfg = stage_config(config.mstep, data_path=os.path.join(rdir, "data.jsonl"),
+      mcfg = stage_config(config.mstep, data_path=fs.join(rdir, "data.jsonl"),
                           tokenizer_path=tok_path, init_from=start_from,
                           rationale_weight=1.0 if config.ra3.train_rationale else 0.0,
                           seed=config.seed * 1000 + r)
@@ -452,17 +449,14 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   humaneval = code_env.humaneval_tasks() if v.humaneval else []
   results: dict[str, Any] = {}
   for name, wd in [("base", base_dir)] + list(final_dirs.items()):
-    cache = os.path.join(workdir, f"eval_{name}.json")
-    if os.path.exists(cache):
-      with open(cache) as f:
-        results[name] = json.load(f)
+    cache = fs.join(workdir, f"eval_{name}.json")
+    if fs.exists(cache):
+      results[name] = json.loads(fs.read_text(cache))
       continue
     variables = _load(wd, model_cfg, config.mstep.model.to_dict())
     res = runner.clean(evaluate_model(config, model_cfg, variables, tokenizer, heldout, tasks,
                                       humaneval, truth))
-    with open(cache + ".tmp", "w") as f:
-      json.dump(res, f)
-    os.replace(cache + ".tmp", cache)
+    fs.write_text(cache, json.dumps(res))
     results[name] = res
     _say(f"[ra3] eval {name}: action NLL {res['action_nll']:.4f} (without rationales "
          f"{res['action_nll_plain']:.4f}), think rate {res['think_rate']:.3f}, pass@1 "

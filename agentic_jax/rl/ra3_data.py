@@ -20,11 +20,12 @@ not a token boundary, e.g. with a checkpoint's own tokenizer, is not offered; co
 from __future__ import annotations
 
 import json
-import os
 import random
 from typing import Any
 
 import numpy as np
+
+from agentic_jax import fs
 
 THINK, END_THINK = "<|think|>", "<|end_think|>"
 FILES = {"corpus": "corpus.jsonl", "base": "base.jsonl", "heldout": "heldout.jsonl"}
@@ -38,26 +39,21 @@ def env_sample(pid: str, source: str, prompt: str, content: str):
 
 def write_jsonl(path: str, samples) -> None:
   from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
-  with open(path + ".tmp", "w") as f:
-    for s in samples:
-      f.write(json.dumps(schema.to_record(s)) + "\n")
-  os.replace(path + ".tmp", path)
+  fs.write_text(path, "".join(json.dumps(schema.to_record(s)) + "\n" for s in samples))
 
 
 def read_jsonl(path: str) -> list:
   from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
-  with open(path) as f:
-    return [schema.parse_record(json.loads(line), file=path, line=i + 1)
-            for i, line in enumerate(f) if line.strip()]
+  return [schema.parse_record(json.loads(line), file=path, line=i + 1)
+          for i, line in enumerate(fs.read_text(path).splitlines()) if line.strip()]
 
 
 def write_data(config: Any, data_dir: str) -> dict:
   """Stage "data" (module docstring); skipped when its report exists. Returns the report."""
   from agentic_jax.data.builtin import macro_code  # pylint: disable=import-outside-toplevel
-  report_path = os.path.join(data_dir, "report.json")
-  if os.path.exists(report_path):
-    with open(report_path) as f:
-      return json.load(f)
+  report_path = fs.join(data_dir, "report.json")
+  if fs.exists(report_path):
+    return json.loads(fs.read_text(report_path))
   d = config.ra3_data
   kw = dict(min_ops=d.min_ops, max_ops=d.max_ops)
   corpus = macro_code.programs(d.seed, d.num_programs, split="train", **kw)
@@ -75,18 +71,17 @@ def write_data(config: Any, data_dir: str) -> dict:
           with_rationale += 1
       parts.append("".join(b.lines))
     base_samples.append(env_sample(p.id, "macro_base", p.prompt, "".join(parts)))
-  os.makedirs(data_dir, exist_ok=True)
-  write_jsonl(os.path.join(data_dir, FILES["base"]), base_samples)
-  write_jsonl(os.path.join(data_dir, FILES["corpus"]),
+  fs.makedirs(data_dir)
+  write_jsonl(fs.join(data_dir, FILES["base"]), base_samples)
+  write_jsonl(fs.join(data_dir, FILES["corpus"]),
               [env_sample(p.id, "macro", p.prompt, p.body) for p in corpus])
-  write_jsonl(os.path.join(data_dir, FILES["heldout"]),
+  write_jsonl(fs.join(data_dir, FILES["heldout"]),
               [env_sample(p.id, "macro_heldout", p.prompt, p.body) for p in heldout])
-  with open(os.path.join(data_dir, TRUTH_FILE), "w") as f:
-    json.dump({p.id: block_starts(p) for p in heldout}, f)
+  fs.write_text(fs.join(data_dir, TRUTH_FILE),
+                json.dumps({p.id: block_starts(p) for p in heldout}))
   report = {"corpus": len(corpus), "base": len(base), "heldout": len(heldout),
             "base_blocks": blocks, "base_blocks_with_rationale": with_rationale}
-  with open(report_path, "w") as f:
-    json.dump(report, f)
+  fs.write_text(report_path, json.dumps(report))  # last: its presence marks the stage done
   return report
 
 
@@ -114,9 +109,9 @@ def tokenizer_for(config: Any, workdir: str, data_dir: str):
   (trained on the data's lines the first time)."""
   from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
   if config.init_from:
-    path = os.path.join(config.init_from, tok_lib.SAVED_NAME)
+    path = fs.join(config.init_from, tok_lib.SAVED_NAME)
     return tok_lib.load_tokenizer(path), path
-  samples = [s for name in ("base", "corpus") for s in read_jsonl(os.path.join(data_dir,
+  samples = [s for name in ("base", "corpus") for s in read_jsonl(fs.join(data_dir,
                                                                                 FILES[name]))]
   tok, report = tok_lib.find_or_train(
       "", workdir, train=lambda: tok_lib.SentencePieceTokenizer.train(

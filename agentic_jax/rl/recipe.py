@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from typing import Any, Optional
 
+from agentic_jax import fs
 from agentic_jax.train import metrics as metrics_lib
 
 STAGES = ("data", "midtrain", "rl")
@@ -50,11 +50,10 @@ def _say(msg: str) -> None:
 
 def _finished(workdir: str, num_steps: int) -> Optional[dict]:
   """The stage's summary if it completed all `num_steps` steps, else None."""
-  path = os.path.join(workdir, metrics_lib.SUMMARY_FILE)
-  if not os.path.exists(path):
+  path = fs.join(workdir, metrics_lib.SUMMARY_FILE)
+  if not fs.exists(path):
     return None
-  with open(path) as f:
-    s = json.load(f)
+  s = json.loads(fs.read_text(path))
   done = s.get("status") == "completed" and s.get("final_step") == num_steps
   return s if done else None
 
@@ -64,11 +63,10 @@ def write_data(config: Any, data_dir: str) -> dict:
   from agentic_jax.data import schema  # pylint: disable=import-outside-toplevel
   from agentic_jax.data.builtin import agent  # pylint: disable=import-outside-toplevel
   from agentic_jax import envs  # pylint: disable=import-outside-toplevel
-  path = os.path.join(data_dir, DATA_FILE)
-  report_path = os.path.join(data_dir, "report.json")
-  if os.path.exists(path) and os.path.exists(report_path):
-    with open(report_path) as f:
-      return json.load(f)
+  path = fs.join(data_dir, DATA_FILE)
+  report_path = fs.join(data_dir, "report.json")
+  if fs.exists(path) and fs.exists(report_path):
+    return json.loads(fs.read_text(report_path))
   d = config.recipe_data
   _check_data_options(d)
   episodes = agent.calculator_episodes(d.seed, d.num_samples, level=d.level,
@@ -90,11 +88,8 @@ def write_data(config: Any, data_dir: str) -> dict:
       samples += planner
   else:
     samples = [s for _, s in kept]
-  os.makedirs(data_dir, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    for s in samples:
-      f.write(json.dumps(schema.to_record(s)) + "\n")
-  os.replace(path + ".tmp", path)
+  fs.makedirs(data_dir)
+  fs.write_text(path, "".join(json.dumps(schema.to_record(s)) + "\n" for s in samples))
   no_tool = sum(1 for _, s in kept if not any(t.role == "tool_call" and t.content.startswith("calc")
                                               for t in s.turns))
   report = {"generated": len(episodes), "held_out_questions_dropped": len(episodes) - len(kept),
@@ -102,8 +97,7 @@ def write_data(config: Any, data_dir: str) -> dict:
             "too_long_for_planner": too_long,
             "level": d.level, "no_tool": no_tool,
             "reward_1": sum(1 for _, s in kept if s.reward == 1.0)}
-  with open(report_path, "w") as f:
-    json.dump(report, f)
+  fs.write_text(report_path, json.dumps(report))  # last: its presence marks the stage done
   return report
 
 
@@ -167,13 +161,13 @@ def validate_recipe(config: Any, workdir: str = "WORKDIR") -> None:
   if "midtrain" not in config:
     raise config_lib.ConfigError("config.midtrain: required section is missing")
   try:
-    config_lib.validate_midtrain(midtrain_stage_config(config, os.path.join(workdir, "data")))
+    config_lib.validate_midtrain(midtrain_stage_config(config, fs.join(workdir, "data")))
   except config_lib.ConfigError as e:  # its keys live under config.midtrain
     msg = str(e)
     raise config_lib.ConfigError("config.midtrain." + msg[len("config."):]
                                  if msg.startswith("config.") else msg) from None
   with config_lib.config_errors("config"):
-    rl_cfg = rl_stage_config(config, os.path.join(workdir, "midtrain"))
+    rl_cfg = rl_stage_config(config, fs.join(workdir, "midtrain"))
   rl_config.check_rl_config(rl_cfg)
 
 
@@ -183,9 +177,10 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   from agentic_jax.rl import loop as rl_loop  # pylint: disable=import-outside-toplevel
   from agentic_jax.train import loop as mt_loop  # pylint: disable=import-outside-toplevel
   validate_recipe(config, workdir)  # both stages, before anything is written or compiled
-  os.makedirs(workdir, exist_ok=True)
-  data_dir = os.path.join(workdir, "data")
-  mt_dir, rl_dir = os.path.join(workdir, "midtrain"), os.path.join(workdir, "rl")
+  workdir = fs.resolve(workdir)
+  fs.makedirs(workdir)
+  data_dir = fs.join(workdir, "data")
+  mt_dir, rl_dir = fs.join(workdir, "midtrain"), fs.join(workdir, "rl")
   rl_cfg = rl_stage_config(config, mt_dir)
   mt_cfg = midtrain_stage_config(config, data_dir)
   seconds: dict[str, float] = {}

@@ -1,7 +1,7 @@
 """Checkpoints: orbax CheckpointManager (async, keep N) of the train state, the data iterator
 state and a JSON `meta` item (step, base rng, config, state fingerprint).
 
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3, async_save=True)
+    ckpt = Checkpointer(fs.join(workdir, "checkpoints"), keep=3, async_save=True)
     restored = ckpt.restore_latest(abstract_state, data_iterator)   # None if there is none
     ckpt.save(state, data_iterator, config_json)
     ckpt.close()                                                    # waits for async writes
@@ -34,9 +34,7 @@ directory holding only quarantined steps raises too).
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import time
 import warnings
 from typing import Any, Optional
@@ -47,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from agentic_jax import fs
 from agentic_jax.parallel import distributed
 from agentic_jax.train import runtime
 from agentic_jax.train.config import ConfigError
@@ -193,7 +192,7 @@ class Checkpointer:
   """Saves/restores {state, data, meta}; see the module docstring."""
 
   def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = fs.resolve(directory)  # local or gs:// (orbax writes either)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self._mgr = ocp.CheckpointManager(self.directory, options=options,
@@ -226,7 +225,7 @@ class Checkpointer:
     return self._mgr.latest_step()
 
   def _step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return fs.join(self.directory, str(step))
 
   def _check_fits(self, step: int, abstract_state: TrainState,
                   config_json: Optional[dict]) -> None:
@@ -235,7 +234,7 @@ class Checkpointer:
     propagates as it is: that step is unreadable."""
     from etils import epath  # pylint: disable=import-outside-toplevel  (orbax's path type)
     tree = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(os.path.join(self._step_dir(step), "state"))).tree
+        epath.Path(fs.join(self._step_dir(step), "state"))).tree
     diff = state_differences(_shapes(tree), _shapes(abstract_state))
     if diff:
       raise self._mismatch(step, f"{len(diff)} of its arrays differ from the state this config "
@@ -327,8 +326,7 @@ class Checkpointer:
 
   def _refuse_only_quarantined(self) -> None:
     """A directory whose every step was moved aside is not a fresh start: say so and stop."""
-    aside = sorted(os.path.basename(p) for p in glob.glob(os.path.join(self.directory,
-                                                                       "*.corrupt-*")))
+    aside = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(fs.join(self.directory, "*.corrupt-*")))
     if aside:
       raise CorruptCheckpointError(
           f"{self.directory} holds no checkpoint but {len(aside)} moved aside as unreadable "
@@ -338,10 +336,10 @@ class Checkpointer:
   def _quarantine(self, step: int) -> str:
     """Moves a bad step aside. Multi-process: every process gets here together (the verdict
     is agreed in restore_latest); process 0 moves the directory, the others wait for it."""
-    src = os.path.join(self.directory, str(step))
+    src = self._step_dir(step)
     dst = f"{src}.corrupt-{int(time.time())}"
-    if jax.process_index() == 0 and os.path.exists(src):
-      os.replace(src, dst)
+    if jax.process_index() == 0 and fs.exists(src):
+      fs.move(src, dst)
     distributed.barrier(f"checkpoint-quarantine-{step}")
     self._mgr.reload()
     return dst

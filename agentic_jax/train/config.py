@@ -272,15 +272,16 @@ def check_init_from(config: Any) -> str:
     raise ConfigError(f"config.init_from: expected a path or '', got {value!r}")
   if not value:
     return value
+  from agentic_jax import fs  # pylint: disable=import-outside-toplevel
   from agentic_jax.train import init_from  # pylint: disable=import-outside-toplevel
-  if not os.path.isdir(value):
+  if not fs.isdir(value):
     raise ConfigError(f"config.init_from: {value!r} is not a directory (expected the WORKDIR "
                       "of a previous mid-training or RL run, or '')")
-  if not os.path.isdir(os.path.join(value, "checkpoints")):
+  if not fs.isdir(fs.join(value, "checkpoints")):
     raise ConfigError(f"config.init_from: {value!r} has no checkpoints/ directory (expected the "
                       "WORKDIR of a previous mid-training or RL run)")
   if not init_from.checkpoint_steps(value):
-    raise ConfigError(f"config.init_from: {os.path.join(value, 'checkpoints')!r} holds no "
+    raise ConfigError(f"config.init_from: {fs.join(value, 'checkpoints')!r} holds no "
                       "checkpoint")
   return value
 

@@ -29,13 +29,11 @@ the new WORKDIR, where the data pipeline and every later resume find it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
-from agentic_jax import models
+from agentic_jax import fs, models
 from agentic_jax.train.config import ConfigError
 
 TOKENIZER_FILE = "tokenizer.model"  # data/tokenizer.py find_or_train's SAVED_NAME
@@ -58,11 +56,13 @@ def checkpoint_steps(workdir: str) -> list[int]:
   """Steps of the checkpoints in WORKDIR/checkpoints (step-numbered directories), ascending;
   [] when there is none. Directories moved aside (<step>.corrupt-<time>) and orbax's
   temporaries do not count."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = fs.join(workdir, "checkpoints")
+  if not fs.isdir(directory):
     return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  # orbax's own listing: finalized steps only, on disk (renamed into place) and on object
+  # storage (a commit_success marker) alike
+  return sorted(s for s in ocp.utils.checkpoint_steps(directory))
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -86,7 +86,7 @@ def load(path: str, model_cfg: models.ModelConfig, model_section: dict,
   no such checkpoint; ConfigError when its parameters do not fit `model_cfg`."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from etils import epath  # pylint: disable=import-outside-toplevel  (orbax's path type)
-  directory = os.path.join(os.path.abspath(path), "checkpoints")
+  directory = fs.join(fs.resolve(path), "checkpoints")
   steps = checkpoint_steps(path)
   if not steps:
     raise FileNotFoundError(f"config.init_from={path!r}: no checkpoints in {directory}")
@@ -94,10 +94,9 @@ def load(path: str, model_cfg: models.ModelConfig, model_section: dict,
   if step not in steps:
     raise FileNotFoundError(f"config.init_from={path!r}: checkpoint step {step} (the reference "
                             f"this run started from) is gone; found {steps}")
-  with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
-    meta = json.load(f)
+  meta = json.loads(fs.read_text(fs.join(directory, str(step), "meta", "metadata")))
   diff = _model_diff(meta.get("config", {}).get("model", {}), model_section)
-  state_dir = os.path.join(directory, str(step), "state")
+  state_dir = fs.join(directory, str(step), "state")
   saved = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
   want = models.abstract_variables(model_cfg)
   # router_state only where this model has one (as the RL loop always did): a dense model
@@ -146,8 +145,8 @@ def fresh_state(variables: dict, model_cfg: models.ModelConfig, tx: Any, seed: i
 def tokenizer_file(path: str) -> Optional[str]:
   """init_from's WORKDIR/tokenizer.model, or None when it has none (it was given a file in
   config.data.tokenizer.path, or used synthetic data)."""
-  file = os.path.join(path, TOKENIZER_FILE)
-  return file if os.path.isfile(file) else None
+  file = fs.join(path, TOKENIZER_FILE)
+  return file if fs.isfile(file) else None
 
 
 def adopt_tokenizer(path: str, workdir: str) -> str:
@@ -161,20 +160,18 @@ def adopt_tokenizer(path: str, workdir: str) -> str:
         f"config.init_from: {path!r} has no {TOKENIZER_FILE} and config.data.tokenizer.path "
         "is empty: set config.data.tokenizer.path to the tokenizer that run used (its own "
         "config.data.tokenizer.path); a new tokenizer would not fit its parameters")
-  ours = os.path.join(workdir, TOKENIZER_FILE)
-  if os.path.exists(ours):
-    with open(ours, "rb") as a, open(theirs, "rb") as b:
-      if a.read() == b.read():
-        return ours
+  ours = fs.join(workdir, TOKENIZER_FILE)
+  if fs.exists(ours):
+    if fs.read_bytes(ours) == fs.read_bytes(theirs):
+      return ours
     raise ConfigError(
         f"config.init_from: {ours} differs from {theirs}, the tokenizer init_from's parameters "
         f"were trained with; remove {ours} or use another WORKDIR")
-  os.makedirs(workdir, exist_ok=True)
-  shutil.copyfile(theirs, ours + ".tmp")
-  os.replace(ours + ".tmp", ours)  # atomic: a crash leaves no half-written tokenizer
+  fs.makedirs(workdir)
+  fs.copy(theirs, ours)  # atomic: a crash leaves no half-written tokenizer
   return ours
 
 
 def summary_entry(path: str, step: int) -> dict:
   """summary.json's / the checkpoint meta's record of where the params came from."""
-  return {"path": os.path.abspath(path), "step": int(step)}
+  return {"path": fs.resolve(path), "step": int(step)}

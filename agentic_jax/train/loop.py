@@ -66,14 +66,13 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 
-from agentic_jax import models, objectives, parallel
+from agentic_jax import fs, models, objectives, parallel
 from agentic_jax.parallel import distributed
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
@@ -131,7 +130,8 @@ def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
   config_lib.validate(config)  # every value, before any data, state or compilation
   eval_every, eval_batches = _eval_settings(config)
   primary = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fs.resolve(workdir)
+  fs.makedirs(workdir)
   model_cfg = config_lib.model_config(config.model)
   num_steps = int(config.train.num_steps)
   # Validate the rest of the config before spending time on data.
@@ -179,7 +179,7 @@ def _run(config: Any, workdir: str, stop: runner.StopFlag, t_start: float,
   # ---- state, created or restored in its sharded layout
   step_fn = step_lib.make_train_step(model_cfg, config, num_kinds=len(inp.kind_names),
                                      num_sources=len(inp.source_names))
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+  ckpt = ckpt_lib.Checkpointer(fs.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                async_save=config.checkpoint.async_save)
   abstract = state_lib.abstract_state(model_cfg, tx, config.seed)
   state_sh = state_lib.state_shardings(abstract, model_cfg, mesh, rules)

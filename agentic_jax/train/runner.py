@@ -3,7 +3,7 @@ later job. A new job = a step function + the runner: the job builds its state an
 the runner does everything around them.
 
     with runner.stop_flag(handle_signals) as stop:          # SIGTERM/SIGINT -> stop.signal
-      ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), ...)
+      ckpt = Checkpointer(fs.join(workdir, "checkpoints"), ...)
       resumed = runner.resume(ckpt, target, config_json, say=say)   # Resumed | None
       run = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
                        stop_after_steps, tag="myjob", say=say)
@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import threading
 import warnings
@@ -62,6 +61,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TextIO,
 import numpy as np
 
 # postfix_text: also runner's (older import path)
+from agentic_jax import fs
 from agentic_jax.train.progress import ProgressBar, postfix_text  # noqa: F401
 
 METRICS_FILE = "metrics.jsonl"
@@ -296,10 +296,8 @@ def summary(run: Run, *, nan_skips: int, seconds: Mapping[str, float],
 
 def write_summary(workdir: str, summary_: Mapping[str, Any]) -> str:
   """WORKDIR/summary.json (JSON-safe, written atomically); returns its path."""
-  path = os.path.join(workdir, SUMMARY_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(clean(dict(summary_)), f, indent=2)
-  os.replace(path + ".tmp", path)
+  path = fs.join(workdir, SUMMARY_FILE)
+  fs.write_text(path, json.dumps(clean(dict(summary_)), indent=2))
   return path
 
 
@@ -308,25 +306,21 @@ def write_summary(workdir: str, summary_: Mapping[str, Any]) -> str:
 def truncate_jsonl(path: str, last_step: int) -> int:
   """Drops records with step > last_step (written after the checkpoint a run resumes from);
   returns how many were dropped."""
-  if not os.path.exists(path):
+  if not fs.exists(path):
     return 0
   keep, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      if line.strip() and json.loads(line).get("step", 0) > last_step:
-        dropped += 1
-      elif line.strip():
-        keep.append(line)
+  for line in fs.read_text(path).splitlines(keepends=True):
+    if line.strip() and json.loads(line).get("step", 0) > last_step:
+      dropped += 1
+    elif line.strip():
+      keep.append(line if line.endswith("\n") else line + "\n")
   if dropped:
-    with open(path + ".tmp", "w") as f:
-      f.writelines(keep)
-    os.replace(path + ".tmp", path)
+    fs.write_text(path, "".join(keep))
   return dropped
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
 
 
 class MetricsWriter:
@@ -357,8 +351,8 @@ class MetricsWriter:
                progress: Optional[Callable[[dict], Union[str, Mapping[str, Any], None]]] = None,
                num_steps: Optional[int] = None, desc: str = "",
                stream: Optional[TextIO] = None, wandb: Optional[Mapping[str, Any]] = None):
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self.tb_dir = os.path.join(workdir, TB_DIR)
+    self.path = fs.join(workdir, METRICS_FILE)
+    self.tb_dir = fs.join(workdir, TB_DIR)
     self.records: list[dict] = []
     self.progress = progress if write else None
     self._jsonl = self._tb = self._wandb = None
@@ -371,9 +365,11 @@ class MetricsWriter:
 
   def _open(self, workdir: str, start_step: int, tensorboard: bool,
             wandb: Optional[Mapping[str, Any]]) -> None:
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     truncate_jsonl(self.path, start_step)
-    self._jsonl = open(self.path, "a")
+    # on object storage the file is uploaded whole, at most every 10 s (and on close): a run
+    # killed in between loses at most those records, all past its last checkpoint anyway
+    self._jsonl = fs.AppendFile(self.path, flush_secs=10.0)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
       # The file is named events.out.tfevents.<unix second>.<host> and opened "wb": a second
@@ -382,7 +378,7 @@ class MetricsWriter:
       # directory's files in name order, and purges by the order it reads). flush_secs:
       # tensorboardX writes from a background thread; every 5 s keeps a live TensorBoard
       # current (close() flushes the rest).
-      self._tb = SummaryWriter(self.tb_dir, purge_step=start_step + 1, flush_secs=5,
+      self._tb = SummaryWriter(fs.tensorboard_logdir(self.tb_dir), purge_step=start_step + 1, flush_secs=5,
                                filename_suffix=f".s{start_step:010d}")
     if wandb is not None:
       self._wandb = _wandb_run(wandb)
@@ -473,8 +469,8 @@ def plot_metrics(workdir: str, panels: Sequence[tuple[str, Sequence[str]]], file
   thick. Returns the path, or None when there is nothing to plot or matplotlib is not installed
   (it is the optional extra `plot`: the core install writes metrics.jsonl and TensorBoard
   events, which hold the same curves; said once per process)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  recs = read_jsonl(path) if os.path.exists(path) else []
+  path = fs.join(workdir, METRICS_FILE)
+  recs = read_jsonl(path) if fs.exists(path) else []
   if not recs:
     return None
   try:
@@ -511,7 +507,8 @@ def plot_metrics(workdir: str, panels: Sequence[tuple[str, Sequence[str]]], file
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  out = os.path.join(workdir, file_name)
-  fig.savefig(out)
+  out = fs.join(workdir, file_name)
+  with fs.open_file(out, "wb") as f:
+    fig.savefig(f, format=file_name.rsplit(".", 1)[-1])
   plt.close(fig)
   return out

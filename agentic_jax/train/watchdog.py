@@ -38,6 +38,8 @@ import threading
 import time
 from typing import Callable, Iterator, Optional
 
+from agentic_jax import fs
+
 EXIT_STUCK = 3  # launch/train.py: 1 = halted on NaN, 2 = bad config / command line
 
 
@@ -46,8 +48,8 @@ def checkpoint_note(directory: str) -> str:
   renames a step's directory to its number only once the step is complete; an async save in
   flight is not counted)."""
   try:
-    steps = [int(d) for d in os.listdir(directory) if d.isdigit()]
-  except OSError:
+    steps = [int(d) for d in fs.listdir(directory) if d.isdigit()]
+  except Exception:  # pylint: disable=broad-except  (OSError; a remote store's own errors)
     steps = []
   if not steps:
     return f"No complete checkpoint in {directory} yet; a rerun starts from step 0."
