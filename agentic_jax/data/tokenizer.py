@@ -273,3 +273,22 @@ def find_or_train(path: str, workdir: str, *,
   tok.save(saved)
   return tok, {"path": saved, "trained": True, "vocab_size": tok.vocab_size,
                "seconds": round(time.perf_counter() - t0, 3)}
+
+
+SP_MODEL_NAME = "tokenizer.model"  # our sentencepiece model inside a checkpoint/tokenizer directory
+HF_TOKENIZER_NAME = "tokenizer.json"  # a Hugging Face checkpoint's own tokenizer
+
+
+def load_from_dir(directory: str) -> Tokenizer:
+  """The tokenizer kept in `directory` (local or remote): `tokenizer.model` (ours, sentencepiece)
+  wins over `tokenizer.json` (a released checkpoint's, through `HFTokenizer`); neither is a
+  FileNotFoundError naming both."""
+  sp_path = fs.join(directory, SP_MODEL_NAME)
+  if fs.exists(sp_path):
+    return load_tokenizer(sp_path)
+  if fs.exists(fs.join(directory, HF_TOKENIZER_NAME)):
+    # Imported here: the `tokenizers` library is an optional extra, needed only for this branch.
+    from agentic_jax.data.hf_tokenizer import HFTokenizer
+    return HFTokenizer.load(directory)
+  raise FileNotFoundError(f"no tokenizer in {directory!r}: neither {SP_MODEL_NAME} nor "
+                          f"{HF_TOKENIZER_NAME} exists there")
