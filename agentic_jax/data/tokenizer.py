@@ -1,7 +1,8 @@
 """Tokenizers: the `Tokenizer` protocol, a code-safe sentencepiece BPE and a byte tokenizer.
 
-Special tokens have fixed ids in both implementations (the same layout, so tests and tooling can
-rely on them):
+Special tokens have fixed ids in both implementations here (the same layout, so tests can rely on
+them; code that runs with any tokenizer, a checkpoint's `HFTokenizer` included, asks the tokenizer
+in use: `special_id(name)`, `special_ids`, never these constants):
 
   0 <pad>   1 <s> (bos)   2 </s> (eos)   3 <unk> (never produced: byte fallback covers every byte)
   4..15     the role / marker tokens of `MARKERS`, in that order
@@ -57,6 +58,11 @@ class Tokenizer(Protocol):
     """Id of "bos", "eos", "pad" or a marker such as "<|user|>"; KeyError for unknown names."""
 
   @property
+  def special_ids(self) -> frozenset[int]:
+    """Every special id of this tokenizer (never produced by `encode`): code that must tell a
+    role / control token from text asks this, never a fixed id range."""
+
+  @property
   def pad_id(self) -> int: ...
 
   @property
@@ -75,6 +81,10 @@ class _SpecialsMixin:
     return SPECIALS[name][0]
 
   @property
+  def special_ids(self) -> frozenset[int]:
+    return _FIXED_SPECIAL_IDS
+
+  @property
   def pad_id(self) -> int:
     return PAD_ID
 
@@ -88,6 +98,7 @@ class _SpecialsMixin:
 
 
 _PIECE_OF_ID = {i: piece for i, piece in SPECIALS.values()}
+_FIXED_SPECIAL_IDS = frozenset(_PIECE_OF_ID)
 
 
 class ByteTokenizer(_SpecialsMixin):
@@ -292,3 +303,12 @@ def load_from_dir(directory: str) -> Tokenizer:
     return HFTokenizer.load(directory)
   raise FileNotFoundError(f"no tokenizer in {directory!r}: neither {SP_MODEL_NAME} nor "
                           f"{HF_TOKENIZER_NAME} exists there")
+
+
+def check_vocab_fits(tokenizer: Tokenizer, cfg) -> None:
+  """ValueError unless every id of `tokenizer` has a row in the embedding of `cfg` (a
+  ModelConfig: its `vocab_size`); a checkpoint's embedding may be larger (padded), never smaller."""
+  if tokenizer.vocab_size > cfg.vocab_size:
+    raise ValueError(f"tokenizer vocabulary ({tokenizer.vocab_size} ids) does not fit the model's "
+                     f"embedding (vocab_size {cfg.vocab_size}); grow it with agentic_jax.convert."
+                     f"vocab.grow_vocab(cfg, variables, {tokenizer.vocab_size})")
