@@ -10,7 +10,7 @@ cannot reproduce raises ValueError naming the HF field.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from agentic_jax.models.config import ModelConfig, yarn_get_mscale
 
@@ -181,3 +181,69 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
     raise ValueError(f"unsupported model_type {model_type!r}; supported: {list(SUPPORTED_MODEL_TYPES)}")
   fields = {**_DEFAULTS, **_FAMILIES[model_type](hf_config), **overrides}
   return ModelConfig(**fields)
+
+
+# ------------------------------------------------------------------------- ours -> HF
+
+_MODEL_TYPE = {"scmoe": "longcat_flash", "deepseek": "deepseek_v3", "dense": "youtu"}
+_ARCH = {"scmoe": "LongcatFlashForCausalLM", "deepseek": "DeepseekV3ForCausalLM",
+         "dense": "YoutuForCausalLM"}
+
+
+def _rope_to_hf(cfg: ModelConfig) -> dict:
+  rp: dict = {"rope_type": cfg.rope_type, "rope_theta": float(cfg.rope_theta)}
+  if cfg.rope_type == "yarn":
+    rp.update(factor=float(cfg.rope_factor),
+              original_max_position_embeddings=int(cfg.original_max_position_embeddings),
+              mscale=float(cfg.mscale), mscale_all_dim=float(cfg.mscale_all_dim),
+              beta_fast=float(cfg.beta_fast), beta_slow=float(cfg.beta_slow))
+  return rp
+
+
+def config_to_hf(cfg: ModelConfig, *, base: Optional[dict] = None) -> dict:
+  """config.json (a dict) of the transformers model that computes what `cfg` computes: the
+  inverse of `config_from_hf` (config_from_hf(config_to_hf(cfg)) == cfg up to the fields
+  transformers has no say in: dispatch, dtype, scan). `base`, the config.json a converted
+  checkpoint came with, supplies every field we do not own (token ids, chat fields, MTP
+  layers, quantization) and is otherwise overwritten. ValueError for a config transformers
+  cannot express (LongCat without its LoRA scales, for instance)."""
+  if cfg.layer_type == "scmoe" and not (cfg.mla_scale_q_lora and cfg.mla_scale_kv_lora
+                                        and cfg.rope_interleave and cfg.scoring_func == "softmax"):
+    raise ValueError("this scmoe config has no transformers equivalent: LongcatFlash always "
+                     "scales the LoRA latents, interleaves RoPE and routes with softmax")
+  if cfg.layer_type != "scmoe" and (cfg.mla_scale_q_lora or cfg.mla_scale_kv_lora):
+    raise ValueError(f"mla_scale_*_lora has no transformers equivalent for {cfg.layer_type}")
+  out = dict(base or {})
+  # a quantized source is written back dequantized
+  out.pop("quantization_config", None)
+  mla = dict(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+      num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_attention_heads,
+      q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank,
+      qk_nope_head_dim=cfg.qk_nope_head_dim, qk_rope_head_dim=cfg.qk_rope_head_dim,
+      qk_head_dim=cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, head_dim=cfg.qk_rope_head_dim,
+      v_head_dim=cfg.v_head_dim, attention_bias=cfg.attention_bias, rms_norm_eps=cfg.rms_norm_eps,
+      max_position_embeddings=cfg.max_position_embeddings,
+      tie_word_embeddings=cfg.tie_word_embeddings, rope_interleave=cfg.rope_interleave,
+      rope_parameters=_rope_to_hf(cfg), hidden_act="silu", initializer_range=cfg.initializer_range,
+      model_type=_MODEL_TYPE[cfg.layer_type], architectures=[_ARCH[cfg.layer_type]])
+  out.update(mla)
+  out.pop("rope_theta", None)  # rope_parameters is the one source (transformers >= 5)
+  out.pop("rope_scaling", None)
+  if cfg.layer_type == "scmoe":
+    out.update(num_layers=cfg.num_layers, ffn_hidden_size=cfg.intermediate_size,
+               expert_ffn_hidden_size=cfg.moe_intermediate_size,
+               n_routed_experts=cfg.n_routed_experts, zero_expert_num=cfg.zero_expert_num,
+               moe_topk=cfg.num_experts_per_tok, routed_scaling_factor=cfg.routed_scaling_factor)
+    out.pop("num_hidden_layers", None)  # derived (2 x num_layers) by LongcatFlashConfig
+  elif cfg.layer_type == "deepseek":
+    out.update(num_hidden_layers=cfg.num_layers, intermediate_size=cfg.intermediate_size,
+               moe_intermediate_size=cfg.moe_intermediate_size,
+               n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,
+               num_experts_per_tok=cfg.num_experts_per_tok, n_group=cfg.n_group,
+               topk_group=cfg.topk_group, norm_topk_prob=cfg.norm_topk_prob,
+               first_k_dense_replace=cfg.first_k_dense_replace,
+               routed_scaling_factor=cfg.routed_scaling_factor)
+  else:
+    out.update(num_hidden_layers=cfg.num_layers, intermediate_size=cfg.intermediate_size)
+  return out

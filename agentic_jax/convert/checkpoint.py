@@ -1,0 +1,500 @@
+"""Hugging Face checkpoint directories <-> orbax checkpoints, streamed tensor by tensor.
+
+    hf_to_checkpoint("DeepSeek-V3/", "/ckpt/dsv3")          # launch/convert.py --from_hf --to
+    cfg, variables = load_checkpoint("/ckpt/dsv3")           # as from_hf gives them
+    checkpoint_to_hf("/ckpt/dsv3", "/hf/dsv3")               # launch/convert.py --from_ckpt --to_hf
+
+A converted checkpoint has the layout of a run's WORKDIR, so everything that reads a run reads
+it (`--config.init_from=CKPT_DIR`, launch/generate.py, launch/eval.py):
+
+    CKPT_DIR/checkpoints/0/state/   orbax PyTree {params, router_state?, hf_extra?}
+    CKPT_DIR/checkpoints/0/meta/metadata   JSON {"step": 0, "config": {"model": ModelConfig
+                                           fields}, "source": ..., "hf_extra": [names]}
+    CKPT_DIR/hf_config.json          the source config.json (fields we do not own: token ids,
+                                     MTP, ...), used again on export
+    CKPT_DIR/tokenizer.json, ...     the source's tokenizer files, copied
+
+Memory: source tensors are read one at a time (convert/safetensors_io.py) and handed to orbax
+in batches of at most `batch_bytes` through orbax's partial save (each call adds leaves to the
+checkpoint being written; `finalize` commits it), so peak host memory is about the largest
+tensor of ours (for experts: one layer's stacked [N, d, I]) plus a batch, not the model. Export
+restores one decoder layer at a time and writes safetensors shards as they are produced.
+
+Source formats: per-expert tensors (`mlp.experts.{j}.{gate,up,down}_proj.weight`, what
+released checkpoints and transformers' save_pretrained hold) or the fused in-memory form
+(`mlp.experts.gate_up_proj` / `down_proj`); DeepSeek-V3's block-quantised FP8 weights (a
+`weight_scale_inv` [ceil(out/B0), ceil(in/B1)] beside each float8 `weight`; B from
+config.json's quantization_config.weight_block_size, default 128x128) are dequantised:
+w = fp8 * scale_inv broadcast over its block. MTP tensors (LongCat `model.mtp.*`, DeepSeek's
+`model.layers.{num_hidden_layers}.*`) are kept bit for bit under `hf_extra` and written back on
+export: our models have no MTP head yet (issue 17), so nothing is dropped silently. LongCat's
+dead zero-expert rows (`experts.{j}` for j >= N, never read by transformers) are skipped on
+import and written as zeros on export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+from flax import traverse_util
+
+from agentic_jax import fs
+from agentic_jax.convert import mapping
+from agentic_jax.convert import safetensors_io as st_io
+from agentic_jax.convert.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf
+from agentic_jax.models import ModelConfig, abstract_variables
+
+STEP = 0
+HF_CONFIG_FILE = "hf_config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "chat_template.jinja", "generation_config.json")
+_SEP = "/"
+_DERIVED = re.compile(r".*rotary_emb\.inv_freq$")  # buffers some old checkpoints hold
+
+
+class ConversionError(ValueError):
+  """A source that cannot be converted: one line naming what is wrong."""
+
+
+def _names(names, limit: int = 12) -> str:
+  names = sorted(names)
+  return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------------------ HF config
+
+
+def read_hf_config(hf_dir: str, **overrides: Any) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, config.json as a dict) of a Hugging Face checkpoint directory; the model
+  type is checked before transformers (the `hf` extra) is imported."""
+  path = fs.join(hf_dir, "config.json")
+  if not fs.exists(path):
+    raise ConversionError(f"{path}: not found (a Hugging Face checkpoint directory holds "
+                          "config.json and *.safetensors)")
+  try:
+    raw = json.loads(fs.read_text(path))
+  except ValueError as e:
+    raise ConversionError(f"{path}: not JSON ({e})") from None
+  model_type = raw.get("model_type")
+  if model_type not in SUPPORTED_MODEL_TYPES:
+    raise ConversionError(f"{path}: model_type {model_type!r} is not supported; supported: "
+                          f"{list(SUPPORTED_MODEL_TYPES)}")
+  try:
+    import transformers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConversionError("converting a Hugging Face checkpoint needs transformers: "
+                          "pip install 'agentic_jax[hf]'") from None
+  kwargs = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
+  hf_config = transformers.AutoConfig.for_model(model_type, **kwargs)
+  try:
+    return config_from_hf(hf_config, **overrides), raw
+  except ValueError as e:
+    raise ConversionError(f"{path}: {e}") from None
+
+
+# ------------------------------------------------------------------------------ import
+
+
+def _mtp_name(cfg: ModelConfig, name: str) -> bool:
+  if name.startswith("model.mtp."):
+    return True
+  m = re.match(r"model\.layers\.(\d+)\.", name)
+  return bool(m) and int(m.group(1)) >= cfg.num_layers
+
+
+def _dead_expert_row(cfg: ModelConfig, name: str) -> bool:
+  """LongCat's zero-expert slots in the fused gate_up (rows N..N+Z-1): allocated, never read."""
+  m = re.match(r"model\.layers\.\d+\.mlp\.experts\.(\d+)\.(gate|up)_proj\.weight(_scale_inv)?$",
+               name)
+  return bool(m) and cfg.layer_type == "scmoe" and int(m.group(1)) >= cfg.n_routed_experts
+
+
+class _Source:
+  """HF tensors by the names of the mapping tables, from a directory of safetensors files:
+  direct, assembled from per-expert tensors, FP8-dequantised; records what it read."""
+
+  def __init__(self, st: st_io.SafetensorsDir, cfg: ModelConfig, block: tuple[int, int]):
+    self.st, self.cfg, self.block = st, cfg, block
+    self.read_names: set[str] = set()
+
+  def _expert_names(self, name: str) -> Optional[list[str]]:
+    """Per-expert tensors standing for a fused one, or None if `name` is not fused."""
+    prefix, sep, what = name.rpartition("experts.")
+    if not sep or what not in ("gate_up_proj", "down_proj"):
+      return None
+    n = self.cfg.n_routed_experts
+    if what == "down_proj":
+      return [f"{prefix}experts.{j}.down_proj.weight" for j in range(n)]
+    return [f"{prefix}experts.{j}.{p}_proj.weight" for j in range(n) for p in ("gate", "up")]
+
+  def needed(self, name: str) -> Optional[list[str]]:
+    """The stored tensors `name` is read from, or None when it cannot be found."""
+    if name in self.st:
+      return [name]
+    parts = self._expert_names(name)
+    if parts is not None and all(p in self.st for p in parts):
+      return parts
+    return None
+
+  def _plain(self, name: str) -> np.ndarray:
+    x = self.st.read(name)
+    self.read_names.add(name)
+    scale_name = name + "_scale_inv"
+    if scale_name in self.st:
+      scale = self.st.read(scale_name).astype(np.float32)
+      self.read_names.add(scale_name)
+      b0, b1 = self.block
+      if x.ndim != 2 or scale.shape != (-(-x.shape[0] // b0), -(-x.shape[1] // b1)):
+        raise ConversionError(f"{scale_name}: shape {scale.shape} does not tile {name} "
+                              f"{x.shape} in {b0}x{b1} blocks (quantization_config."
+                              "weight_block_size)")
+      full = np.repeat(np.repeat(scale, b0, axis=0), b1, axis=1)[:x.shape[0], :x.shape[1]]
+      return x.astype(np.float32) * full
+    # bf16 / fp8 (ml_dtypes, numpy kind "V") and f16 / f64 compute in float32 here; the
+    # checkpoint's dtype is chosen when writing
+    return x.astype(np.float32) if x.dtype.kind in "fV" and x.dtype != np.float32 else x
+
+  def read(self, name: str) -> np.ndarray:
+    if name in self.st:
+      return self._plain(name)
+    cfg = self.cfg
+    prefix, _, what = name.rpartition("experts.")
+    if what == "down_proj":  # [N, d, I]
+      return np.stack([self._plain(f"{prefix}experts.{j}.down_proj.weight")
+                       for j in range(cfg.n_routed_experts)])
+    rows = [np.concatenate([self._plain(f"{prefix}experts.{j}.gate_proj.weight"),
+                            self._plain(f"{prefix}experts.{j}.up_proj.weight")], axis=0)
+            for j in range(cfg.n_routed_experts)]
+    dead = cfg.num_slots - cfg.n_routed_experts  # fused [N+Z, 2I, d]: zero rows, never read
+    rows += [np.zeros_like(rows[0])] * dead
+    return np.stack(rows)
+
+
+def _batches(items, budget: int):
+  batch, size = [], 0
+  for item in items:
+    batch.append(item)
+    size += item[1].nbytes
+    if size >= budget:
+      yield batch
+      batch, size = [], 0
+  if batch:
+    yield batch
+
+
+def _model_section(cfg: ModelConfig) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def model_config_from_section(section: dict) -> ModelConfig:
+  """ModelConfig from the JSON a checkpoint's meta holds (lists back to tuples)."""
+  names = {f.name for f in dataclasses.fields(ModelConfig)}
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in section.items() if k in names}
+  return ModelConfig(**values)
+
+
+def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32",
+                     batch_bytes: int = 256 << 20, say: Callable[[str], None] = print,
+                     **overrides: Any) -> dict:
+  """Converts a Hugging Face checkpoint directory (module docstring) into CKPT_DIR; returns a
+  report {"model_type", "tensors", "mtp_tensors_kept", "dead_rows_skipped", "seconds", ...}.
+  Every name is checked against the mapping tables before anything is written: a missing or
+  unexpected tensor, a shape mismatch or an unsupported config raises ConversionError."""
+  from orbax.checkpoint.experimental.v1 import partial  # pylint: disable=import-outside-toplevel
+  t0 = time.perf_counter()
+  cfg, raw = read_hf_config(hf_dir, param_dtype=param_dtype, **overrides)
+  cfg = cfg.replace(scan_layers=False)
+  st = st_io.SafetensorsDir(hf_dir)
+  quant = raw.get("quantization_config") or {}
+  block = tuple(quant.get("weight_block_size") or (128, 128))
+  src = _Source(st, cfg, block)
+
+  # ---- plan: every table entry found, every stored tensor accounted for, shapes checked
+  entries = [e for e in mapping.entries(cfg)]
+  missing, used = [], set()
+  for e in entries:
+    parts = src.needed(e.hf)
+    if parts is None:
+      if e.alias_of is None:
+        missing.append(e.hf)
+      continue
+    used.update(parts)
+    used.update(p + "_scale_inv" for p in parts if p + "_scale_inv" in st)
+  mtp = [n for n in st.names() if n not in used and _mtp_name(cfg, n)]
+  dead = [n for n in st.names() if n not in used and _dead_expert_row(cfg, n)]
+  derived = [n for n in st.names() if _DERIVED.match(n)]
+  unexpected = [n for n in st.names() if n not in used and n not in set(mtp) | set(dead)
+                | set(derived) and np.prod(st.shape(n)) > 0]
+  if missing or unexpected:
+    raise ConversionError(
+        f"{hf_dir}: the tensors do not match its config.json ({raw.get('model_type')}, "
+        f"{cfg.num_layers} layers): " + (f"missing: {_names(missing)}. " if missing else "")
+        + (f"unexpected: {_names(unexpected)}." if unexpected else ""))
+  want = {_SEP.join(k): v for k, v in
+          traverse_util.flatten_dict(abstract_variables(cfg)).items()}
+
+  # ---- convert and write
+  path = fs.join(ckpt_dir, "checkpoints", str(STEP))
+  if fs.exists(path):
+    raise ConversionError(f"{path} already exists; convert into a new directory")
+  fs.makedirs(fs.join(ckpt_dir, "checkpoints"))
+
+  def produce():
+    for e in entries:
+      if e.alias_of is not None:
+        if e.hf in st and not np.array_equal(src.read(e.hf), src.read(e.alias_of)):
+          raise ConversionError(f"{e.hf} should equal {e.alias_of} (tie_word_embeddings) but "
+                                "differs from it")
+        continue
+      for p, value in zip(e.ours, e.transform.to_ours(cfg, src.read(e.hf)), strict=True):
+        if tuple(value.shape) != tuple(want[p].shape):
+          raise ConversionError(f"{e.hf}: shape {value.shape} converts to {p} "
+                                f"{tuple(value.shape)}, the config needs {tuple(want[p].shape)}")
+        dtype = np.float32 if p.startswith("router_state") else want[p].dtype
+        yield p, np.ascontiguousarray(np.asarray(value).astype(dtype))
+    for k, name in enumerate(mtp):  # bit for bit, in the stored dtype
+      yield f"hf_extra/t{k:05d}", np.array(st.read(name))
+
+  n_written = 0
+  for batch in _batches(produce(), batch_bytes):
+    partial.save(path, traverse_util.unflatten_dict(
+        {tuple(k.split(_SEP)): v for k, v in batch}))
+    n_written += len(batch)
+    del batch
+  partial.finalize(path)
+  meta = {"step": STEP, "config": {"model": _model_section(cfg)},
+          "source": {"hf_dir": hf_dir, "model_type": raw.get("model_type")},
+          "hf_extra": mtp, "hf_extra_dtypes": [str(st.dtype(n)) for n in mtp]}
+  fs.makedirs(fs.join(path, "meta"))
+  fs.write_text(fs.join(path, "meta", "metadata"), json.dumps(meta))
+  fs.write_text(fs.join(ckpt_dir, HF_CONFIG_FILE), json.dumps(raw, indent=2))
+  copied = [f for f in TOKENIZER_FILES if fs.exists(fs.join(hf_dir, f))]
+  for f in copied:
+    fs.copy(fs.join(hf_dir, f), fs.join(ckpt_dir, f))
+  report = {"model_type": raw.get("model_type"), "layer_type": cfg.layer_type,
+            "variables": n_written - len(mtp), "source_tensors": len(st.names()),
+            "mtp_tensors_kept": len(mtp), "dead_rows_skipped": len(dead),
+            "derived_buffers_skipped": len(derived),
+            "dequantized_fp8": sum(1 for n in src.read_names if n.endswith("_scale_inv")),
+            "tokenizer_files": copied, "seconds": round(time.perf_counter() - t0, 2)}
+  say(f"[convert] {hf_dir} -> {ckpt_dir}: {report['variables']} variables from "
+      f"{report['source_tensors']} tensors; {len(mtp)} MTP tensors kept, {len(dead)} dead "
+      f"zero-expert rows skipped, {report['dequantized_fp8']} FP8 weights dequantised "
+      f"({report['seconds']} s)")
+  return report
+
+
+# ------------------------------------------------------------------------------ load
+
+
+def checkpoint_step_dir(ckpt_dir: str) -> str:
+  """CKPT_DIR/checkpoints/<latest step> of a converted checkpoint or a run's WORKDIR."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  directory = fs.join(ckpt_dir, "checkpoints")
+  steps = sorted(ocp.utils.checkpoint_steps(directory)) if fs.isdir(directory) else []
+  if not steps:
+    raise FileNotFoundError(f"{ckpt_dir}: no checkpoint (expected {directory}/<step>/, as "
+                            "launch/convert.py and every training run write)")
+  return fs.join(directory, str(steps[-1]))
+
+
+def read_meta(ckpt_dir: str) -> dict:
+  return json.loads(fs.read_text(fs.join(checkpoint_step_dir(ckpt_dir), "meta", "metadata")))
+
+
+def load_checkpoint(ckpt_dir: str, *, scan_layers: bool = False,
+                    **overrides: Any) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, variables) of a converted checkpoint or a run's WORKDIR (its latest step),
+  as `from_hf` returns them: {"params", "router_state"?} on the default device, in the
+  unscanned layout or stacked per layer group with `scan_layers=True`. `overrides` replace
+  ModelConfig fields that do not change parameters (moe_dispatch, attention_impl, dtype)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from agentic_jax.models import scan_variables  # pylint: disable=import-outside-toplevel
+  step_dir = checkpoint_step_dir(ckpt_dir)
+  meta = json.loads(fs.read_text(fs.join(step_dir, "meta", "metadata")))
+  saved_cfg = model_config_from_section(meta["config"]["model"])
+  cfg = saved_cfg.replace(scan_layers=False, **overrides)
+  # the layout on disk is the one the writer used (a run with scan_layers saves stacked layers)
+  layout_cfg = cfg.replace(scan_layers=saved_cfg.scan_layers)
+  want = abstract_variables(layout_cfg)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            want[k]) for k in want if want[k]}
+  restored = ocp.PyTreeCheckpointer().restore(
+      fs.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+  variables = {k: restored[k] for k in target}
+  if layout_cfg.scan_layers and not scan_layers:
+    from agentic_jax.models import unscan_variables  # pylint: disable=import-outside-toplevel
+    variables = unscan_variables(layout_cfg, variables)
+  cfg = cfg.replace(scan_layers=scan_layers)
+  if scan_layers:
+    variables = scan_variables(cfg, variables)
+  return cfg, variables
+
+
+# ------------------------------------------------------------------------------ export
+
+_OUT_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(st_io.DTYPES["BF16"]),
+               "float16": np.dtype(np.float16)}
+
+
+def _layer_of(hf_name: str) -> int:
+  m = re.match(r"model\.layers\.(\d+)\.", hf_name)
+  return int(m.group(1)) if m else -1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Out:
+  """One HF tensor to write: from our variables `ours` through `fn`, or stored (`extra`)."""
+  shape: tuple[int, ...]
+  ours: tuple[str, ...] = ()
+  fn: Optional[Callable[..., np.ndarray]] = None
+  extra: Optional[int] = None
+
+
+def _export_plan(cfg: ModelConfig, shapes: dict[str, tuple]) -> dict[str, _Out]:
+  """HF name -> how to make it, in layer order, with per-expert tensors (as released
+  checkpoints and save_pretrained store them)."""
+  plan: dict[str, _Out] = {}
+  n, inter, d = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+  for e in mapping.entries(cfg):
+    if e.alias_of is not None:
+      continue  # a tied lm_head: transformers ties it on load
+    name = e.transform.name
+    if name == "fused_gate_up":
+      prefix = e.hf[:-len("gate_up_proj")]
+      for j in range(cfg.num_slots):  # LongCat: zero rows for the dead zero-expert slots
+        for k, part in enumerate(("gate", "up")):
+          fn = ((lambda gate, up, j=j, k=k: np.swapaxes((gate, up)[k][j], 0, 1)) if j < n else
+                (lambda gate, up: np.zeros((inter, d), np.float32)))
+          plan[f"{prefix}{j}.{part}_proj.weight"] = _Out((inter, d), e.ours, fn)
+      continue
+    if name == "experts_down":
+      prefix = e.hf[:-len("down_proj")]
+      for j in range(n):
+        plan[f"{prefix}{j}.down_proj.weight"] = _Out(
+            (d, inter), e.ours, lambda down, j=j: np.swapaxes(down[j], 0, 1))
+      continue
+    ours = [shapes[p] for p in e.ours]
+    if name in ("copy", "float32"):
+      shape = ours[0]
+    elif name == "linear":
+      shape = ours[0][::-1]
+    elif name == "linear_heads":  # [in, H, hd] -> [H * hd, in]
+      shape = (ours[0][1] * ours[0][2], ours[0][0])
+    elif name == "linear_out_heads":  # [H, dv, d] -> [d, H * dv]
+      shape = (ours[0][2], ours[0][0] * ours[0][1])
+    else:
+      raise ValueError(f"no export rule for transform {name!r}")
+    plan[e.hf] = _Out(tuple(shape), e.ours,
+                      lambda *xs, t=e.transform: t.to_hf(cfg, *xs))
+  order = sorted(plan, key=lambda k: (_layer_of(k), list(plan).index(k)))
+  return {k: plan[k] for k in order}
+
+
+class _LayerCache:
+  """Our variables restored one decoder layer (or top-level leaf) at a time."""
+
+  def __init__(self, state_dir: str, cfg: ModelConfig):
+    import jax  # pylint: disable=import-outside-toplevel
+    self.state_dir, self.jax = state_dir, jax
+    self.want = {_SEP.join(k): v for k, v in
+                 traverse_util.flatten_dict(abstract_variables(cfg)).items()}
+    self.key, self.values = None, {}
+
+  @staticmethod
+  def _group(path: str) -> str:
+    parts = path.split(_SEP)
+    return parts[1] if parts[1].startswith("layers_") else path
+
+  def get(self, path: str) -> np.ndarray:
+    group = self._group(path)
+    if group != self.key:
+      import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+      device = self.jax.sharding.SingleDeviceSharding(self.jax.local_devices()[0])
+      members = {p: v for p, v in self.want.items() if self._group(p) == group}
+      target = traverse_util.unflatten_dict({
+          tuple(p.split(_SEP)): self.jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device)
+          for p, v in members.items()})
+      got = ocp.PyTreeCheckpointer().restore(self.state_dir, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True))
+      self.values = {_SEP.join(k): np.asarray(v, np.float32)
+                     for k, v in traverse_util.flatten_dict(got).items()}
+      self.key = group
+    return self.values[path]
+
+
+def checkpoint_to_hf(ckpt_dir: str, hf_dir: str, *, dtype: str = "float32",
+                     max_shard_bytes: int = 5 << 30, say: Callable[[str], None] = print) -> dict:
+  """Writes CKPT_DIR's latest step (a converted checkpoint or a run's WORKDIR) as a Hugging
+  Face checkpoint directory: config.json (the source's hf_config.json updated with our
+  fields, or built from ours), sharded safetensors with an index, the MTP tensors carried
+  through, and the tokenizer files beside it. transformers loads it with from_pretrained."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  if dtype not in _OUT_DTYPES:
+    raise ConversionError(f"--dtype={dtype!r}: expected one of {sorted(_OUT_DTYPES)}")
+  t0 = time.perf_counter()
+  step_dir = checkpoint_step_dir(ckpt_dir)
+  meta = json.loads(fs.read_text(fs.join(step_dir, "meta", "metadata")))
+  saved_cfg = model_config_from_section(meta["config"]["model"])
+  if saved_cfg.scan_layers:
+    raise ConversionError(f"{ckpt_dir}: saved with scan_layers=True; export reads unscanned "
+                          "checkpoints (convert with load_checkpoint + to_hf_state_dict)")
+  cfg = saved_cfg
+  base_path = fs.join(ckpt_dir, HF_CONFIG_FILE)
+  base = json.loads(fs.read_text(base_path)) if fs.exists(base_path) else None
+  hf_config = config_to_hf(cfg, base=base)
+  hf_config["torch_dtype"] = hf_config["dtype"] = dtype
+  state_dir = fs.join(step_dir, "state")
+  cache = _LayerCache(state_dir, cfg)
+  shapes = {p: tuple(v.shape) for p, v in cache.want.items()}
+  plan = _export_plan(cfg, shapes)
+  out_dtype = _OUT_DTYPES[dtype]
+  extra_names = list(meta.get("hf_extra") or [])
+  specs = {k: (o.shape, out_dtype) for k, o in plan.items()}
+  extra = {}
+  if extra_names:  # carried through as stored (float8 weights keep their scales)
+    stored = ocp.StandardCheckpointHandler().metadata(state_dir).tree.get("hf_extra") or {}
+    for k, name in enumerate(extra_names):
+      leaf = stored[f"t{k:05d}"]
+      extra[name] = f"t{k:05d}"
+      dt = np.dtype(st_io.DTYPES[_code_of(meta["hf_extra_dtypes"][k])])
+      specs[name] = (tuple(leaf.shape), dt)
+      plan[name] = _Out(tuple(leaf.shape), extra=k)
+
+  def produce(name: str) -> np.ndarray:
+    o = plan[name]
+    if o.extra is not None:
+      got = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+          item={"hf_extra": {extra[name]: 0}}, partial_restore=True))
+      return np.asarray(got["hf_extra"][extra[name]]).astype(specs[name][1])
+    return np.asarray(o.fn(*(cache.get(p) for p in o.ours))).astype(out_dtype)
+
+  files = st_io.write_dir(hf_dir, specs, produce, max_shard_bytes=max_shard_bytes)
+  fs.write_text(fs.join(hf_dir, "config.json"), json.dumps(hf_config, indent=2))
+  copied = [f for f in TOKENIZER_FILES if fs.exists(fs.join(ckpt_dir, f))]
+  for f in copied:
+    fs.copy(fs.join(ckpt_dir, f), fs.join(hf_dir, f))
+  report = {"tensors": len(specs), "files": files, "mtp_tensors": len(extra_names),
+            "dtype": dtype, "tokenizer_files": copied,
+            "seconds": round(time.perf_counter() - t0, 2)}
+  say(f"[convert] {ckpt_dir} -> {hf_dir}: {len(specs)} tensors in {len(files)} file(s), "
+      f"{len(extra_names)} MTP tensors carried through, {dtype} ({report['seconds']} s)")
+  return report
+
+
+def _code_of(dtype_name: str) -> str:
+  """safetensors code of a numpy dtype name as str(np.dtype) prints it."""
+  for code, dt in st_io.DTYPES.items():
+    if str(dt) == dtype_name:
+      return code
+  raise ConversionError(f"hf_extra dtype {dtype_name!r} has no safetensors code")
