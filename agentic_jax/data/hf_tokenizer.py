@@ -77,7 +77,8 @@ class HFTokenizer:
   `marker_map` maps our names (a marker such as "<|user|>", or "pad"/"bos"/"eos"/"unk") to the
   text of a token that must already be in the checkpoint's vocabulary; `config_specials` are the
   checkpoint config's pad/bos/eos/unk texts (`read_config_specials`), used where `marker_map`
-  names nothing.
+  names nothing. `tokenizer` is modified in place (tokens added, special tokens in text split
+  as text); `hf_tokenizer` returns it.
   """
 
   def __init__(self, tokenizer: Any, *, marker_map: Optional[Mapping[str, str]] = None,
@@ -85,7 +86,8 @@ class HFTokenizer:
                added_tokens: Sequence[str] = ()):
     tokenizers = _tokenizers_module()
     if not isinstance(tokenizer, tokenizers.Tokenizer):
-      raise TypeError(f"HFTokenizer: expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+      raise TypeError(f"HFTokenizer: expected a tokenizers.Tokenizer, got "
+                      f"{type(tokenizer).__name__}")
     marker_map = dict(marker_map or {})
     unknown = sorted(set(marker_map) - set(SPECIALS))
     if unknown:

@@ -42,8 +42,9 @@ Every other module's turn is recorded with trainable=False (a scripted one: its 
 with zero log-probs, and as context what it read), so policy_batch gives them no rows and no
 weight. Each planner TurnRecord.context is exactly the prompt it saw and its response exactly
 its plan, so a trajectory is T_i single-turn samples and Flow-GRPO's broadcast of R_i applies as
-in the paper. Every module's turn ends at its first <|end_turn|> (MODULE_TURN; the generator
-keeps the sampler's tool-call rule): the plain policy rule would let the planner run on into a
+in the paper. Every module's turn ends at its first <|end_turn|> (sampler.module_turn; the
+generator keeps the tool-call rule, sampler.policy_turn): the plain policy rule would let the
+planner run on into a
 tool call of its own, tokens that would be trained without ever acting. Episode.transcript is
 None.
 
@@ -110,10 +111,11 @@ from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
 # ANALYSIS_PROMPT / ANSWER_PROMPT / VERIFY_PROMPT are re-exported: the prompts of this module
 from agentic_jax.rl.agentflow_modules import (  # noqa: F401
-    ANALYSIS_HEADER, ANALYSIS_PROMPT, ANSWER_PROMPT, MODULE_TURN, VERIFY_PROMPT, Plan, calls_tool,
+    ANALYSIS_HEADER, ANALYSIS_PROMPT, ANSWER_PROMPT, VERIFY_PROMPT, Plan, calls_tool,
     first_turn, format_plan, missing_argument, parse_plan, scripted_analysis, scripted_command,
     step_text, turn_text, with_stop)
-from agentic_jax.rl.rollout import TOOL_CALL_ID, Episode, TurnRecord, tool_call_action
+from agentic_jax.rl.rollout import Episode, TurnRecord, tool_call_action
+from agentic_jax.rl.sampler import module_turn, policy_turn
 
 MODULES = ("scripted", "reference")
 
@@ -170,7 +172,7 @@ class _State:
 
   def executor_context(self, plan: Plan, tok) -> list[int]:
     return (self.head + render_turn(Turn("assistant", plan.sub_goal), tok)
-            + [TOOL_CALL_ID] + tok.encode(plan.tool + "\n"))
+            + [tok.special_id("<|tool_call|>")] + tok.encode(plan.tool + "\n"))
 
   def remember(self, entry: MemoryEntry, tok) -> None:
     self.memory.append(entry)
@@ -252,12 +254,12 @@ def _check_args(modules: dict, reference_variables, group_size: int, max_turns: 
 
 
 def _generate(sampler, variables, contexts: list[list[int]], seed: int, tok) -> list:
-  """One module call over `contexts`, each generation cut after its first turn (MODULE_TURN)."""
+  """One module call over `contexts`, each generation cut after its first turn (module_turn)."""
   gens = sampler.generate(variables, [np.asarray(c, np.int32) for c in contexts], seed)
   if len(gens) != len(contexts):
     raise RuntimeError(f"run_agentflow: the sampler returned {len(gens)} generations for "
                        f"{len(contexts)} contexts")
-  return [first_turn(g, tok.eos_id) for g in gens]
+  return [first_turn(g, tok) for g in gens]
 
 
 def _ended_by_eos(gen, tok) -> bool:
@@ -286,7 +288,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
   _check_args(modules, reference_variables, group_size, max_turns, max_context_tokens)
   tok = tokenizer
   ref = reference_sampler if reference_sampler is not None else planner
-  planner_turn, ref_turn = with_stop(planner, MODULE_TURN), with_stop(ref, MODULE_TURN)
+  planner_turn, ref_turn = with_stop(planner, module_turn(tok)), with_stop(ref, module_turn(tok))
   states: list[_State] = []
   for q, task in enumerate(tasks):
     for g in range(group_size):
@@ -379,9 +381,10 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
   todo_states = [s for s in states if s.final is None]
   if generator == "reference" and todo_states:
     ctxs = [s.generator_context(tok, prompt=True) for s in todo_states]
-    # the generator writes a tool call: the sampler's own (tool-call) stop rule
-    gens = ref.generate(reference_variables, [np.asarray(c, np.int32) for c in ctxs],
-                        _derive_seed(seed, "generator"))
+    # the generator writes a tool call: the plain policy's (tool-call) stop rule
+    gens = with_stop(ref, policy_turn(tok)).generate(
+        reference_variables, [np.asarray(c, np.int32) for c in ctxs],
+        _derive_seed(seed, "generator"))
     for s, ctx, gen in zip(todo_states, ctxs, gens):
       s.turns.append(_record("generator", ctx, tok, gen=gen))
       call = tool_call_action(np.asarray(gen.tokens, np.int32), tok)

@@ -30,14 +30,14 @@ import numpy as np
 from agentic_jax import envs as envs_lib
 from agentic_jax.data.builtin import arith
 from agentic_jax.data.builtin.protocol import Tool
-from agentic_jax.data.tokenizer import NUM_SPECIAL
-from agentic_jax.rl.sampler import END_TURN_ID, Generation, Sampler, StopRule
+from agentic_jax.data.tokenizer import Tokenizer
+from agentic_jax.rl.sampler import Generation, Sampler, StopRule, turn_end_ids
 
 SUBGOAL_KEY, TOOL_KEY = "Sub-goal:", "Tool:"
-# A module's turn (plan, command, verdict, analysis) ends at its first <|end_turn|> or </s>: the
-# plain policy's rule (stop at the <|end_turn|> after a <|tool_call|>) would let the planner run
-# on past its plan into a tool call of its own, i.e. write the command the executor owns.
-MODULE_TURN = StopRule(stop_ids=(END_TURN_ID,), arm_ids=())
+# A module's turn (plan, command, verdict, analysis) ends at its first <|end_turn|> or </s>
+# (`sampler.module_turn(tokenizer)`): the plain policy's rule (stop at the <|end_turn|> after a
+# <|tool_call|>) would let the planner run on past its plan into a tool call of its own, i.e.
+# write the command the executor owns.
 ANALYSIS_PROMPT = ("Analyse the query before solving it: its goal, the data it gives, and the "
                    "tools it will need.")
 VERIFY_PROMPT = ("Verify the steps so far. If the final answer can be given now, reply STOP; "
@@ -69,12 +69,12 @@ def step_text(step: int, max_steps: int) -> str:
           f"'{SUBGOAL_KEY} ...' and '{TOOL_KEY} NAME'.")
 
 
-def first_turn(gen: Generation, eos_id: int) -> Generation:
-  """`gen` cut after its first <|end_turn|> or </s> (MODULE_TURN): what a sampler with that
-  stop rule returns. Tokens past it (a stand-in sampler that ignores the rule) never reach the
-  environment, so they are dropped before the turn is recorded and never trained."""
+def first_turn(gen: Generation, tokenizer: Tokenizer) -> Generation:
+  """`gen` cut after its first <|end_turn|> or </s> of `tokenizer` (module_turn): what a sampler
+  with that stop rule returns. Tokens past it (a stand-in sampler that ignores the rule) never
+  reach the environment, so they are dropped before the turn is recorded and never trained."""
   toks = np.asarray(gen.tokens, np.int32)
-  stops = np.flatnonzero((toks == END_TURN_ID) | (toks == eos_id))
+  stops = np.flatnonzero(np.isin(toks, turn_end_ids(tokenizer)))
   if not stops.size or stops[0] == len(toks) - 1:
     return gen
   n = int(stops[0]) + 1
@@ -91,14 +91,15 @@ def with_stop(sampler: Any, stop: StopRule) -> Any:
   return out
 
 
-def turn_text(tokens: Sequence[int], tokenizer) -> str:
+def turn_text(tokens: Sequence[int], tokenizer: Tokenizer) -> str:
   """The text of a module's turn: the tokens up to its first <|end_turn|> / </s>, without special
-  tokens (role markers)."""
+  tokens (role markers; whatever `tokenizer.special_ids` holds)."""
   ids = []
+  ends, special = turn_end_ids(tokenizer), tokenizer.special_ids
   for t in np.asarray(tokens, np.int64).tolist():
-    if t in (END_TURN_ID, tokenizer.eos_id):
+    if t in ends:
       break
-    if t >= NUM_SPECIAL:
+    if t not in special:
       ids.append(t)
   return tokenizer.decode(ids)
 

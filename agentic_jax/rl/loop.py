@@ -181,11 +181,13 @@ def _episodes(config, sampler, variables, ref_variables, make_env, tasks, tok, s
                              max_context_tokens=rl.max_context_tokens)
 
 
-def make_batch(config, episodes) -> tuple[dict, dict]:
+def make_batch(config, episodes, tokenizer=None) -> tuple[dict, dict]:
   """The packed batch of `episodes` (step.pack_batch) and its counts. Plain mode: one sequence
   per episode (its transcript), samples per turn (batch_mode "turn") or per episode
   ("trajectory"); AgentFlow: one sequence and sample per planner turn. Episodes longer than
-  config.rl.seq_len are dropped whole and counted (dropped_rows, dropped_trajectories)."""
+  config.rl.seq_len are dropped whole and counted (dropped_rows, dropped_trajectories).
+  `tokenizer` gives the ids a finished turn ends with (None: our own tokenizers' fixed layout,
+  step.pack_batch's default; the loop passes the tokenizer it runs with)."""
   rl = config.rl
   by_turn = rl.batch_mode == "turn"
   stats: dict = {}
@@ -197,7 +199,8 @@ def make_batch(config, episodes) -> tuple[dict, dict]:
   packed, pstats = step_lib.pack_batch(
       batch, seq_len=rl.seq_len, sample_by="turn" if by_turn and rl.mode == "plain" else "row",
       sample_len=sample_len, row_bucket=rl.row_bucket, sample_bucket=rl.sample_bucket,
-      minibatches=rl.minibatches, whole_groups=whole)
+      minibatches=rl.minibatches, whole_groups=whole,
+      **({} if tokenizer is None else {"stop_ids": rollout_lib.turn_end_ids(tokenizer)}))
   step_lib.check_packed(packed, minibatches=rl.minibatches, whole_groups=whole)
   pstats["packing_efficiency"] = pstats["tokens"] / max(pstats["token_slots"], 1)
   return packed, {"dropped_rows": stats["dropped_rows"],
@@ -351,7 +354,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   eval_tasks = make_tasks(config.seed, rl.eval_tasks, split="eval") if rl.eval_tasks else []
   n_rows = rl.tasks_per_step * rl.group_size
   sampler = rollout_lib.Sampler(model_cfg, max_new_tokens=rl.max_new_tokens,
-                                temperature=rl.temperature, top_p=rl.top_p, batch_bucket=n_rows)
+                                temperature=rl.temperature, top_p=rl.top_p, batch_bucket=n_rows,
+                                stop=rollout_lib.policy_turn(tok))
   n_eval = len(eval_tasks) * (1 if rl.eval_temperature == 0 else rl.eval_samples)
   eval_sampler = sampler.replace(temperature=rl.eval_temperature, batch_bucket=max(n_eval, 1))
   variables = lambda s: step_lib.variables_of(s.params, s.router_state)  # noqa: E731
@@ -393,7 +397,7 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
                            rollout_seed(config.seed, s, r))
         episodes, refill_stats = refill_lib.refill(first, more, target_groups=q,
                                                    max_rounds=rl.dapo_max_refill_rounds)
-      packed, stats = make_batch(config, episodes)
+      packed, stats = make_batch(config, episodes, tok)
       t1 = time.perf_counter()
       if jitted is None:
         jitted = place.jit(step_fn, ref_vars, packed)

@@ -95,11 +95,10 @@ def batch_seed(seed: int, phase: int, step: int) -> int:
 
 
 def special_ids(tokenizer: Any) -> tuple[int, int, tuple[int, ...]]:
-  """(<|think|>, <|end_think|>, the ids a rationale may not contain: every special but
-  <|end_think|>)."""
-  from agentic_jax.data.tokenizer import SPECIALS  # pylint: disable=import-outside-toplevel
+  """(<|think|>, <|end_think|>, the ids a rationale may not contain: every special id of the
+  tokenizer (`special_ids`: a checkpoint's own specials too) but <|end_think|>)."""
   think, end = tokenizer.special_id("<|think|>"), tokenizer.special_id("<|end_think|>")
-  banned = tuple(sorted(tokenizer.special_id(n) for n in SPECIALS if n != "<|end_think|>"))
+  banned = tuple(sorted(int(i) for i in tokenizer.special_ids if i != end))
   return think, end, banned
 
 

@@ -57,8 +57,8 @@ from agentic_jax.data.builtin.protocol import INFO_ERROR, INFO_TOOL, INVALID_TOO
 from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
 from agentic_jax.data.tokenizer import Tokenizer
-from agentic_jax.rl.sampler import (END_TURN_ID, POLICY_TURN, TOOL_CALL_ID, Generation,  # noqa: F401
-                                    Sampler, StopRule)
+from agentic_jax.rl.sampler import (POLICY_TURN, Generation, Sampler, StopRule,  # noqa: F401
+                                    policy_turn, turn_end_ids)
 
 MODES = ("turn", "trajectory")
 ON_OVERLONG = ("error", "drop")
@@ -105,14 +105,24 @@ def observation_ids(tokenizer: Tokenizer, result: StepResult) -> np.ndarray:
 
 def tool_call_action(response: np.ndarray, tokenizer: Tokenizer) -> Optional[str]:
   """The action text of a policy turn (module doc), or None when it has no <|tool_call|>."""
-  hits = np.flatnonzero(np.asarray(response) == TOOL_CALL_ID)
+  hits = np.flatnonzero(np.asarray(response) == tokenizer.special_id("<|tool_call|>"))
   if hits.size == 0:
     return None
   body = [int(t) for t in response[hits[0] + 1:]]
-  if body and body[-1] in (END_TURN_ID, tokenizer.eos_id):
+  if body and body[-1] in turn_end_ids(tokenizer):
     body = body[:-1]
   text = tokenizer.decode(body)
   return text.split("\n", 1)[1] if "\n" in text else text
+
+
+def check_stop_rule(sampler: Any, tokenizer: Tokenizer) -> None:
+  """ValueError when a `Sampler`'s stop rule is not `policy_turn(tokenizer)`: a rule of another
+  tokenizer's ids (e.g. the default layout with a checkpoint's tokenizer) would never stop a turn
+  where the episode expects. Other samplers (scripted stand-ins) are not checked."""
+  if isinstance(sampler, Sampler) and sampler.stop != policy_turn(tokenizer):
+    raise ValueError(f"rollout: the sampler's stop rule {sampler.stop} does not use the "
+                     f"tokenizer's ids {policy_turn(tokenizer)}; build it with "
+                     f"Sampler(..., stop=sampler.policy_turn(tokenizer))")
 
 
 def _success(result: StepResult) -> bool:
@@ -154,6 +164,7 @@ def rollout(sampler: Sampler, variables: dict, make_env: Callable[[], Any], task
   group_size = _check_positive("group_size", group_size)
   max_turns = _check_positive("max_turns", max_turns)
   max_context_tokens = _check_positive("max_context_tokens", max_context_tokens)
+  check_stop_rule(sampler, tokenizer)
   slots = []
   for q, task in enumerate(tasks):
     for g in range(group_size):

@@ -10,7 +10,10 @@ running). The jitted decoder (`sampling.generate_arrays`) therefore compiles onc
 (width bucket, batch bucket) pair; pass batch_bucket = the largest batch to get one batch shape.
 
 A policy turn ends at the <|end_turn|> that closes a <|tool_call|> turn, at </s>, or after
-`max_new_tokens` tokens (then `Generation.truncated` is True); `StopRule` states that rule.
+`max_new_tokens` tokens (then `Generation.truncated` is True); `StopRule` states that rule, with
+the ids of the tokenizer in use: `policy_turn(tokenizer)` (a released checkpoint's tokenizer has
+its own ids). The defaults (`StopRule()`, `POLICY_TURN`, `END_TURN_ID`, `TOOL_CALL_ID`) are the
+fixed layout of our own tokenizers (`SentencePieceTokenizer`, `ByteTokenizer`), for tests.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from agentic_jax import sampling
-from agentic_jax.data.tokenizer import EOS_ID, SPECIALS
+from agentic_jax.data.tokenizer import EOS_ID, SPECIALS, Tokenizer
 from agentic_jax.models import ModelConfig
 
+# The fixed layout of our own tokenizers only (module doc): code given a tokenizer asks it.
 END_TURN_ID = SPECIALS["<|end_turn|>"][0]
 TOOL_CALL_ID = SPECIALS["<|tool_call|>"][0]
 Seed = Union[int, jax.Array]
@@ -54,7 +58,24 @@ class StopRule:
     return False
 
 
-POLICY_TURN = StopRule()  # <|tool_call|> ... <|end_turn|>, or </s>
+POLICY_TURN = StopRule()  # <|tool_call|> ... <|end_turn|>, or </s> (fixed layout)
+
+
+def policy_turn(tokenizer: Tokenizer) -> StopRule:
+  """A policy turn of `tokenizer`'s ids: <|tool_call|> ... <|end_turn|>, or </s>."""
+  return StopRule(eos_id=tokenizer.eos_id, stop_ids=(tokenizer.special_id("<|end_turn|>"),),
+                  arm_ids=(tokenizer.special_id("<|tool_call|>"),))
+
+
+def module_turn(tokenizer: Tokenizer) -> StopRule:
+  """A turn that ends at its first <|end_turn|> or </s> (AgentFlow modules, RA3 evaluation)."""
+  return StopRule(eos_id=tokenizer.eos_id, stop_ids=(tokenizer.special_id("<|end_turn|>"),),
+                  arm_ids=())
+
+
+def turn_end_ids(tokenizer: Tokenizer) -> tuple[int, int]:
+  """(<|end_turn|>, </s>) of `tokenizer`: the tokens a finished turn ends with."""
+  return tokenizer.special_id("<|end_turn|>"), tokenizer.eos_id
 
 
 @dataclasses.dataclass
@@ -72,7 +93,8 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 class Sampler:
   """Sampler(model_cfg, *, max_new_tokens, temperature=1.0, top_p=1.0, stop=POLICY_TURN,
-  prompt_bucket=64, batch_bucket=8). temperature 0 = greedy."""
+  prompt_bucket=64, batch_bucket=8). temperature 0 = greedy. `stop` holds token ids: build it
+  from the tokenizer in use (`policy_turn(tokenizer)`); the default is our tokenizers' layout."""
 
   def __init__(self, model_cfg: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, stop: StopRule = POLICY_TURN, prompt_bucket: int = 64,

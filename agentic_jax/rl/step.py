@@ -66,7 +66,7 @@ groups_dropped, rows_dropped, train_tokens, policy_tokens.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +91,8 @@ TOKEN_KEYS = ("inputs", "targets", "positions", "segment_ids")  # [F, T]
 SAMPLE_TOKEN_KEYS = ("index", "mask", "old_logp")  # [F, S, L]
 SAMPLE_KEYS = ("group_id", "traj_id", "turn_index", "rewards", "truncated", "sample_mask",
                "response_len", "tool_len")  # [F, S]
+# (<|end_turn|>, </s>) of our own tokenizers' fixed layout: pack_batch's default for tests; the
+# RL loop passes the tokenizer's own (sampler.turn_end_ids(tokenizer)).
 _STOP_IDS = (SPECIALS["<|end_turn|>"][0], EOS_ID)
 _MEAN_METRICS = ("loss", "pg_loss", "kl", "entropy", "clip_frac", "approx_kl", "ratio_mean",
                  "grad_norm")
@@ -200,7 +202,8 @@ def _group_blocks(groups: list[int], lengths: list[int], blocks: int) -> list[li
 
 def pack_batch(batch: Mapping[str, Any], *, seq_len: int, sample_by: str, sample_len: int,
                row_bucket: int = 1, sample_bucket: int = 1, minibatches: int = 1,
-               whole_groups: bool = False) -> tuple[dict, dict]:
+               whole_groups: bool = False,
+               stop_ids: Sequence[int] = _STOP_IDS) -> tuple[dict, dict]:
   """Packs a policy batch (module docstring) -> (packed arrays, stats). Rows with
   sample_mask False (padding, or dropped by policy_batch) are left out; a sequence longer than
   seq_len or a sample longer than sample_len raises ValueError naming the row. F is rounded up
@@ -208,7 +211,10 @@ def pack_batch(batch: Mapping[str, Any], *, seq_len: int, sample_by: str, sample
   whole_groups with minibatches = k > 1: the sequences of each group (group_id) go to one of k
   blocks of F/k forward rows (block b = rows [b F/k, (b+1) F/k)), groups balanced by tokens,
   so a minibatch of blocks holds whole groups (minibatch_split "groups").
+  stop_ids: the tokens a finished turn ends with (sample_by "turn": a truncated row's turns that
+  end with one were not cut), the tokenizer's (sampler.turn_end_ids).
   stats: sequences, forward_rows, samples, sample_slots, tokens (real), token_slots (F x T)."""
+  stop_ids = frozenset(int(i) for i in stop_ids)
   if sample_by not in SAMPLE_BY:
     raise ValueError(f"pack_batch: sample_by must be one of {SAMPLE_BY}, got {sample_by!r}")
   if minibatches < 1 or (whole_groups and row_bucket % minibatches):
@@ -248,7 +254,7 @@ def pack_batch(batch: Mapping[str, Any], *, seq_len: int, sample_by: str, sample
           "rewards": b["rewards"][r], "response_len": len(p),
           # a turn is truncated when the row says one was and this one ends without a stop token
           "truncated": bool(b["truncated"][r]) and (sample_by == "row" or (
-              len(p) > 0 and int(b["targets"][r, p[-1]]) not in _STOP_IDS)),
+              len(p) > 0 and int(b["targets"][r, p[-1]]) not in stop_ids)),
           # observation tokens after this sample up to the next one (within its trajectory)
           "tool_len": (int(nxt - p[-1] - 1) if nxt is not None else 0) if sample_by == "turn"
                       else (int(p[-1] - p[0] + 1 - len(p)) if len(p) else 0)}))
