@@ -184,6 +184,18 @@ def remove(path: str) -> None:
     os.remove(path)
 
 
+def rmtree(path: str) -> None:
+  """Deletes a directory tree (or a file); missing is fine."""
+  if is_remote(path):
+    p = _epath(path)
+    if p.exists():
+      p.rmtree()
+  elif os.path.isdir(path):
+    shutil.rmtree(path)
+  elif os.path.exists(path):
+    os.remove(path)
+
+
 @contextlib.contextmanager
 def local_copy(path: str) -> Iterator[str]:
   """A local file name holding `path`'s content, for APIs that take only a local file name; a

@@ -141,6 +141,25 @@ class _Source:
       return parts
     return None
 
+  def shape(self, name: str) -> tuple[int, ...]:
+    """The shape `read(name)` returns, from the file headers alone."""
+    if name in self.st:
+      return self.st.shape(name)
+    prefix, _, what = name.rpartition("experts.")
+    n = self.cfg.n_routed_experts
+    if what == "down_proj":
+      shapes = {self.st.shape(f"{prefix}experts.{j}.down_proj.weight") for j in range(n)}
+    else:
+      shapes = {self.st.shape(f"{prefix}experts.{j}.{p}_proj.weight")
+                for j in range(n) for p in ("gate", "up")}
+    if len(shapes) != 1:
+      raise ConversionError(f"{prefix}experts.*: the experts' {what} tensors differ in shape "
+                            f"({sorted(shapes)})")
+    (one,) = shapes
+    if what == "down_proj":
+      return (n, *one)
+    return (self.cfg.num_slots, 2 * one[0], one[1])
+
   def _plain(self, name: str) -> np.ndarray:
     x = self.st.read(name)
     self.read_names.add(name)
@@ -237,6 +256,23 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
         + (f"unexpected: {_names(unexpected)}." if unexpected else ""))
   want = {_SEP.join(k): v for k, v in
           traverse_util.flatten_dict(abstract_variables(cfg)).items()}
+  bad = []
+  for e in entries:  # shapes through the transforms on zero-stride stand-ins: no data read
+    if e.alias_of is not None or src.needed(e.hf) is None:
+      continue
+    shape = src.shape(e.hf)
+    try:
+      outs = e.transform.to_ours(cfg, np.broadcast_to(np.zeros((), np.float32), shape))
+    except ValueError as exc:
+      bad.append(f"{e.hf}: shape {shape} ({exc})")
+      continue
+    for p, value in zip(e.ours, outs, strict=True):
+      if tuple(value.shape) != tuple(want[p].shape):
+        bad.append(f"{e.hf}: shape {shape} converts to {p} {tuple(value.shape)}, the config "
+                   f"needs {tuple(want[p].shape)}")
+  if bad:
+    raise ConversionError(f"{hf_dir}: {len(bad)} tensors do not fit its config.json: "
+                          + "; ".join(bad[:6]) + ("; ..." if len(bad) > 6 else ""))
 
   # ---- convert and write
   path = fs.join(ckpt_dir, "checkpoints", str(STEP))
@@ -261,12 +297,19 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
       yield f"hf_extra/t{k:05d}", np.array(st.read(name))
 
   n_written = 0
-  for batch in _batches(produce(), batch_bytes):
-    partial.save(path, traverse_util.unflatten_dict(
-        {tuple(k.split(_SEP)): v for k, v in batch}))
-    n_written += len(batch)
-    del batch
-  partial.finalize(path)
+  try:
+    for batch in _batches(produce(), batch_bytes):
+      partial.save(path, traverse_util.unflatten_dict(
+          {tuple(k.split(_SEP)): v for k, v in batch}))
+      n_written += len(batch)
+      del batch
+    partial.finalize(path)
+  except BaseException:
+    # nothing half-written stays behind to be mistaken for a checkpoint (orbax keeps the
+    # parts in a sibling directory until finalize)
+    for leftover in fs.glob(path + "*"):
+      fs.rmtree(leftover)
+    raise
   meta = {"step": STEP, "config": {"model": _model_section(cfg)},
           "source": {"hf_dir": hf_dir, "model_type": raw.get("model_type")},
           "hf_extra": mtp, "hf_extra_dtypes": [str(st.dtype(n)) for n in mtp]}
@@ -463,7 +506,9 @@ def checkpoint_to_hf(ckpt_dir: str, hf_dir: str, *, dtype: str = "float32",
   specs = {k: (o.shape, out_dtype) for k, o in plan.items()}
   extra = {}
   if extra_names:  # carried through as stored (float8 weights keep their scales)
-    stored = ocp.StandardCheckpointHandler().metadata(state_dir).tree.get("hf_extra") or {}
+    from etils import epath  # pylint: disable=import-outside-toplevel  (orbax's path type)
+    stored = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree.get(
+        "hf_extra") or {}
     for k, name in enumerate(extra_names):
       leaf = stored[f"t{k:05d}"]
       extra[name] = f"t{k:05d}"

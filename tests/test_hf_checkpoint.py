@@ -1,0 +1,225 @@
+"""Hugging Face checkpoint directories <-> orbax checkpoints (issue 15; convert/checkpoint.py).
+
+Tiny random transformers models of each family are saved with save_pretrained (sharded with an
+index, or one file without), imported (launch/convert.py --from_hf), run (logits = the
+transformers model's), exported (--from_ckpt --to_hf) and loaded back with from_pretrained
+(logits equal again). DeepSeek-V3 with block-quantised FP8 weights and MTP tensors: the FP8
+weights import as the dequantised values (the reference dequantises in torch here), the MTP
+tensors come back bit for bit in their stored dtype. Files that do not fit give one-line
+errors listing the tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+import jax.numpy as jnp  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from agentic_jax import convert, models  # noqa: E402
+from agentic_jax.convert import safetensors_io  # noqa: E402
+from tests import hf_models as H  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONVERT = os.path.join(ROOT, "launch", "convert.py")
+BLOCK = 16  # the FP8 test's quantization block (DeepSeek-V3 uses 128 x 128)
+
+
+def _float32_model(variant: str, seed: int = 3, **overrides):
+  model = H.build(variant, seed=seed, **overrides).float()
+  return model
+
+
+def _ours(ckpt: str, toks: np.ndarray) -> np.ndarray:
+  cfg, variables = convert.load_checkpoint(ckpt)
+  out = models.build(cfg).apply(variables, jnp.asarray(toks))
+  return np.asarray(out[0] if isinstance(out, tuple) else out, np.float64)
+
+
+def _theirs(model, toks: np.ndarray) -> np.ndarray:
+  with torch.no_grad():
+    return model(torch.from_numpy(np.asarray(toks, np.int64))).logits.double().numpy()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, CONVERT, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600)
+
+
+@pytest.mark.parametrize("variant,shard", [("longcat", "60KB"), ("deepseek", None),
+                                           ("youtu", "40KB"), ("youtu_untied_halfsplit", None)])
+def test_import_export_round_trip_through_files(variant, shard, tmp_path):
+  model = _float32_model(variant)
+  hf_dir, ckpt, out = (str(tmp_path / n) for n in ("hf", "ckpt", "out"))
+  model.save_pretrained(hf_dir, **({"max_shard_size": shard} if shard else {}))
+  assert os.path.exists(os.path.join(hf_dir, safetensors_io.INDEX_FILE)) == bool(shard)
+  r = _cli(f"--from_hf={hf_dir}", f"--to={ckpt}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  toks = H.tokens(2, 12, seed=1)
+  ref = _theirs(model, toks)
+  np.testing.assert_allclose(_ours(ckpt, toks), ref, rtol=2e-5, atol=2e-5)
+  r = _cli(f"--from_ckpt={ckpt}", f"--to_hf={out}", "--max_shard_size=50KB")
+  assert r.returncode == 0, r.stderr[-3000:]
+  index = json.load(open(os.path.join(out, safetensors_io.INDEX_FILE)))
+  assert len(set(index["weight_map"].values())) > 1  # sharded, with an index
+  import transformers  # pylint: disable=import-outside-toplevel
+  back = transformers.AutoModelForCausalLM.from_pretrained(  # the kernels `model` was built with
+      out, attn_implementation="eager", experts_implementation="eager").eval()
+  assert type(back) is type(model)
+  # the same tensors (LongCat's dead zero-expert rows come back as zeros) ...
+  got, want = back.state_dict(), model.state_dict()
+  for name, t in want.items():
+    expect = t
+    if name.endswith("experts.gate_up_proj") and variant.startswith("longcat"):
+      n = model.config.n_routed_experts
+      expect = torch.cat([t[:n], torch.zeros_like(t[n:])])
+    torch.testing.assert_close(got[name], expect, rtol=0, atol=0, msg=name)
+  # ... so the same logits
+  np.testing.assert_array_equal(_theirs(back, toks), ref)
+
+
+def _quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+  """Block-wise FP8 (e4m3) with per-block scale_inv = amax / 448, as DeepSeek-V3 ships."""
+  o, i = w.shape
+  rows, cols = -(-o // BLOCK), -(-i // BLOCK)
+  scale = torch.empty(rows, cols)
+  q = torch.empty(o, i, dtype=torch.float8_e4m3fn)
+  for a in range(rows):
+    for b in range(cols):
+      blk = w[a * BLOCK:(a + 1) * BLOCK, b * BLOCK:(b + 1) * BLOCK]
+      s = blk.abs().max().clamp(min=1e-8) / 448.0
+      scale[a, b] = s
+      q[a * BLOCK:(a + 1) * BLOCK, b * BLOCK:(b + 1) * BLOCK] = (blk / s).to(torch.float8_e4m3fn)
+  return q, scale
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+  full = scale.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)[:q.shape[0], :q.shape[1]]
+  return q.to(torch.float32) * full
+
+
+def test_deepseek_fp8_weights_dequantise_and_mtp_tensors_are_carried(tmp_path):
+  model = _float32_model("deepseek")
+  hf_dir, ckpt, out = (str(tmp_path / n) for n in ("hf", "ckpt", "out"))
+  model.save_pretrained(hf_dir)
+  tensors = load_file(os.path.join(hf_dir, "model.safetensors"))
+  dequantized = {}
+  for name in list(tensors):
+    if name.endswith("_proj.weight") and ".layers." in name and "norm" not in name:
+      q, s = _quantize(tensors[name])
+      tensors[name], tensors[name + "_scale_inv"] = q, s
+      dequantized[name] = _dequantize(q, s)
+  # an MTP module at layer index num_hidden_layers, as the released checkpoint stores it
+  n_layers = model.config.num_hidden_layers
+  mtp = {f"model.layers.{n_layers}.eh_proj.weight": torch.randn(64, 128),
+         f"model.layers.{n_layers}.enorm.weight": torch.randn(64).to(torch.bfloat16)}
+  q, s = _quantize(torch.randn(32, 64))
+  mtp[f"model.layers.{n_layers}.self_attn.q_a_proj.weight"] = q
+  mtp[f"model.layers.{n_layers}.self_attn.q_a_proj.weight_scale_inv"] = s
+  tensors.update(mtp)
+  save_file(tensors, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+  config = json.load(open(os.path.join(hf_dir, "config.json")))
+  config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3",
+                                   "weight_block_size": [BLOCK, BLOCK]}
+  json.dump(config, open(os.path.join(hf_dir, "config.json"), "w"))
+  report = convert.hf_to_checkpoint(hf_dir, ckpt, say=lambda _: None)
+  assert report["mtp_tensors_kept"] == len(mtp)
+  assert report["dequantized_fp8"] == len(dequantized)  # the MTP weights stay FP8, carried
+  # the reference: transformers with the weights dequantised here (its experts live fused in
+  # memory: gate_up_proj[j] = [gate_j; up_j], down_proj[j] = down_j)
+  state = model.state_dict()
+  for name in list(state):
+    if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+      prefix, fused = name.rsplit(".", 1)
+      state[name] = torch.stack([
+          torch.cat([dequantized[f"{prefix}.{j}.gate_proj.weight"],
+                     dequantized[f"{prefix}.{j}.up_proj.weight"]])
+          if fused == "gate_up_proj" else dequantized[f"{prefix}.{j}.down_proj.weight"]
+          for j in range(state[name].shape[0])])
+    elif name in dequantized:
+      state[name] = dequantized[name]
+  model.load_state_dict(state)
+  toks = H.tokens(2, 12, seed=2)
+  np.testing.assert_allclose(_ours(ckpt, toks), _theirs(model, toks), rtol=2e-5, atol=2e-5)
+  convert.checkpoint_to_hf(ckpt, out, say=lambda _: None)
+  written = load_file(os.path.join(out, "model.safetensors"))
+  for name, t in mtp.items():  # bit for bit, in the stored dtype
+    assert written[name].dtype == t.dtype, name
+    assert torch.equal(written[name].view(torch.uint8), t.view(torch.uint8)), name
+  assert "quantization_config" not in json.load(open(os.path.join(out, "config.json")))
+  torch.testing.assert_close(written["model.layers.1.mlp.experts.3.up_proj.weight"],
+                             dequantized["model.layers.1.mlp.experts.3.up_proj.weight"])
+
+
+def test_fused_expert_tensors_import_like_per_expert_ones(tmp_path):
+  """The in-memory transformers layout (experts.gate_up_proj [E, 2I, d], down_proj [E, d, I]),
+  as some exports store it, gives the same checkpoint as the per-expert files."""
+  model = _float32_model("longcat")
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  model.save_pretrained(a)
+  os.makedirs(b)
+  save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+            os.path.join(b, "model.safetensors"), metadata={"format": "pt"})
+  for f in ("config.json",):
+    with open(os.path.join(a, f)) as src, open(os.path.join(b, f), "w") as dst:
+      dst.write(src.read())
+  assert any(k.endswith("experts.gate_up_proj") for k in load_file(os.path.join(b, "model.safetensors")))
+  convert.hf_to_checkpoint(a, str(tmp_path / "ca"), say=lambda _: None)
+  convert.hf_to_checkpoint(b, str(tmp_path / "cb"), say=lambda _: None)
+  _, va = convert.load_checkpoint(str(tmp_path / "ca"))
+  _, vb = convert.load_checkpoint(str(tmp_path / "cb"))
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.tree.map(np.testing.assert_array_equal, va, vb)
+
+
+@pytest.fixture
+def saved_youtu(tmp_path):
+  model = _float32_model("youtu")
+  hf_dir = str(tmp_path / "hf")
+  model.save_pretrained(hf_dir)
+  return hf_dir
+
+
+def _edit_tensors(hf_dir: str, fn) -> None:
+  path = os.path.join(hf_dir, "model.safetensors")
+  tensors = load_file(path)
+  fn(tensors)
+  save_file(tensors, path, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "missing: model.layers.1.mlp.down_proj.weight"),
+    ("unexpected", "unexpected: model.layers.0.mlp.extra.weight"),
+    ("shape", "model.layers.0.mlp.up_proj.weight: shape (64, 64)"),
+    ("model_type", "model_type 'llama' is not supported"),
+    ("not_safetensors", "not a safetensors file"),
+])
+def test_bad_sources_fail_with_one_line(saved_youtu, tmp_path, case, message):
+  hf_dir = saved_youtu
+  if case == "missing":
+    _edit_tensors(hf_dir, lambda t: t.pop("model.layers.1.mlp.down_proj.weight"))
+  elif case == "unexpected":
+    _edit_tensors(hf_dir, lambda t: t.update({"model.layers.0.mlp.extra.weight": torch.ones(2)}))
+  elif case == "shape":
+    _edit_tensors(hf_dir, lambda t: t.update({"model.layers.0.mlp.up_proj.weight":
+                                              torch.ones(64, 64)}))
+  elif case == "model_type":
+    cfg = json.load(open(os.path.join(hf_dir, "config.json")))
+    cfg["model_type"] = "llama"
+    json.dump(cfg, open(os.path.join(hf_dir, "config.json"), "w"))
+  else:
+    with open(os.path.join(hf_dir, "model.safetensors"), "wb") as f:
+      f.write(b"\xff" * 64)
+  r = _cli(f"--from_hf={hf_dir}", f"--to={tmp_path / 'ckpt'}")
+  assert r.returncode == 2
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+  assert not os.path.exists(tmp_path / "ckpt" / "checkpoints" / "0")  # nothing half-written
