@@ -11,6 +11,10 @@ after the row has emitted a token of `arm_ids` (with no `arm_ids`, every stop id
 agent's policy turn `<|assistant|>...<|end_turn|><|tool_call|>NAME\nCALL<|end_turn|>` uses
 arm = <|tool_call|>, stop = <|end_turn|>: the first <|end_turn|> (closing the thought) does not
 stop the row, the one closing the tool call does. The finishing token is included in the output.
+
+`prefill` and `decode_step` are the two halves of that loop, jitted on their own, for callers
+that need each token as it is produced (streaming, text-level stop checks): a Python loop over
+them computes what `generate_arrays` does (agentic_jax/inference/generate.py).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agentic_jax.models import ModelConfig, build, init_cache
+from agentic_jax.models import KVCache, ModelConfig, build, init_cache
 
 Array = jax.Array
 
@@ -108,6 +112,50 @@ def _isin(tok: Array, ids: tuple[int, ...]) -> Array:
   return jnp.any(tok[:, None] == jnp.asarray(ids, jnp.int32)[None, :], axis=-1)
 
 
+def _prefill(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array,
+             cache_len: int) -> tuple[Array, KVCache]:
+  """Left-padded prompts [B, P] with true `lengths` [B] into a fresh cache of `cache_len`
+  slots: (the logits after each prompt's last token [B, V], the cache)."""
+  batch, width = tokens.shape
+  module = build(decode_config(cfg))  # prefill: batch * width tokens
+  pad = width - lengths
+  col = jnp.arange(width, dtype=jnp.int32)[None, :]
+  segment = (col >= pad[:, None]).astype(jnp.int32)
+  positions = jnp.maximum(col - pad[:, None], 0)
+  cache = init_cache(cfg, batch, cache_len)
+  logits, cache = module.apply(variables, tokens, segment_ids=segment, positions=positions, cache=cache)
+  return logits[:, -1], cache
+
+
+def _step(cfg: ModelConfig, variables: dict, tok: Array, positions: Array,
+          cache: KVCache) -> tuple[Array, KVCache]:
+  """One token per row (`tok` [B] at `positions` [B]) into the next cache slot: (logits [B, V],
+  the cache)."""
+  step_module = build(step_config(cfg, tok.shape[0]))  # the same parameters, smaller MoE blocks
+  pos = positions[:, None]
+  logits, cache = step_module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
+                                    positions=pos, cache=cache)
+  return logits[:, -1], cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "cache_len"))
+def prefill(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array, *,
+            cache_len: int) -> tuple[Array, KVCache]:
+  """Jitted prefill of left-padded prompts [B, P] (true `lengths` [B]) into a cache of
+  `cache_len` >= P slots: (next-token logits [B, V], cache). Row i's first new token goes to
+  position lengths[i], written by `decode_step`."""
+  return _prefill(cfg, variables, tokens, lengths, cache_len)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def decode_step(cfg: ModelConfig, variables: dict, tokens: Array, positions: Array,
+                cache: KVCache) -> tuple[Array, KVCache]:
+  """Jitted single decode step: tokens [B] at `positions` [B] (a row's own count of tokens
+  before it) appended to `cache`, which is donated: (next-token logits [B, V], new cache).
+  `generate_arrays` runs exactly this computation once per loop iteration."""
+  return _step(cfg, variables, tokens, positions, cache)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_p", "eos_id",
                                              "stop_ids", "arm_ids"))
 def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array, key: Array, *,
@@ -123,15 +171,7 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
   """
   check_stop_rule(stop_ids, arm_ids)
   batch, width = tokens.shape
-  module = build(decode_config(cfg))  # prefill: batch * width tokens
-  step_module = build(step_config(cfg, batch))  # the same parameters, smaller MoE blocks
-  pad = width - lengths
-  col = jnp.arange(width, dtype=jnp.int32)[None, :]
-  segment = (col >= pad[:, None]).astype(jnp.int32)
-  positions = jnp.maximum(col - pad[:, None], 0)
-  cache = init_cache(cfg, batch, width + max_new_tokens)
-  logits, cache = module.apply(variables, tokens, segment_ids=segment, positions=positions, cache=cache)
-  last = logits[:, -1]
+  last, cache = _prefill(cfg, variables, tokens, lengths, width + max_new_tokens)
 
   out_tok = jnp.zeros((batch, max_new_tokens), jnp.int32)
   out_logp = jnp.zeros((batch, max_new_tokens), jnp.float32)
@@ -157,10 +197,8 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
       done = done | (armed & _isin(tok, stop_ids))
     if arm_ids:
       armed = armed | _isin(tok, arm_ids)
-    pos = (lengths + step)[:, None]
-    logits, cache = step_module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
-                                      positions=pos, cache=cache)
-    return step + 1, cache, logits[:, -1], out_tok, out_logp, done, armed, num_new
+    last, cache = _step(cfg, variables, tok, lengths + step, cache)
+    return step + 1, cache, last, out_tok, out_logp, done, armed, num_new
 
   state = (jnp.zeros((), jnp.int32), cache, last, out_tok, out_logp, done, armed, num_new)
   _, _, _, out_tok, out_logp, _, _, num_new = jax.lax.while_loop(cond, body, state)
