@@ -223,3 +223,64 @@ def test_bad_sources_fail_with_one_line(saved_youtu, tmp_path, case, message):
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
   assert not os.path.exists(tmp_path / "ckpt" / "checkpoints" / "0")  # nothing half-written
+
+
+_MEASURE = r"""
+import resource, sys
+from agentic_jax.convert import checkpoint as C
+import jax
+import orbax.checkpoint  # noqa: F401
+from orbax.checkpoint.experimental.v1 import partial  # noqa: F401
+def rss_mib():
+  for line in open("/proc/self/status"):
+    if line.startswith("VmRSS"):
+      return int(line.split()[1]) / 1024
+C.read_hf_config(sys.argv[1])  # every import the conversion needs, before the baseline
+jax.numpy.zeros(1).block_until_ready()
+base = rss_mib()
+C.hf_to_checkpoint(sys.argv[1], sys.argv[2], batch_bytes=4 << 20, say=lambda _: None)
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def test_conversion_streams_under_a_memory_bound_far_below_the_model(tmp_path):
+  """A ~220 MiB model (16 wide layers, largest tensor 4 MiB) converts with peak host memory
+  growing by well under half its size: tensors are read, converted and written a few MiB at
+  a time (measured as the converting process's peak RSS over its RSS after imports)."""
+  L, D, I, V, H, dn, dr, dv, rq, rkv = 16, 512, 2048, 4096, 8, 32, 16, 32, 128, 64
+  hf_dir = str(tmp_path / "hf")
+  os.makedirs(hf_dir)
+  json.dump(dict(model_type="youtu", vocab_size=V, hidden_size=D, intermediate_size=I,
+                 num_hidden_layers=L, num_attention_heads=H, num_key_value_heads=H,
+                 q_lora_rank=rq, kv_lora_rank=rkv, qk_nope_head_dim=dn, qk_rope_head_dim=dr,
+                 v_head_dim=dv, max_position_embeddings=256, tie_word_embeddings=True,
+                 rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+            open(os.path.join(hf_dir, "config.json"), "w"))
+  specs = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+  for i in range(L):
+    p = f"model.layers.{i}."
+    specs.update({
+        p + "input_layernorm.weight": (D,), p + "post_attention_layernorm.weight": (D,),
+        p + "self_attn.q_a_proj.weight": (rq, D), p + "self_attn.q_a_layernorm.weight": (rq,),
+        p + "self_attn.q_b_proj.weight": (H * (dn + dr), rq),
+        p + "self_attn.kv_a_proj_with_mqa.weight": (rkv + dr, D),
+        p + "self_attn.kv_a_layernorm.weight": (rkv,),
+        p + "self_attn.kv_b_proj.weight": (H * (dn + dv), rkv),
+        p + "self_attn.o_proj.weight": (D, H * dv), p + "mlp.gate_proj.weight": (I, D),
+        p + "mlp.up_proj.weight": (I, D), p + "mlp.down_proj.weight": (D, I)})
+  rng = np.random.default_rng(0)
+  safetensors_io.write_dir(hf_dir, {k: (s, np.float32) for k, s in specs.items()},
+                           lambda k: rng.standard_normal(specs[k], dtype=np.float32) * 0.02,
+                           max_shard_bytes=64 << 20)
+  size_mib = sum(np.prod(s) * 4 for s in specs.values()) / 2**20
+  assert size_mib > 200
+  r = subprocess.run([sys.executable, "-c", _MEASURE, hf_dir, str(tmp_path / "ckpt")], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  base, peak = map(float, r.stdout.split()[-2:])
+  assert peak - base < 0.5 * size_mib, (base, peak, size_mib)
+  cfg, variables = convert.load_checkpoint(str(tmp_path / "ckpt"))  # and it is all there
+  assert cfg.num_layers == L
+  np.testing.assert_array_equal(
+      np.asarray(variables["params"]["layers_7"]["mlp"]["down_proj"]),
+      safetensors_io.SafetensorsDir(hf_dir).read("model.layers.7.mlp.down_proj.weight").T)

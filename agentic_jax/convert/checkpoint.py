@@ -292,7 +292,8 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
           raise ConversionError(f"{e.hf}: shape {value.shape} converts to {p} "
                                 f"{tuple(value.shape)}, the config needs {tuple(want[p].shape)}")
         dtype = np.float32 if p.startswith("router_state") else want[p].dtype
-        yield p, np.ascontiguousarray(np.asarray(value).astype(dtype))
+        yield p, np.ascontiguousarray(value, dtype=dtype)  # one copy: layout and dtype at once
+      del value
     for k, name in enumerate(mtp):  # bit for bit, in the stored dtype
       yield f"hf_extra/t{k:05d}", np.array(st.read(name))
 
