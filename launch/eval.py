@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
   flag = "--ckpt" if _CKPT.value is not None else "--workdir"
   import jax  # pylint: disable=import-outside-toplevel  after flag parsing (fast --help)
   from agentic_jax import fs  # pylint: disable=import-outside-toplevel
-  from agentic_jax.inference import generate, humaneval, loading  # pylint: disable=import-outside-toplevel
+  from agentic_jax.inference import humaneval, loading  # pylint: disable=import-outside-toplevel
   from agentic_jax.train import progress as progress_lib  # pylint: disable=import-outside-toplevel
   if _COMPILE_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILE_CACHE.value))
@@ -112,14 +112,16 @@ def main(argv: list[str]) -> None:
     tasks = tasks[:_LIMIT.value]
   try:
     info = loading.checkpoint_info(path, _STEP.value)
-    tokenizer = loading.load_tokenizer(info.path, info.config)
+    tokenizer = loading.load_tokenizer(info.path)
   except loading.LoadError as e:
     _fail(f"{flag}={e}")
-  if _CHAT.value:
-    try:
-      generate.chat_prompt(tokenizer, "")
-    except KeyError as e:
-      _fail(f"--chat needs the chat markers of agentic_jax's rendering; this tokenizer lacks {e}")
+  try:
+    for task in tasks:  # every prompt's ids have embedding rows (cheap: tokenization only)
+      loading.check_ids(info.config, tokenizer, humaneval.prompt_ids(tokenizer, task, _CHAT.value))
+  except KeyError as e:
+    _fail(f"--chat needs the chat markers of agentic_jax's rendering; this tokenizer lacks {e}")
+  except loading.LoadError as e:
+    _fail(f"{flag}={info.path}: {e}")
   try:
     humaneval.check_sandbox(_UNISOLATED.value)
   except humaneval.EvalError as e:

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILE_CACHE.value))
   try:
     info = loading.checkpoint_info(path, _STEP.value)
-    tokenizer = loading.load_tokenizer(info.path, info.config)
+    tokenizer = loading.load_tokenizer(info.path)
   except loading.LoadError as e:
     _fail(f"{flag}={e}")
   try:
@@ -90,6 +90,10 @@ def main(argv: list[str]) -> None:
     _fail(f"--chat needs the chat markers of agentic_jax's rendering; this tokenizer lacks {e}")
   if not prompt:
     _fail("--prompt is empty and the tokenizer has no <s> to start from")
+  try:
+    loading.check_ids(info.config, tokenizer, prompt)
+  except loading.LoadError as e:
+    _fail(f"{flag}={info.path}: {e}")
   limit = info.config.max_position_embeddings
   if len(prompt) + _MAX_NEW.value > limit:
     _fail(f"the prompt ({len(prompt)} tokens) + --max_new_tokens={_MAX_NEW.value} exceed the "

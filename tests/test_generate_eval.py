@@ -103,9 +103,9 @@ def test_load_model_reads_the_run(workdir):
   assert tokenizer.vocab_size == VOCAB and loading.checkpoint_info(workdir).step == 2
 
 
-def test_load_model_reads_a_converted_checkpoint(workdir, tmp_path):
+def test_load_model_reads_a_converted_checkpoint(tmp_path):
   """launch/convert.py's layout (orbax partial saves, hand-written meta, the source's tokenizer
-  files copied) loads as convert.load_checkpoint reads it."""
+  files copied) loads as convert.load_checkpoint reads it, with the source's tokenizer."""
   import jax
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
@@ -119,16 +119,53 @@ def test_load_model_reads_a_converted_checkpoint(workdir, tmp_path):
       head_dim=8, v_head_dim=8))
   source, ckpt = str(tmp_path / "hf"), str(tmp_path / "ckpt")
   hf.save_pretrained(source)
-  os.symlink(os.path.join(workdir, "tokenizer.model"), os.path.join(source, "tokenizer.model"))
+  # the source's own tokenizer.json: a byte-level BPE smaller than the model's vocabulary (as
+  # released embeddings are padded), without our chat markers (HFTokenizer appends them)
+  tokenizers = pytest.importorskip("tokenizers")
+  bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+  bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = tokenizers.decoders.ByteLevel()
+  bpe.train_from_iterator(["def add(a, b):\n    return a + b\n"] * 10, tokenizers.trainers.BpeTrainer(
+      vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()))
+  bpe.save(os.path.join(source, "tokenizer.json"))
+  with open(os.path.join(source, "tokenizer_config.json"), "w") as f:
+    json.dump({"eos_token": "<|endoftext|>"}, f)
   hf_to_checkpoint(source, ckpt, say=lambda _: None)
   cfg, variables, tokenizer = loading.load_model(ckpt)
   want_cfg, want = load_checkpoint(ckpt)
   assert cfg == want_cfg and loading.checkpoint_info(ckpt).step == 0
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), variables, want))
+  assert type(tokenizer).__name__ == "HFTokenizer" and tokenizer.vocab_size < cfg.vocab_size
+  prompt = generate.plain_prompt(tokenizer, "def add(a, b):")
+  assert tokenizer.bos_id not in prompt  # the vocabulary had no <s>: appended, so left out
   result: dict = {}
-  list(generate.stream_text(cfg, variables, tokenizer, generate.plain_prompt(tokenizer, "x"),
-                            max_new_tokens=4, result=result))
-  assert len(result["tokens"]) >= 1
+  text = "".join(generate.stream_text(cfg, variables, tokenizer, prompt, max_new_tokens=24,
+                                      temperature=2.0, result=result))
+  # the padded embedding rows are never drawn: every id decodes
+  assert len(result["tokens"]) >= 1 and max(result["tokens"]) < tokenizer.vocab_size
+  assert text == tokenizer.decode(result["tokens"][:-1] if result["stopped"] else result["tokens"])
+
+
+def test_prompt_ids_outside_the_model_are_refused(workdir):
+  """A tokenizer with ids past the model's embedding (chat markers appended to a released
+  vocabulary) is refused where a prompt uses them, not when loaded; a <s> the tokenizer had to
+  append is left out of plain prompts."""
+  from agentic_jax.data.tokenizer import BOS_ID
+  from agentic_jax.inference import generate, loading
+  info = loading.checkpoint_info(workdir)
+  tokenizer = loading.load_tokenizer(workdir)
+  small = info.config.replace(vocab_size=16)  # only the specials have rows
+  loading.check_ids(small, tokenizer, [BOS_ID, tokenizer.special_id("<|user|>")])
+  with pytest.raises(loading.LoadError, match="outside the model's vocabulary"):
+    loading.check_ids(small, tokenizer, generate.plain_prompt(tokenizer, "def"))
+  assert generate.plain_prompt(tokenizer, "x")[0] == BOS_ID
+
+  class AppendedBos:  # what HFTokenizer reports for a vocabulary that had no <s>
+    bos_id, added_tokens = BOS_ID, ["<s>"]
+    encode, decode = tokenizer.encode, tokenizer.decode
+
+  assert generate.plain_prompt(AppendedBos(), "x") == tokenizer.encode("x")
 
 
 def test_streamed_decode_equals_generate(workdir):

@@ -39,9 +39,14 @@ ASSISTANT = "<|assistant|>"
 
 
 def plain_prompt(tokenizer, text: str) -> list[int]:
-  """<s> + the tokens of `text` (no <s> where the tokenizer has none)."""
+  """<s> + the tokens of `text`; without <s> where the checkpoint's vocabulary has none (an
+  HFTokenizer appends one to such a vocabulary, listed in its `added_tokens`: a token the model
+  never saw, and beyond its embedding unless grown)."""
   bos = tokenizer.bos_id
-  return ([bos] if bos is not None else []) + list(tokenizer.encode(text))
+  added = getattr(tokenizer, "added_tokens", None) or ()
+  if bos is None or (added and tokenizer.decode([bos]) in added):
+    return list(tokenizer.encode(text))
+  return [bos] + list(tokenizer.encode(text))
 
 
 def chat_prompt(tokenizer, text: str) -> list[int]:
@@ -59,9 +64,19 @@ def chat_stop_ids(tokenizer) -> tuple[int, ...]:
   return (int(tokenizer.special_id(END_TURN)),)
 
 
-@functools.partial(jax.jit, static_argnames=("temperature", "top_p"))
+def vocab_limit(cfg: ModelConfig, tokenizer) -> Optional[int]:
+  """The tokenizer's vocabulary size where the model's embedding is larger (released models pad
+  it, e.g. to a multiple of 64 or 128): ids past it decode to nothing, so they are never drawn.
+  None where every id the model can produce is the tokenizer's."""
+  n = int(tokenizer.vocab_size)
+  return n if n < cfg.vocab_size else None
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "top_p", "limit"))
 def _sample(logits: jax.Array, key: jax.Array, step: jax.Array, *, temperature: float,
-            top_p: float) -> jax.Array:
+            top_p: float, limit: Optional[int]) -> jax.Array:
+  if limit is not None:
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < limit, logits, -jnp.inf)
   # the key generate_arrays' loop draws step `step` with
   tokens, _ = sampling.sample_logits(logits, jax.random.fold_in(key, step), temperature, top_p)
   return tokens
@@ -71,11 +86,12 @@ class StreamingDecoder:
   """Iterates the new tokens of a batch of prompts one step at a time (module doc).
 
   StreamingDecoder(cfg, variables, prompts, *, max_new_tokens, temperature=0.0, top_p=1.0,
-  seed=0, eos_id=None, stop_ids=(), width=None, cache_len=None, active=None). `width` pads
+  seed=0, eos_id=None, stop_ids=(), width=None, cache_len=None, active=None, limit=None).
+  `width` pads
   the prompts to at least that many columns and `cache_len` (default: the padded width +
   max_new_tokens) may be larger, so that batches of different prompt lengths share compiled
   shapes (padding never changes a row's result); `active` False marks batch-padding rows,
-  finished from the start. Each iteration yields the step's tokens [B] (0 for rows already finished);
+  finished from the start; `limit` (see `vocab_limit`) keeps ids >= limit from being drawn. Each iteration yields the step's tokens [B] (0 for rows already finished);
   `outputs[i]` holds row i's tokens, `done[i]` whether it finished, `stopped[i]` whether by a
   stop token / eos / `finish` (False: by max_new_tokens)."""
 
@@ -83,7 +99,7 @@ class StreamingDecoder:
                max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                seed: int = 0, eos_id: Optional[int] = None, stop_ids: Sequence[int] = (),
                width: Optional[int] = None, cache_len: Optional[int] = None,
-               active: Optional[Sequence[bool]] = None):
+               active: Optional[Sequence[bool]] = None, limit: Optional[int] = None):
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not (temperature >= 0.0 and 0.0 < top_p <= 1.0):
@@ -106,6 +122,7 @@ class StreamingDecoder:
     self.done = np.zeros(batch, bool) if active is None else ~np.asarray(active, bool)
     self.stopped = np.zeros(batch, bool)
     self._started = False
+    self._limit = None if limit is None else int(limit)
 
   def finish(self, rows: Sequence[int]) -> None:
     """Marks `rows` finished (stopped by the caller): they emit nothing more."""
@@ -123,7 +140,7 @@ class StreamingDecoder:
       if self.done.all():
         return
       tok = np.asarray(_sample(last, self._key, step, temperature=float(self.temperature),
-                               top_p=float(self.top_p)))
+                               top_p=float(self.top_p), limit=self._limit))
       tok = np.where(self.done, 0, tok).astype(np.int32)
       live = ~self.done
       for i in np.flatnonzero(live):
@@ -175,13 +192,13 @@ def stream_text(cfg: ModelConfig, variables: dict, tokenizer, prompt_ids: Sequen
                 result: Optional[dict] = None) -> Iterator[str]:
   """The text of one prompt's continuation, piece by piece as tokens arrive. Generation ends
   at the tokenizer's eos, a token of `stop_ids` (neither is part of the text), or after
-  `max_new_tokens`. `result`, when given, receives {"tokens": the new ids, the stop token
+  `max_new_tokens`; ids the tokenizer does not have are never drawn (`vocab_limit`). `result`, when given, receives {"tokens": the new ids, the stop token
   included; "stopped": True when a stop token / eos ended it}."""
   eos = tokenizer.eos_id
   ends = {int(i) for i in stop_ids} | ({int(eos)} if eos is not None else set())
   decoder = StreamingDecoder(cfg, variables, [list(prompt_ids)], max_new_tokens=max_new_tokens,
                              temperature=temperature, top_p=top_p, seed=seed, eos_id=eos,
-                             stop_ids=tuple(stop_ids))
+                             stop_ids=tuple(stop_ids), limit=vocab_limit(cfg, tokenizer))
   delta = TextDelta(tokenizer)
   out = decoder.outputs[0]
   for _ in decoder:

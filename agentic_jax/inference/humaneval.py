@@ -201,7 +201,8 @@ def evaluate(cfg: ModelConfig, variables: dict, tokenizer: Any, tasks: Sequence[
       decoder = gen_lib.StreamingDecoder(
           cfg, variables, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
           top_p=top_p, seed=seed + b, eos_id=eos, stop_ids=stop_ids, width=width,
-          cache_len=cache_len, active=[k < len(chunk) for k in range(batch)])
+          cache_len=cache_len, active=[k < len(chunk) for k in range(batch)],
+          limit=gen_lib.vocab_limit(cfg, tokenizer))
       for _ in decoder:
         if not chat:  # text stop sequences: a row ends once its text holds one
           live = [k for k in range(len(chunk)) if not decoder.done[k]]

@@ -16,15 +16,15 @@ restore of params / router_state only: a training checkpoint also holds the opti
 which inference never reads), against the model the meta's own `model` section describes.
 
 Every problem with the directory (missing, no checkpoint, no meta or model section, no
-tokenizer, a tokenizer larger than the model's vocabulary) is a `LoadError` with a one-line
-message, raised by `checkpoint_info` / `load_tokenizer` before any array is read or anything is
-compiled, so a command line tool can report it and exit.
+tokenizer; prompt ids past the model's vocabulary, `check_ids`) is a `LoadError` with a
+one-line message, raised before any array is read or anything is compiled, so a command line
+tool can report it and exit.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 from agentic_jax import fs
 from agentic_jax.models import ModelConfig
@@ -93,19 +93,31 @@ def checkpoint_info(path: str, step: Optional[int] = None) -> CheckpointInfo:
   return CheckpointInfo(resolved, int(step), section, cfg)
 
 
-def load_tokenizer(path: str, cfg: Optional[ModelConfig] = None) -> Any:
+def load_tokenizer(path: str) -> Any:
   """The tokenizer kept beside the checkpoint (data.tokenizer.load_from_dir: tokenizer.model,
-  else tokenizer.json). With `cfg`, a tokenizer whose ids reach past the model's vocabulary is
-  a LoadError: those ids would index past the embedding table."""
+  else tokenizer.json through HFTokenizer).
+
+  Its vocab_size is not compared with the model's: HFTokenizer appends the chat markers a
+  released tokenizer lacks, which the model's embedding has rows for only after
+  convert.vocab.grow_vocab, yet plain prompts never use them. What matters is the ids a prompt
+  actually holds: `check_ids`."""
   from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
   try:
-    tokenizer = tok_lib.load_from_dir(fs.resolve(path))
+    return tok_lib.load_from_dir(fs.resolve(path))
   except (FileNotFoundError, ValueError, ImportError) as e:
     raise LoadError(f"{path}: {' '.join(str(e).split())}") from e
-  if cfg is not None and tokenizer.vocab_size > cfg.vocab_size:
-    raise LoadError(f"{path}: the tokenizer has {tokenizer.vocab_size} ids but the model's "
-                    f"vocab_size is {cfg.vocab_size}; they do not belong together")
-  return tokenizer
+
+
+def check_ids(cfg: ModelConfig, tokenizer: Any, ids: Sequence[int]) -> None:
+  """LoadError when an id of `ids` has no embedding row in the model (JAX would clamp the
+  lookup silently): typically a chat marker the tokenizer added to a released vocabulary."""
+  bad = sorted({int(i) for i in ids if not 0 <= int(i) < cfg.vocab_size})
+  if bad:
+    raise LoadError(
+        f"token ids {bad[:5]} ({tokenizer.decode(bad[:5])!r}) are outside the model's vocabulary "
+        f"(vocab_size {cfg.vocab_size}): the tokenizer holds tokens the checkpoint has no "
+        "embedding rows for (chat markers added to a released tokenizer need "
+        "agentic_jax.convert.vocab.grow_vocab)")
 
 
 def load_variables(info: CheckpointInfo) -> dict:
@@ -125,5 +137,5 @@ def load_model(path: str, step: Optional[int] = None) -> LoadedModel:
   """(ModelConfig, variables, tokenizer) of checkpoint `step` (default: the latest) in `path`
   (module doc). The metadata and the tokenizer are checked before any array is read."""
   info = checkpoint_info(path, step)
-  tokenizer = load_tokenizer(info.path, info.config)
+  tokenizer = load_tokenizer(info.path)
   return LoadedModel(info.config, load_variables(info), tokenizer)
