@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from agentic_jax.rl.config import rl_config
-from agentic_jax.train.config import load_config
+from agentic_jax.train.config import load_config, split_init_from
 
 # the model section comes from the mid-training config beside this file (same model, so a
 # mid-trained checkpoint restores into it)
@@ -21,11 +21,15 @@ VARIANTS = ("tiny",)
 
 
 def get_config(arg: str = "tiny"):
+  """VARIANT[,init_from=CKPT_DIR] (CKPT_DIR: a mid-training WORKDIR or a converted checkpoint,
+  whose model and tokenizer the run takes)."""
+  arg, init_from = split_init_from(arg)
   if arg not in VARIANTS:
     raise ValueError(f"configs/dr_grpo.py: unknown variant {arg!r}; choose one of {VARIANTS}")
-  mt = load_config(f"{_MIDTRAIN}:tiny")
+  mt = load_config(f"{_MIDTRAIN}:tiny" + (f",init_from={init_from}" if init_from else ""))
   c = rl_config("dr_grpo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size,
                 variant=arg)
+  c.init_from = init_from
   r = c.rl
   # a fixed L_const independent of the batch: the policy tokens an episode can generate
   r.loss_options.norm_constant = float(r.max_turns * r.max_new_tokens)

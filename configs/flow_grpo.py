@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from agentic_jax.rl.config import rl_config
-from agentic_jax.train.config import load_config
+from agentic_jax.train.config import load_config, split_init_from
 
 # the model section comes from the mid-training config beside this file (same model, so a
 # mid-trained checkpoint restores into it)
@@ -24,8 +24,13 @@ _PRESETS = {"tiny": "paper", "tiny_code": "code"}
 
 
 def get_config(arg: str = "tiny"):
+  """VARIANT[,init_from=CKPT_DIR] (CKPT_DIR: a mid-training WORKDIR or a converted checkpoint,
+  whose model and tokenizer the run takes)."""
+  arg, init_from = split_init_from(arg)
   if arg not in _PRESETS:
     raise ValueError(f"configs/flow_grpo.py: unknown variant {arg!r}; choose one of {tuple(_PRESETS)}")
-  mt = load_config(f"{_MIDTRAIN}:tiny")
-  return rl_config("flow_grpo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size,
-                   preset=_PRESETS[arg], variant=arg)
+  mt = load_config(f"{_MIDTRAIN}:tiny" + (f",init_from={init_from}" if init_from else ""))
+  c = rl_config("flow_grpo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size,
+                preset=_PRESETS[arg], variant=arg)
+  c.init_from = init_from
+  return c

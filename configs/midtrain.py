@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from agentic_jax.train.config import model_section
+from agentic_jax.train.config import model_section, model_section_from_checkpoint, split_variant
 from agentic_jax.train.input import DataSection, mix_source
 
 VARIANTS = ("tiny", "longcat_flash", "deepseek_v3", "youtu_llm")
@@ -184,12 +184,20 @@ def _full(c: ml_collections.ConfigDict, preset: str) -> None:
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  if arg not in VARIANTS:
-    raise ValueError(f"configs/midtrain.py: unknown variant {arg!r}; choose one of {VARIANTS}")
+  """VARIANT[,init_from=CKPT_DIR]: with init_from, config.model is that checkpoint's model (a
+  converted Hugging Face checkpoint or a run's WORKDIR) with the variant's compute settings,
+  and training starts from its parameters and tokenizer."""
+  variant, options = split_variant(arg)
+  if variant not in VARIANTS or set(options) - {"init_from"}:
+    raise ValueError(f"configs/midtrain.py: unknown variant {arg!r}; choose one of {VARIANTS}, "
+                     "optionally followed by ,init_from=CKPT_DIR")
   c = _base()
-  c.variant = arg
-  if arg == "tiny":
+  c.variant = variant
+  if variant == "tiny":
     _tiny(c)
   else:
-    _full(c, arg)
+    _full(c, variant)
+  if options.get("init_from"):
+    c.init_from = options["init_from"]
+    c.model = model_section_from_checkpoint(c.init_from, like=c.model)
   return c

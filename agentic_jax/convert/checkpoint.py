@@ -51,8 +51,10 @@ from agentic_jax.models import ModelConfig, abstract_variables
 
 STEP = 0
 HF_CONFIG_FILE = "hf_config.json"
+# A checkpoint's tokenizer files, copied along. Not a source's tokenizer.model: in our
+# directories that name means our own sentencepiece model (data/tokenizer.load_from_dir).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "chat_template.jinja", "generation_config.json")
+                   "chat_template.jinja", "generation_config.json", "agentic_jax_tokenizer.json")
 _SEP = "/"
 _DERIVED = re.compile(r".*rotary_emb\.inv_freq$")  # buffers some old checkpoints hold
 
@@ -217,13 +219,50 @@ def model_config_from_section(section: dict) -> ModelConfig:
   return ModelConfig(**values)
 
 
+def _tokenizer(hf_dir: str, cfg: ModelConfig, marker_map: Optional[dict],
+               multiple_of: int) -> tuple[Any, int]:
+  """The source's tokenizer.json with our role/tool markers mapped or added
+  (data/hf_tokenizer.py), and the vocabulary size the model needs for it (its own when the
+  embedding already has room: released embeddings are often padded)."""
+  from agentic_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=import-outside-toplevel
+  try:
+    tok = HFTokenizer.load(hf_dir, marker_map=marker_map)
+  except ImportError as e:
+    raise ConversionError(str(e)) from None
+  need = tok.vocab_size
+  if need <= cfg.vocab_size:
+    return tok, cfg.vocab_size
+  return tok, -(-need // multiple_of) * multiple_of
+
+
+def _grown(path: str, value: np.ndarray, vocab: int) -> np.ndarray:
+  """The embedding [V, d] / untied head [d, V] with rows / columns up to `vocab`, each new one
+  the mean of the existing ones: new tokens start at the average embedding and an average
+  logit (Hewitt 2021), not at a random point that would disturb the pretrained distribution."""
+  axis = {"params/embed_tokens/embedding": 0, "params/lm_head/kernel": 1}.get(path)
+  if axis is None or value.shape[axis] >= vocab:
+    return value
+  extra = list(value.shape)
+  extra[axis] = vocab - value.shape[axis]
+  mean = value.astype(np.float64).mean(axis=axis, keepdims=True).astype(value.dtype)
+  return np.concatenate([value, np.broadcast_to(mean, extra)], axis=axis)
+
+
 def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32",
                      batch_bytes: int = 256 << 20, say: Callable[[str], None] = print,
+                     marker_map: Optional[dict] = None, vocab_multiple_of: int = 1,
                      **overrides: Any) -> dict:
   """Converts a Hugging Face checkpoint directory (module docstring) into CKPT_DIR; returns a
   report {"model_type", "tensors", "mtp_tensors_kept", "dead_rows_skipped", "seconds", ...}.
   Every name is checked against the mapping tables before anything is written: a missing or
-  unexpected tensor, a shape mismatch or an unsupported config raises ConversionError."""
+  unexpected tensor, a shape mismatch or an unsupported config raises ConversionError.
+
+  Tokenizer: a source tokenizer.json is loaded through data/hf_tokenizer.HFTokenizer, which maps
+  our role and tool markers (and pad/bos/eos) to the checkpoint's own special tokens (from
+  tokenizer_config.json, or `marker_map` {our name: their token text}) or adds them as new
+  special tokens; when that outgrows the embedding, the model's vocabulary grows with it (new
+  rows = the mean row, padded to `vocab_multiple_of`) and the grown tokenizer is saved in
+  CKPT_DIR, so every later job uses matching ids."""
   from orbax.checkpoint.experimental.v1 import partial  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   cfg, raw = read_hf_config(hf_dir, param_dtype=param_dtype, **overrides)
@@ -232,6 +271,9 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
   quant = raw.get("quantization_config") or {}
   block = tuple(quant.get("weight_block_size") or (128, 128))
   src = _Source(st, cfg, block)
+  tok, vocab = None, cfg.vocab_size
+  if fs.exists(fs.join(hf_dir, "tokenizer.json")):
+    tok, vocab = _tokenizer(hf_dir, cfg, marker_map, vocab_multiple_of)
 
   # ---- plan: every table entry found, every stored tensor accounted for, shapes checked
   entries = [e for e in mapping.entries(cfg)]
@@ -292,6 +334,7 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
           raise ConversionError(f"{e.hf}: shape {value.shape} converts to {p} "
                                 f"{tuple(value.shape)}, the config needs {tuple(want[p].shape)}")
         dtype = np.float32 if p.startswith("router_state") else want[p].dtype
+        value = _grown(p, value, vocab)
         yield p, np.ascontiguousarray(value, dtype=dtype)  # one copy: layout and dtype at once
       del value
     for k, name in enumerate(mtp):  # bit for bit, in the stored dtype
@@ -311,7 +354,7 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
     for leftover in fs.glob(path + "*"):
       fs.rmtree(leftover)
     raise
-  meta = {"step": STEP, "config": {"model": _model_section(cfg)},
+  meta = {"step": STEP, "config": {"model": _model_section(cfg.replace(vocab_size=vocab))},
           "source": {"hf_dir": hf_dir, "model_type": raw.get("model_type")},
           "hf_extra": mtp, "hf_extra_dtypes": [str(st.dtype(n)) for n in mtp]}
   fs.makedirs(fs.join(path, "meta"))
@@ -320,7 +363,11 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
   copied = [f for f in TOKENIZER_FILES if fs.exists(fs.join(hf_dir, f))]
   for f in copied:
     fs.copy(fs.join(hf_dir, f), fs.join(ckpt_dir, f))
+  if tok is not None:
+    tok.save(ckpt_dir)  # with the markers it added, and the map of our names to its tokens
   report = {"model_type": raw.get("model_type"), "layer_type": cfg.layer_type,
+            "vocab_size": vocab, "vocab_grown_by": vocab - cfg.vocab_size,
+            "tokens_added": list(tok.added_tokens) if tok is not None else [],
             "variables": n_written - len(mtp), "source_tensors": len(st.names()),
             "mtp_tensors_kept": len(mtp), "dead_rows_skipped": len(dead),
             "derived_buffers_skipped": len(derived),
@@ -328,7 +375,9 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
             "tokenizer_files": copied, "seconds": round(time.perf_counter() - t0, 2)}
   say(f"[convert] {hf_dir} -> {ckpt_dir}: {report['variables']} variables from "
       f"{report['source_tensors']} tensors; {len(mtp)} MTP tensors kept, {len(dead)} dead "
-      f"zero-expert rows skipped, {report['dequantized_fp8']} FP8 weights dequantised "
+      f"zero-expert rows skipped, {report['dequantized_fp8']} FP8 weights dequantised, "
+      f"{len(report['tokens_added'])} special tokens added to the tokenizer (vocabulary "
+      f"{cfg.vocab_size} -> {vocab}) "
       f"({report['seconds']} s)")
   return report
 

@@ -266,16 +266,22 @@ SAVED_NAME = "tokenizer.model"  # where a run that trains its tokenizer keeps it
 
 def find_or_train(path: str, workdir: str, *,
                   train: Optional[Callable[[], "SentencePieceTokenizer"]] = None,
-                  missing: str = "") -> tuple["SentencePieceTokenizer", dict]:
-  """The one way every job finds its tokenizer: `path` if given, else WORKDIR/tokenizer.model if
-  it exists, else `train()` saved there (a run resumed later loads that file). Returns
+                  missing: str = "") -> tuple["Tokenizer", dict]:
+  """The one way every job finds its tokenizer: `path` if given (a `.model` file, or a
+  checkpoint's tokenizer.json / its directory), else WORKDIR/tokenizer.model or WORKDIR's
+  tokenizer.json (adopted from a converted checkpoint) if it exists, else `train()` saved there (a run resumed later loads that file). Returns
   (tokenizer, report {"path", "trained"[, "vocab_size", "seconds"]}). With `train` None a
   missing file is a FileNotFoundError saying `missing` (e.g. why this process may not train)."""
   if path:
+    if path.endswith(HF_TOKENIZER_NAME) or fs.isdir(path):  # a checkpoint's own tokenizer
+      directory = path.rsplit("/", 1)[0] if path.endswith(HF_TOKENIZER_NAME) else path
+      return load_from_dir(directory), {"path": path, "trained": False}
     return load_tokenizer(path), {"path": path, "trained": False}
   saved = fs.join(workdir, SAVED_NAME)
   if fs.exists(saved):
     return load_tokenizer(saved), {"path": saved, "trained": False}
+  if fs.exists(fs.join(workdir, HF_TOKENIZER_NAME)):  # adopted from a converted checkpoint
+    return load_from_dir(workdir), {"path": fs.join(workdir, HF_TOKENIZER_NAME), "trained": False}
   if train is None:
     raise FileNotFoundError(f"{saved} does not exist" + (f": {missing}" if missing else ""))
   t0 = time.perf_counter()

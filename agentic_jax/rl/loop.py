@@ -91,11 +91,13 @@ def _tokenizer(config: Any, workdir: str):
   if config.init_from:
     # a mid-training run writes the tokenizer it trained into its WORKDIR; one that was given
     # a tokenizer file (data.tokenizer.path) does not: then config.tokenizer.path names it
-    theirs = fs.join(config.init_from, "tokenizer.model")
-    if fs.exists(theirs):
-      return tok_lib.load_tokenizer(theirs), theirs
+    # ...or a converted checkpoint holds the tokenizer.json it came with (its markers mapped)
+    theirs = init_from_lib.tokenizer_file(config.init_from)
+    if theirs is not None:
+      return tok_lib.load_from_dir(config.init_from), theirs
     if not config.tokenizer.path:
-      raise FileNotFoundError(f"config.init_from={config.init_from!r} has no tokenizer.model and "
+      raise FileNotFoundError(f"config.init_from={config.init_from!r} has no tokenizer.model "
+                              "(nor tokenizer.json) and "
                               "config.tokenizer.path is empty: set it to the tokenizer that "
                               "mid-training used (its data.tokenizer.path)")
   tok, report = tok_lib.find_or_train(

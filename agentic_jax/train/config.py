@@ -44,7 +44,50 @@ def _optional_inner(tp: Any) -> Optional[type]:
 
 def model_section(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
   """`model` config section: {"preset": name, <every ModelConfig field>: value}."""
-  cfg = presets.get(preset, **overrides)
+  return _section(presets.get(preset, **overrides), preset)
+
+
+# ModelConfig fields that say how to compute, not what the parameters are: a config keeps its
+# own when its model comes from a checkpoint (model_section_from_checkpoint).
+COMPUTE_FIELDS = ("moe_dispatch", "dropless_backend", "capacity_factor", "dropless_block_size",
+                  "expert_axis", "ep_token_axes", "attention_impl", "attention_chunk_size",
+                  "scan_layers", "remat_policy", "dtype", "param_dtype")
+
+
+def model_section_from_checkpoint(path: str, like: Any) -> ml_collections.ConfigDict:
+  """The `model` section of the model in checkpoint `path` (a converted Hugging Face checkpoint
+  or a run's WORKDIR: its latest step's meta), preset "init_from", with the compute fields of
+  section `like` (COMPUTE_FIELDS: the config's dispatch, dtypes, scan, remat). FileNotFoundError
+  when `path` holds no checkpoint."""
+  from agentic_jax.convert import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  cfg = ckpt.model_config_from_section(ckpt.read_meta(path)["config"]["model"])
+  own = {k: getattr(model_config(like), k) for k in COMPUTE_FIELDS}
+  return _section(cfg.replace(**own), "init_from")
+
+
+def split_variant(arg: str) -> tuple[str, dict[str, str]]:
+  """A config file's `get_config` argument "VARIANT[,key=value...]" (big_vision style) ->
+  (variant, {key: value}); e.g. "tiny,init_from=/ckpt/dsv3"."""
+  variant, *rest = arg.split(",")
+  options = {}
+  for item in rest:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"config argument {arg!r}: expected VARIANT[,key=value...], got {item!r}")
+    options[key.strip()] = value.strip()
+  return variant.strip(), options
+
+
+def split_init_from(arg: str) -> tuple[str, str]:
+  """(variant, init_from) of an RL config file's argument "VARIANT[,init_from=DIR]"; any other
+  option is a ValueError."""
+  variant, options = split_variant(arg)
+  if set(options) - {"init_from"}:
+    raise ValueError(f"config argument {arg!r}: the only option is init_from=DIR")
+  return variant, options.get("init_from", "")
+
+
+def _section(cfg: ModelConfig, preset: str) -> ml_collections.ConfigDict:
   hints = typing.get_type_hints(ModelConfig)
   section = ml_collections.ConfigDict()
   section.preset = preset

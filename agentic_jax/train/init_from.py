@@ -21,9 +21,13 @@ layout of `shardings` when given (the sharded loop), else onto the first local d
 to the dtypes the config builds.
 
 The tokenizer. Parameters only make sense with the tokenizer they were trained with (the same
-id means the same piece), so `tokenizer_file` finds init_from's WORKDIR/tokenizer.model (the
-one a run trains when config.data.tokenizer.path is ""), and `adopt_tokenizer` copies it into
-the new WORKDIR, where the data pipeline and every later resume find it.
+id means the same piece), so `tokenizer_files` finds init_from's WORKDIR/tokenizer.model (the
+one a run trains when config.data.tokenizer.path is "") or a converted checkpoint's
+tokenizer.json (with our marker map), and `adopt_tokenizer` copies them into the new WORKDIR,
+where the data pipeline and every later resume find them.
+
+A converted Hugging Face checkpoint (launch/convert.py) has a WORKDIR's layout, so it is an
+init_from like any run; `configs/*.py:VARIANT,init_from=CKPT_DIR` takes config.model from it.
 """
 
 from __future__ import annotations
@@ -98,6 +102,22 @@ def load(path: str, model_cfg: models.ModelConfig, model_section: dict,
   diff = _model_diff(meta.get("config", {}).get("model", {}), model_section)
   state_dir = fs.join(directory, str(step), "state")
   saved = ocp.StandardCheckpointHandler().metadata(epath.Path(state_dir)).tree
+  # A checkpoint in the other layer layout (a converted checkpoint is unscanned; a full config
+  # scans): read in its layout onto the host, restack, then place - the whole model passes
+  # through host memory once, which the same-layout path avoids.
+  saved_scan = bool(meta.get("config", {}).get("model", {}).get("scan_layers",
+                                                                model_cfg.scan_layers))
+  if saved_scan != model_cfg.scan_layers:
+    layout = model_cfg.replace(scan_layers=saved_scan)
+    loaded = load(path, layout, {**dict(model_section), "scan_layers": saved_scan}, step,
+                  say=say)
+    restack = models.scan_variables if model_cfg.scan_layers else models.unscan_variables
+    variables = restack(model_cfg if model_cfg.scan_layers else layout, loaded.variables)
+    if shardings is not None:
+      variables = {k: jax.device_put(v, shardings[k]) for k, v in variables.items()}
+    say(f"[init] {path}: {'unscanned' if not saved_scan else 'scanned'} layers restacked for "
+        f"scan_layers={model_cfg.scan_layers}")
+    return Loaded(variables, loaded.step, loaded.config)
   want = models.abstract_variables(model_cfg)
   # router_state only where this model has one (as the RL loop always did): a dense model
   # taking a MoE checkpoint fails on its params anyway
@@ -142,34 +162,55 @@ def fresh_state(variables: dict, model_cfg: models.ModelConfig, tx: Any, seed: i
         variables["params"], variables.get("router_state", {}))
 
 
+# A converted Hugging Face checkpoint's tokenizer (convert/checkpoint.py): tokenizer.json with
+# our marker map beside it, and the files that name its special tokens.
+HF_TOKENIZER_FILES = ("tokenizer.json", "agentic_jax_tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json", "chat_template.jinja")
+
+
+def tokenizer_files(path: str) -> list[str]:
+  """init_from's tokenizer: [WORKDIR/tokenizer.model] (ours), else the tokenizer.json files of
+  a converted checkpoint, else [] (it was given a file in config.data.tokenizer.path, or used
+  synthetic data)."""
+  ours = fs.join(path, TOKENIZER_FILE)
+  if fs.isfile(ours):
+    return [ours]
+  if fs.isfile(fs.join(path, HF_TOKENIZER_FILES[0])):
+    return [fs.join(path, f) for f in HF_TOKENIZER_FILES if fs.isfile(fs.join(path, f))]
+  return []
+
+
 def tokenizer_file(path: str) -> Optional[str]:
-  """init_from's WORKDIR/tokenizer.model, or None when it has none (it was given a file in
-  config.data.tokenizer.path, or used synthetic data)."""
-  file = fs.join(path, TOKENIZER_FILE)
-  return file if fs.isfile(file) else None
+  """The main file of init_from's tokenizer (tokenizer.model or tokenizer.json), or None."""
+  files = tokenizer_files(path)
+  return files[0] if files else None
 
 
 def adopt_tokenizer(path: str, workdir: str) -> str:
-  """Copies init_from's tokenizer.model into `workdir` (where build_input and later resumes
-  look) and returns the copy's path. A copy already there with the same bytes is kept; one
-  with other bytes is a ConfigError (those parameters do not go with it); none in init_from
-  is a ConfigError saying what to set instead."""
-  theirs = tokenizer_file(path)
-  if theirs is None:
+  """Copies init_from's tokenizer files into `workdir` (where build_input and later resumes
+  look) and returns the main copy's path. Copies already there with the same bytes are kept;
+  one with other bytes is a ConfigError (those parameters do not go with it); none in
+  init_from is a ConfigError saying what to set instead."""
+  files = tokenizer_files(path)
+  if not files:
     raise ConfigError(
-        f"config.init_from: {path!r} has no {TOKENIZER_FILE} and config.data.tokenizer.path "
-        "is empty: set config.data.tokenizer.path to the tokenizer that run used (its own "
-        "config.data.tokenizer.path); a new tokenizer would not fit its parameters")
-  ours = fs.join(workdir, TOKENIZER_FILE)
-  if fs.exists(ours):
-    if fs.read_bytes(ours) == fs.read_bytes(theirs):
-      return ours
-    raise ConfigError(
-        f"config.init_from: {ours} differs from {theirs}, the tokenizer init_from's parameters "
-        f"were trained with; remove {ours} or use another WORKDIR")
+        f"config.init_from: {path!r} has no {TOKENIZER_FILE} (nor a converted checkpoint's "
+        "tokenizer.json) and config.data.tokenizer.path is empty: set config.data.tokenizer."
+        "path to the tokenizer that run used (its own config.data.tokenizer.path); a new "
+        "tokenizer would not fit its parameters")
+  copies = []
+  for theirs in files:
+    ours = fs.join(workdir, theirs.rsplit("/", 1)[-1])
+    if fs.exists(ours) and fs.read_bytes(ours) != fs.read_bytes(theirs):
+      raise ConfigError(
+          f"config.init_from: {ours} differs from {theirs}, the tokenizer init_from's "
+          f"parameters were trained with; remove {ours} or use another WORKDIR")
+    copies.append((theirs, ours))
   fs.makedirs(workdir)
-  fs.copy(theirs, ours)  # atomic: a crash leaves no half-written tokenizer
-  return ours
+  for theirs, ours in copies:
+    if not fs.exists(ours):
+      fs.copy(theirs, ours)  # atomic: a crash leaves no half-written tokenizer
+  return copies[0][1]
 
 
 def summary_entry(path: str, step: int) -> dict:

@@ -1,0 +1,111 @@
+"""Training from a converted Hugging Face checkpoint with its own tokenizer (issue 15, item 3).
+
+A tiny LongCat-Flash saved by transformers, with a byte-level BPE tokenizer.json of its own (as
+released checkpoints ship), is converted: our role/tool markers are added to its tokenizer as
+new special tokens and its embedding grows by mean rows. Then `configs/midtrain.py:tiny,
+init_from=CKPT` runs a mid-training step and `configs/flow_grpo.py:tiny,init_from=CKPT` an RL
+step, both on the checkpoint's model, parameters and tokenizer ids."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+tokenizers = pytest.importorskip("tokenizers")
+
+import jax.numpy as jnp  # noqa: E402
+
+from agentic_jax import convert, models  # noqa: E402
+from agentic_jax.data import builtin  # noqa: E402
+from agentic_jax.data import tokenizer as tok_lib  # noqa: E402
+from agentic_jax.train import config as config_lib  # noqa: E402
+from tests import hf_models as H  # noqa: E402
+from tests.train_fixtures import ROOT, set_dotted  # noqa: E402
+
+VOCAB = 300  # the checkpoint's embedding rows = its BPE vocabulary (256 bytes + merges)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  root = tmp_path_factory.mktemp("hf_start")
+  hf_dir, ckpt = str(root / "hf"), str(root / "ckpt")
+  model = H.build("longcat", seed=4, vocab_size=VOCAB).float()
+  model.save_pretrained(hf_dir)
+  bpe = tokenizers.Tokenizer(tokenizers.models.BPE())
+  bpe.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = tokenizers.decoders.ByteLevel()
+  trainer = tokenizers.trainers.BpeTrainer(
+      vocab_size=VOCAB, initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+      special_tokens=["<s>", "</s>"])
+  bpe.train_from_iterator(builtin.corpus_texts(0, sources=builtin.ALL_SOURCES)[:400], trainer)
+  assert bpe.get_vocab_size() == VOCAB
+  bpe.save(os.path.join(hf_dir, "tokenizer.json"))
+  json.dump({"bos_token": "<s>", "eos_token": "</s>"},
+            open(os.path.join(hf_dir, "tokenizer_config.json"), "w"))
+  report = convert.hf_to_checkpoint(hf_dir, ckpt, say=lambda _: None)
+  return model, hf_dir, ckpt, report
+
+
+def test_markers_are_added_and_the_embedding_grows_by_mean_rows(converted):
+  model, _, ckpt, report = converted
+  tok = tok_lib.load_from_dir(ckpt)
+  added = report["tokens_added"]
+  assert "<|user|>" in added and "<|end_turn|>" in added and "<s>" not in added
+  assert tok.vocab_size == VOCAB + len(added) == report["vocab_size"]
+  ids = {t["content"]: t["id"] for t in
+         json.load(open(os.path.join(ckpt, "tokenizer.json")))["added_tokens"]}
+  assert tok.bos_id == ids["<s>"] < VOCAB and tok.eos_id == ids["</s>"] < VOCAB  # its own
+  assert sorted(ids[t] for t in added) == list(range(VOCAB, VOCAB + len(added)))
+  cfg, variables = convert.load_checkpoint(ckpt)
+  assert cfg.vocab_size == tok.vocab_size
+  emb = np.asarray(variables["params"]["embed_tokens"]["embedding"])
+  np.testing.assert_allclose(emb[VOCAB:], np.broadcast_to(emb[:VOCAB].mean(0), emb[VOCAB:].shape),
+                             rtol=1e-6, atol=1e-7)
+  # the pretrained distribution over the original ids is untouched
+  toks = H.tokens(1, 10, vocab=VOCAB, seed=3)
+  ours = models.build(cfg).apply(variables, jnp.asarray(toks))
+  ours = np.asarray(ours[0] if isinstance(ours, tuple) else ours)
+  with torch.no_grad():
+    ref = model(torch.from_numpy(toks)).logits.numpy()
+  np.testing.assert_allclose(ours[..., :VOCAB], ref, rtol=2e-5, atol=2e-5)
+  # text with markers survives the checkpoint's own tokenizer
+  ids = tok.encode("def f(x):\n  return x + 1\n")
+  assert tok.decode(ids) == "def f(x):\n  return x + 1\n" and max(ids) < VOCAB
+
+
+def test_midtraining_and_rl_start_from_the_converted_checkpoint(converted, tmp_path):
+  from agentic_jax.rl import loop as rl_loop  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import loop  # pylint: disable=import-outside-toplevel
+  _, _, ckpt, report = converted
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "midtrain.py")
+                                  + f":tiny,init_from={ckpt}")
+  assert config.init_from == ckpt and config.model.vocab_size == report["vocab_size"]
+  assert config.model.layer_type == "scmoe" and config.model.preset == "init_from"
+  config.unlock()
+  set_dotted(config, {"data.batch_size": 2, "data.seq_len": 64, "train.num_steps": 2,
+                      "train.log_every": 1, "train.progress": False, "train.eval_every": 0,
+                      "checkpoint.every": 2, "optim.warmup_steps": 1})
+  config.lock()
+  mt_dir = str(tmp_path / "mt")
+  s = loop.run(config, mt_dir, handle_signals=False)
+  assert s["status"] == "completed" and s["init_from"]["path"] == ckpt
+  assert all(np.isfinite(float(v)) for _, v in s["losses"])
+  # the run adopted the checkpoint's tokenizer (ids its parameters were trained with)
+  assert open(os.path.join(mt_dir, "tokenizer.json"), "rb").read() == \
+      open(os.path.join(ckpt, "tokenizer.json"), "rb").read()
+  rl = config_lib.load_config(os.path.join(ROOT, "configs", "flow_grpo.py")
+                              + f":tiny,init_from={ckpt}")
+  rl.unlock()
+  r = rl.rl
+  r.tasks_per_step, r.group_size, r.max_turns, r.eval_max_turns = 2, 2, 2, 2
+  r.max_new_tokens, r.max_context_tokens, r.seq_len = 12, 308, 320
+  r.row_bucket, r.sample_bucket, r.minibatches, r.eval_tasks = 4, 2, 2, 2
+  rl.train.num_steps, rl.train.progress = 1, False
+  rl.checkpoint.every = 100
+  rl.lock()
+  out = rl_loop.run(rl, str(tmp_path / "rl"), handle_signals=False)
+  assert out["status"] == "completed" and out["final_step"] == 1
