@@ -40,7 +40,8 @@ COMPILE_CACHE_MODULES = frozenset(
 # like COMPILE_CACHE_MODULES, chosen from `pytest --durations=0` of the whole suite.
 SLOW_MODULES = frozenset({
     "test_checkpoint", "test_configs", "test_convert", "test_distributed", "test_eval",
-    "test_expert_mesh_train", "test_expert_parallel", "test_launch_scripts", "test_loop",
+    "test_expert_mesh_train", "test_expert_parallel", "test_generate_eval", "test_hf_checkpoint",
+    "test_hf_start", "test_launch_scripts", "test_loop",
     "test_midtrain_init_from", "test_moe_mesh", "test_multihost_train", "test_notebooks",
     "test_parallel", "test_parity", "test_ra3_job", "test_recipe", "test_rl_loop",
     "test_validation", "test_watchdog"})

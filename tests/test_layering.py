@@ -11,6 +11,7 @@ parallel -> models, with rl -> envs -> data and envs -> sandbox. Checked here:
 - train imports no rl/envs/sandbox (README: `train` never imports `rl`), but for the known
   exceptions listed in KNOWN_EXCEPTIONS;
 - fs (run files on disk or object storage) imports nothing of agentic_jax;
+- inference (launch/generate.py, launch/eval.py) is imported by no other layer;
 - nothing under agentic_jax imports launch, configs or tests.
 """
 
@@ -24,19 +25,21 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "agentic_jax")
 ALL_LAYERS = ("models", "data", "objectives", "rl", "train", "parallel", "sampling", "envs",
-              "sandbox", "convert", "fs")
+              "sandbox", "convert", "fs", "inference")
 
 # layer -> layers it must not import
 FORBIDDEN = {
     "models": set(ALL_LAYERS) - {"models"},
-    "data": {"rl", "train", "envs", "objectives", "sandbox"},
-    "envs": {"rl", "train"},
+    "data": {"rl", "train", "envs", "objectives", "sandbox", "inference"},
+    "envs": {"rl", "train", "inference"},
     "sandbox": set(ALL_LAYERS) - {"sandbox"},
-    "objectives": {"rl", "train"},
-    "sampling": {"rl", "train", "envs", "sandbox"},
-    "parallel": {"rl", "train", "envs", "sandbox"},
-    "convert": {"rl", "train", "envs", "sandbox"},
-    "train": {"rl", "envs", "sandbox"},
+    "objectives": {"rl", "train", "inference"},
+    "sampling": {"rl", "train", "envs", "sandbox", "inference"},
+    "parallel": {"rl", "train", "envs", "sandbox", "inference"},
+    "convert": {"rl", "train", "envs", "sandbox", "inference"},
+    "train": {"rl", "envs", "sandbox", "inference"},
+    # inference (generate / eval of a checkpoint) sits beside rl, on top: nothing imports it
+    "rl": {"inference"},
     "fs": set(ALL_LAYERS) - {"fs"},  # run files, local or remote: a leaf every layer may use
 }
 OUTSIDE = ("launch", "configs", "tests")  # top-level packages nothing in agentic_jax may import
