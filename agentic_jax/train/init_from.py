@@ -164,6 +164,7 @@ def fresh_state(variables: dict, model_cfg: models.ModelConfig, tx: Any, seed: i
 
 # A converted Hugging Face checkpoint's tokenizer (convert/checkpoint.py): tokenizer.json with
 # our marker map beside it, and the files that name its special tokens.
+HF_CONFIG_FILE = "hf_config.json"  # convert/checkpoint.py's copy of the source config.json
 HF_TOKENIZER_FILES = ("tokenizer.json", "agentic_jax_tokenizer.json", "tokenizer_config.json",
                       "special_tokens_map.json", "chat_template.jinja")
 
@@ -210,6 +211,11 @@ def adopt_tokenizer(path: str, workdir: str) -> str:
   for theirs, ours in copies:
     if not fs.exists(ours):
       fs.copy(theirs, ours)  # atomic: a crash leaves no half-written tokenizer
+  # a converted checkpoint's source config.json travels with it, so exporting this run
+  # (launch/convert.py --from_ckpt) keeps the fields we do not own (token ids, MTP, ...)
+  hf_config = fs.join(path, HF_CONFIG_FILE)
+  if fs.exists(hf_config) and not fs.exists(fs.join(workdir, HF_CONFIG_FILE)):
+    fs.copy(hf_config, fs.join(workdir, HF_CONFIG_FILE))
   return copies[0][1]
 
 
