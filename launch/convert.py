@@ -1,6 +1,6 @@
 r"""Converts checkpoints between Hugging Face directories and agentic_jax (orbax), streamed.
 
-    python launch/convert.py --from_hf=HF_DIR --to=CKPT_DIR [--dtype=bfloat16]
+    python launch/convert.py --from_hf=HF_DIR --to=CKPT_DIR [--dtype=bfloat16] [--mesh=fsdp:8]
     python launch/convert.py --from_ckpt=CKPT_DIR|WORKDIR --to_hf=HF_DIR [--dtype=bfloat16] \
         [--max_shard_size=5GB]
 
@@ -29,6 +29,9 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"
                            "param_dtype). Export: the safetensors dtype.")
 _SHARD = flags.DEFINE_string("max_shard_size", "5GB", "Export: largest safetensors shard "
                              "(e.g. 500MB, 5GB).")
+_MESH = flags.DEFINE_string("mesh", "", "Import: write every array sharded for this training "
+                            "mesh, e.g. fsdp:8,expert:4 (storage chunks tile the device shards; "
+                            "built from host CPU devices, so any size works on any machine).")
 _BATCH = flags.DEFINE_integer("batch_mb", 256, "Import: tensors handed to orbax per write "
                               "(MiB); with the largest tensor, this bounds host memory.",
                               lower_bound=1)
@@ -44,6 +47,31 @@ def _bytes(text: str) -> int:
   if not m:
     raise ValueError(f"--max_shard_size={text!r}: expected a size such as 500MB or 5GB")
   return int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)])
+
+
+def _cpu_mesh(spec: str):
+  """A mesh of that many host CPU devices (conversion runs in host memory, whatever the
+  accelerators), with the mesh axes the training configs use."""
+  import os  # pylint: disable=import-outside-toplevel
+  from agentic_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  try:
+    sizes = mesh_lib.parse_mesh_spec(spec)
+  except ValueError as e:
+    _fail(e)
+  unknown = set(sizes) - set(mesh_lib.MESH_AXES)
+  if unknown or any(v < 1 for v in sizes.values()):
+    _fail(f"--mesh={spec}: axes are {list(mesh_lib.MESH_AXES)} with sizes >= 1")
+  n = 1
+  for v in sizes.values():
+    n *= v
+  # before the CPU backend starts: enough host devices for the mesh
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                             + f" --xla_force_host_platform_device_count={n}")
+  import jax  # pylint: disable=import-outside-toplevel
+  shape = tuple(sizes.get(a, 1) for a in mesh_lib.MESH_AXES)
+  return jax.make_mesh(shape, mesh_lib.MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(shape),
+                       devices=jax.devices("cpu")[:n])
 
 
 def main(argv: list[str]) -> None:
@@ -62,12 +90,17 @@ def main(argv: list[str]) -> None:
     shard = _bytes(_SHARD.value)
   except ValueError as e:
     _fail(e)
+  mesh = None
+  if _MESH.value:
+    if not importing:
+      _fail("--mesh applies to --from_hf (the layout the checkpoint is written in)")
+    mesh = _cpu_mesh(_MESH.value)
   from agentic_jax import convert  # pylint: disable=import-outside-toplevel  (fast --help)
   from agentic_jax.convert import safetensors_io  # pylint: disable=import-outside-toplevel
   try:
     if importing:
       convert.hf_to_checkpoint(_FROM_HF.value, _TO.value, param_dtype=_DTYPE.value,
-                               batch_bytes=_BATCH.value << 20)
+                               batch_bytes=_BATCH.value << 20, mesh=mesh)
     else:
       convert.checkpoint_to_hf(_FROM_CKPT.value, _TO_HF.value, dtype=_DTYPE.value,
                                max_shard_bytes=shard)

@@ -251,7 +251,7 @@ def _grown(path: str, value: np.ndarray, vocab: int) -> np.ndarray:
 def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32",
                      batch_bytes: int = 256 << 20, say: Callable[[str], None] = print,
                      marker_map: Optional[dict] = None, vocab_multiple_of: int = 1,
-                     **overrides: Any) -> dict:
+                     mesh: Any = None, **overrides: Any) -> dict:
   """Converts a Hugging Face checkpoint directory (module docstring) into CKPT_DIR; returns a
   report {"model_type", "tensors", "mtp_tensors_kept", "dead_rows_skipped", "seconds", ...}.
   Every name is checked against the mapping tables before anything is written: a missing or
@@ -262,7 +262,11 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
   tokenizer_config.json, or `marker_map` {our name: their token text}) or adds them as new
   special tokens; when that outgrows the embedding, the model's vocabulary grows with it (new
   rows = the mean row, padded to `vocab_multiple_of`) and the grown tokenizer is saved in
-  CKPT_DIR, so every later job uses matching ids."""
+  CKPT_DIR, so every later job uses matching ids.
+
+  `mesh` (a jax Mesh, e.g. of host CPU devices: launch/convert.py --mesh) writes every array
+  already sharded as the training mesh lays it out (parallel/rules.py): storage chunks tile the
+  device shards, so a restore onto that mesh reads each device's blocks and nothing else."""
   from orbax.checkpoint.experimental.v1 import partial  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   cfg, raw = read_hf_config(hf_dir, param_dtype=param_dtype, **overrides)
@@ -340,9 +344,21 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
     for k, name in enumerate(mtp):  # bit for bit, in the stored dtype
       yield f"hf_extra/t{k:05d}", np.array(st.read(name))
 
+  placement: dict[str, Any] = {}
+  if mesh is not None:
+    import jax  # pylint: disable=import-outside-toplevel
+    from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+    specs = parallel.variable_specs(cfg.replace(vocab_size=vocab), mesh)
+    placement = {_SEP.join(k): jax.sharding.NamedSharding(mesh, v) for k, v in
+                 traverse_util.flatten_dict(specs).items()}  # PartitionSpecs are the leaves
+
+  def placed(items):
+    for p, value in items:
+      yield p, (jax.device_put(value, placement[p]) if p in placement else value)
+
   n_written = 0
   try:
-    for batch in _batches(produce(), batch_bytes):
+    for batch in _batches(placed(produce()), batch_bytes):
       partial.save(path, traverse_util.unflatten_dict(
           {tuple(k.split(_SEP)): v for k, v in batch}))
       n_written += len(batch)
