@@ -35,7 +35,7 @@ import os
 import ml_collections
 
 from agentic_jax.rl.config import loss_options_section, rl_config
-from agentic_jax.train.config import load_config
+from agentic_jax.train.config import load_config, model_section_from_checkpoint, split_init_from
 from agentic_jax.train.input import mix_source
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
@@ -52,6 +52,9 @@ def _midtrain(variant: str) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+  """VARIANT[,init_from=DIR]: with init_from (a trained WORKDIR or a converted checkpoint) the
+  base stage is skipped and both model sections are that checkpoint's model."""
+  arg, init_from = split_init_from(arg)
   if arg not in VARIANTS:
     raise ValueError(f"configs/ra3.py: unknown variant {arg!r}; choose one of {VARIANTS}")
   c = ml_collections.ConfigDict()
@@ -59,7 +62,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.variant = arg
   c.seed = 0
   # "" = train the base model (config.base) first; else the WORKDIR of a trained or converted
-  # model (its latest checkpoint and tokenizer.model), and the base stage is skipped
+  # model (its latest checkpoint and its tokenizer.model or tokenizer.json), and the base stage
+  # is skipped (configs/ra3.py:tiny,init_from=DIR also takes the model sections from it)
   c.init_from = ""
 
   d = c.ra3_data = ml_collections.ConfigDict()
@@ -121,7 +125,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   if arg == "tiny":
     for m in (c.base, c.mstep):
-      m.model.vocab_size = d.vocab_size
+      if not init_from:  # else the checkpoint's tokenizer and embedding
+        m.model.vocab_size = d.vocab_size
       m.data.seq_len = 256
       m.data.batch_size = 8
       m.train.eval_every = 0
@@ -146,4 +151,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     e.rl.minibatches = 8
     e.rl.row_bucket = 64
     v.max_new_tokens = 512
+  if init_from:
+    c.init_from = init_from
+    for m in (c.base, c.mstep):
+      m.model = model_section_from_checkpoint(init_from, like=m.model)
   return c

@@ -109,3 +109,31 @@ def test_midtraining_and_rl_start_from_the_converted_checkpoint(converted, tmp_p
   rl.lock()
   out = rl_loop.run(rl, str(tmp_path / "rl"), handle_signals=False)
   assert out["status"] == "completed" and out["final_step"] == 1
+
+
+def test_ra3_starts_from_the_converted_checkpoint(converted, tmp_path):
+  """configs/ra3.py:tiny,init_from=CKPT: no base stage; both arms' E/M phases run on the
+  checkpoint's model with its tokenizer (the rationale markers are among the tokens the
+  conversion added)."""
+  from agentic_jax.rl import ra3  # pylint: disable=import-outside-toplevel
+  _, _, ckpt, report = converted
+  assert {"<|think|>", "<|end_think|>"} <= set(report["tokens_added"])
+  config = config_lib.load_config(os.path.join(ROOT, "configs", "ra3.py")
+                                  + f":tiny,init_from={ckpt}")
+  assert config.mstep.model.vocab_size == report["vocab_size"]
+  config.unlock()
+  d = config.ra3_data
+  d.num_programs, d.num_base_programs, d.num_heldout, d.min_ops, d.max_ops = 8, 8, 2, 2, 2
+  m = config.mstep
+  m.data.batch_size, m.data.seq_len, m.train.num_steps = 2, 256, 2
+  m.train.log_every, m.train.progress, m.optim.warmup_steps = 1, False, 1
+  r = config.ra3
+  r.rounds, r.estep_steps, r.proposals, r.max_rationale_len = 1, 1, 2, 3
+  config.estep.rl.seq_len = 256  # the model's max_position_embeddings
+  v = config.eval
+  v.tasks, v.samples, v.max_new_tokens, v.humaneval = 1, 1, 16, False
+  config.lock()
+  s = ra3.run(config, str(tmp_path / "ra3"), handle_signals=False)
+  assert s["status"] == "completed"
+  for arm in ("ra3", "ntp"):
+    assert np.isfinite(s[arm]["action_nll"]) and s[arm]["train_tokens"] == 2 * 2 * 256

@@ -105,12 +105,15 @@ def line_texts(samples) -> list[str]:
 
 
 def tokenizer_for(config: Any, workdir: str, data_dir: str):
-  """The run's tokenizer: config.init_from's tokenizer.model, else WORKDIR/tokenizer.model
+  """The run's tokenizer: config.init_from's (tokenizer.model or tokenizer.json), else
+  WORKDIR/tokenizer.model
   (trained on the data's lines the first time)."""
   from agentic_jax.data import tokenizer as tok_lib  # pylint: disable=import-outside-toplevel
-  if config.init_from:
-    path = fs.join(config.init_from, tok_lib.SAVED_NAME)
-    return tok_lib.load_tokenizer(path), path
+  if config.init_from:  # a run's tokenizer.model, or a converted checkpoint's tokenizer.json
+    tok = tok_lib.load_from_dir(config.init_from)
+    name = tok_lib.SAVED_NAME if fs.exists(fs.join(config.init_from, tok_lib.SAVED_NAME)) else (
+        tok_lib.HF_TOKENIZER_NAME)
+    return tok, fs.join(config.init_from, name)
   samples = [s for name in ("base", "corpus") for s in read_jsonl(fs.join(data_dir,
                                                                                 FILES[name]))]
   tok, report = tok_lib.find_or_train(
