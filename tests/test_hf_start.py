@@ -137,3 +137,31 @@ def test_ra3_starts_from_the_converted_checkpoint(converted, tmp_path):
   assert s["status"] == "completed"
   for arm in ("ra3", "ntp"):
     assert np.isfinite(s[arm]["action_nll"]) and s[arm]["train_tokens"] == 2 * 2 * 256
+
+
+def test_midtraining_from_the_converted_checkpoint_on_a_sharded_mesh(converted, tmp_path):
+  """launch/train.py from the converted checkpoint on 4 devices (fsdp 2 x expert 2) gives the
+  one-device losses: its parameters are read straight into the sharded layout."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from tests.launch_fixtures import cpu_env, records, rel, wait_all  # pylint: disable=import-outside-toplevel
+  _, _, ckpt, _ = converted
+  args = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--compile_cache=",
+          f"--config={os.path.join(ROOT, 'configs', 'midtrain.py')}:tiny,init_from={ckpt}",
+          "--config.data.batch_size=4", "--config.data.seq_len=64", "--config.train.num_steps=2",
+          "--config.train.log_every=1", "--config.train.progress=False",
+          "--config.train.eval_every=0", "--config.checkpoint.every=1000",
+          "--config.optim.warmup_steps=1"]
+  one, four = str(tmp_path / "one"), str(tmp_path / "four")
+  procs = [("one device", subprocess.Popen(args + [f"--workdir={one}"], cwd=ROOT, env=cpu_env(1),
+                                           text=True, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE)),
+           ("fsdp 2 x expert 2", subprocess.Popen(
+               args + [f"--workdir={four}", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+                       "--config.mesh.expert=2"], cwd=ROOT, env=cpu_env(4), text=True,
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE))]
+  wait_all(procs, timeout=600)
+  a, b = records(one), records(four)
+  assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
+  for x, y in zip(a, b):
+    assert rel(y["loss"], x["loss"]) <= 1e-5, (x["loss"], y["loss"])

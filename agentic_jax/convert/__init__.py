@@ -12,8 +12,8 @@ Files, streamed tensor by tensor (launch/convert.py):
     convert.checkpoint_to_hf(CKPT_DIR, HF_DIR)           # orbax -> safetensors + config.json
 """
 
-from agentic_jax.convert.checkpoint import (ConversionError, checkpoint_to_hf, hf_to_checkpoint,
-                                            load_checkpoint)
+from agentic_jax.convert.checkpoint import ConversionError, hf_to_checkpoint, load_checkpoint
+from agentic_jax.convert.export import checkpoint_to_hf
 from agentic_jax.convert.hf import from_hf, from_hf_state_dict, to_hf_state_dict
 from agentic_jax.convert.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf
 
