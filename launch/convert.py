@@ -32,6 +32,10 @@ _SHARD = flags.DEFINE_string("max_shard_size", "5GB", "Export: largest safetenso
 _MESH = flags.DEFINE_string("mesh", "", "Import: write every array sharded for this training "
                             "mesh, e.g. fsdp:8,expert:4 (storage chunks tile the device shards; "
                             "built from host CPU devices, so any size works on any machine).")
+_MARKERS = flags.DEFINE_string(
+    "marker_map", "", "Import: JSON {our marker: the checkpoint's token text}, e.g. "
+    "'{\"<|end_turn|>\": \"<|im_end|>\"}', to reuse its chat tokens for our roles; markers "
+    "not named (nor found in its tokenizer) are added as new special tokens.")
 _BATCH = flags.DEFINE_integer("batch_mb", 256, "Import: tensors handed to orbax per write "
                               "(MiB); with the largest tensor, this bounds host memory.",
                               lower_bound=1)
@@ -95,12 +99,23 @@ def main(argv: list[str]) -> None:
     if not importing:
       _fail("--mesh applies to --from_hf (the layout the checkpoint is written in)")
     mesh = _cpu_mesh(_MESH.value)
+  marker_map = None
+  if _MARKERS.value:
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+      marker_map = json.loads(_MARKERS.value)
+    except ValueError as e:
+      _fail(f"--marker_map: not JSON ({e})")
+    if not isinstance(marker_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in marker_map.items()):
+      _fail("--marker_map: expected a JSON object of strings {our marker: their token}")
   from agentic_jax import convert  # pylint: disable=import-outside-toplevel  (fast --help)
   from agentic_jax.convert import safetensors_io  # pylint: disable=import-outside-toplevel
   try:
     if importing:
       convert.hf_to_checkpoint(_FROM_HF.value, _TO.value, param_dtype=_DTYPE.value,
-                               batch_bytes=_BATCH.value << 20, mesh=mesh)
+                               batch_bytes=_BATCH.value << 20, mesh=mesh,
+                               marker_map=marker_map)
     else:
       convert.checkpoint_to_hf(_FROM_CKPT.value, _TO_HF.value, dtype=_DTYPE.value,
                                max_shard_bytes=shard)

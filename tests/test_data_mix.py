@@ -309,3 +309,14 @@ def test_registered_kind_end_to_end(echo_kind, tokenizer_path, tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"^config\.data\.mix\.parrot\.kind: expected"):
     config_lib.validate(config)
   builtin.register_source(echo_kind)(_echo)  # for the fixture's clean-up
+
+
+def test_tokenizer_larger_than_the_embedding_is_a_config_error(tokenizer_path, tmp_path):
+  """A tokenizer with more ids than config.model.vocab_size (e.g. a converted checkpoint's with
+  added markers) is one line naming the key, before anything compiles - it was a traceback."""
+  config = _config(tokenizer_path)
+  vocab = tok_lib.load_tokenizer(tokenizer_path).vocab_size
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf"^config\.model\.vocab_size: {vocab - 1} is smaller than the "
+                           rf"tokenizer's {vocab} ids"):
+    input_lib.build_input(config, str(tmp_path), vocab_limit=vocab - 1)

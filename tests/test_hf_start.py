@@ -165,3 +165,22 @@ def test_midtraining_from_the_converted_checkpoint_on_a_sharded_mesh(converted, 
   assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2]
   for x, y in zip(a, b):
     assert rel(y["loss"], x["loss"]) <= 1e-5, (x["loss"], y["loss"])
+
+
+def test_marker_map_reuses_the_checkpoints_tokens(converted, tmp_path):
+  """--marker_map maps our markers onto tokens the checkpoint already has (no new rows for
+  them); naming a token it lacks is a one-line error."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  _, hf_dir, _, report = converted
+  cli = [sys.executable, os.path.join(ROOT, "launch", "convert.py"), f"--from_hf={hf_dir}"]
+  r = subprocess.run(cli + [f"--to={tmp_path / 'mapped'}",
+                            '--marker_map={"<|end_turn|>": "</s>", "<|user|>": "<s>"}'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  tok = tok_lib.load_from_dir(str(tmp_path / "mapped"))
+  assert tok.special_id("<|end_turn|>") == tok.eos_id and tok.special_id("<|user|>") == tok.bos_id
+  assert tok.vocab_size == report["vocab_size"] - 2  # two markers fewer to add
+  r = subprocess.run(cli + [f"--to={tmp_path / 'bad'}", '--marker_map={"<|user|>": "<nope>"}'],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2 and r.stderr.count("\n") == 1 and "<nope>" in r.stderr, r.stderr

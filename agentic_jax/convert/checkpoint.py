@@ -227,8 +227,8 @@ def _tokenizer(hf_dir: str, cfg: ModelConfig, marker_map: Optional[dict],
   from agentic_jax.data.hf_tokenizer import HFTokenizer  # pylint: disable=import-outside-toplevel
   try:
     tok = HFTokenizer.load(hf_dir, marker_map=marker_map)
-  except ImportError as e:
-    raise ConversionError(str(e)) from None
+  except (ImportError, ValueError) as e:  # ValueError: a marker_map naming no token of it
+    raise ConversionError(f"{fs.join(hf_dir, 'tokenizer.json')}: {e}") from None
   need = tok.vocab_size
   if need <= cfg.vocab_size:
     return tok, cfg.vocab_size

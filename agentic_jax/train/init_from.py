@@ -126,7 +126,8 @@ def load(path: str, model_cfg: models.ModelConfig, model_section: dict,
     shaping = [d for d in diff if d.split(":")[0] in SHAPE_FIELDS]
     raise ConfigError(
         f"config.init_from={path!r}: its parameters do not fit config.model; differing fields: "
-        f"{'; '.join(shaping or diff) or 'none (tree differs)'}")
+        f"{'; '.join(shaping or diff) or 'none (tree differs)'} (to take the model from the "
+        f"checkpoint: --config=configs/FILE.py:VARIANT,init_from={path})")
   if diff:
     say("[init] config.model differs from init_from's in non-shape fields: " + "; ".join(diff))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -395,9 +395,10 @@ def build_input(config: Any, workdir: str, *, vocab_limit: int, process_index: i
   t0 = time.perf_counter()
   loaded = _load_samples(specs, data, config.seed, report, with_eval=eval_batches > 0)
   tok, report["tokenizer"] = _tokenizer(data, workdir, config.seed, may_train=may_train_tokenizer)
-  if tok.vocab_size > vocab_limit:
-    raise ValueError(f"tokenizer has {tok.vocab_size} ids but config.model.vocab_size is "
-                     f"{vocab_limit}; raise the model's vocab_size or lower data.tokenizer.vocab_size")
+  if tok.vocab_size > vocab_limit:  # a user's config, not a bug: one line, before compiling
+    raise ConfigError(f"config.model.vocab_size: {vocab_limit} is smaller than the tokenizer's "
+                      f"{tok.vocab_size} ids ({report['tokenizer'].get('path') or 'trained'}); "
+                      "raise it, or lower config.data.tokenizer.vocab_size")
   t1 = time.perf_counter()
   sources, eval_sources = [], []
   eval_report: dict = {"batches": eval_batches, "seed": config.seed + EVAL_SEED_OFFSET, "sources": {}}
