@@ -334,3 +334,32 @@ def test_written_sharded_for_a_mesh(tmp_path):
     chunk = tuple(leaf.storage.chunk_shape)
     assert all(w % c == 0 for w, c in zip(want, chunk)), (path, leaf.storage, spec)
   assert split >= 2  # the layout really splits these arrays
+
+
+def test_a_killed_conversion_is_redone_cleanly(tmp_path):
+  """A conversion killed mid-way leaves orbax's partial-save directory; rerunning the command
+  removes it and converts from scratch (nothing of the half-written try is mistaken for data)."""
+  import signal  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  model = _float32_model("deepseek")
+  hf_dir, ckpt = str(tmp_path / "hf"), str(tmp_path / "ckpt")
+  model.save_pretrained(hf_dir, max_shard_size="30KB")
+  proc = subprocess.Popen([sys.executable, CONVERT, f"--from_hf={hf_dir}", f"--to={ckpt}",
+                           "--batch_mb=1"], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE)
+  steps = os.path.join(ckpt, "checkpoints")
+  deadline = time.time() + 120
+  while time.time() < deadline and proc.poll() is None and not (os.path.isdir(steps) and any(
+      n.startswith("0.") for n in os.listdir(steps))):
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  if not any(n.startswith("0.") for n in os.listdir(steps)):  # finished before the kill
+    pytest.skip("the conversion finished before it could be killed")
+  os.makedirs(os.path.join(steps, "0.partial_save", "junk"), exist_ok=True)
+  assert not os.path.exists(os.path.join(steps, "0"))
+  r = _cli(f"--from_hf={hf_dir}", f"--to={ckpt}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert sorted(os.listdir(steps)) == ["0"]
+  toks = H.tokens(1, 8, seed=4)
+  np.testing.assert_allclose(_ours(ckpt, toks), _theirs(model, toks), rtol=2e-5, atol=2e-5)

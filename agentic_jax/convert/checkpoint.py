@@ -325,6 +325,9 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
   if fs.exists(path):
     raise ConversionError(f"{path} already exists; convert into a new directory")
   fs.makedirs(fs.join(ckpt_dir, "checkpoints"))
+  for leftover in fs.glob(path + ".*"):  # parts of a conversion killed before it finished
+    say(f"[convert] removing {leftover}, left by an interrupted conversion")
+    fs.rmtree(leftover)
 
   def produce():
     for e in entries:
