@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
   out = _OUT.value or fs.join(info.path, "eval", f"{_TASK.value}_step{info.step}.jsonl")
   variables = loading.load_variables(info)
 
-  bar = progress_lib.ProgressBar(len(tasks), desc=_TASK.value)
+  bar = progress_lib.ProgressBar(len(tasks), desc=_TASK.value, unit="problem")
   every = max(1, len(tasks) // 20)  # off a terminal: about 20 progress lines, not one per problem
 
   def progress(done: int, postfix: dict) -> None:

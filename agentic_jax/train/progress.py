@@ -54,9 +54,9 @@ class ProgressBar:
   `enabled=False` (train.progress False, processes other than 0) draws nothing at all."""
 
   def __init__(self, total: Optional[int], initial: int = 0, *, desc: str = "",
-               stream: Optional[TextIO] = None, enabled: bool = True):
+               stream: Optional[TextIO] = None, enabled: bool = True, unit: str = "step"):
     self.stream = stream or sys.stderr
-    self.total, self.initial, self.desc = total, initial, desc
+    self.total, self.initial, self.desc, self.unit = total, initial, desc, unit
     isatty = getattr(self.stream, "isatty", lambda: False)
     self.live = enabled and (isatty() or _in_notebook())
     self.lines = enabled and not self.live
@@ -66,7 +66,7 @@ class ProgressBar:
       # width: the terminal's, followed as it is resized; a pseudo-terminal that reports 0
       # columns (`docker run -t` before the size is set) would make tqdm trim the bar to nothing
       width = {"ncols": 100} if _columns(self.stream) == 0 else {"dynamic_ncols": True}
-      self.bar = tqdm.auto.tqdm(total=total, initial=initial, desc=desc, unit="step",
+      self.bar = tqdm.auto.tqdm(total=total, initial=initial, desc=desc, unit=unit,
                                 file=self.stream, leave=True, **width)
 
   def advance(self, step: int) -> None:
@@ -84,7 +84,7 @@ class ProgressBar:
         self.bar.set_postfix_str(postfix_text(postfix), refresh=True)
     elif self.lines and postfix is not None:
       line = tqdm.std.tqdm.format_meter(
-          step, self.total, time.time() - self._t0, prefix=self.desc, ascii=True, unit="step",
+          step, self.total, time.time() - self._t0, prefix=self.desc, ascii=True, unit=self.unit,
           postfix=postfix_text(postfix), initial=self.initial)
       self.stream.write(line + "\n")
       self.stream.flush()
