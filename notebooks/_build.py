@@ -43,10 +43,11 @@ KERNEL_NAME = "agentic-jax-notebooks"
 
 INSTALL_CELL = f'''\
 # Colab / a fresh runtime: install the package from the repository; skipped when it is importable.
+REPO = "{REPO}"  # placeholder: the repository's GitHub owner/name (notebooks/_build.py)
 import importlib.util, subprocess, sys
 if importlib.util.find_spec("agentic_jax") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "git+https://github.com/{REPO}.git"])'''
+                           f"git+https://github.com/{{REPO}}.git"])'''
 
 
 def colab_badge(name: str) -> str:
