@@ -117,7 +117,9 @@ def test_a_model_of_other_shapes_is_a_clear_error(run_a, tmp_path):
   config = small_config(**{"init_from": a_dir, "model.hidden_size": 48, **_FAST})
   with pytest.raises(config_lib.ConfigError,
                      match=r"^config.init_from=.*do not fit config.model; differing fields: "
-                           r"hidden_size: 32 \(init_from\) vs 48 \(config.model\)$"):
+                           r"hidden_size: 32 \(init_from\) vs 48 \(config.model\) \(to take the "
+                           r"model from the checkpoint: --config=configs/FILE\.py:VARIANT,"
+                           r"init_from=.+\)$"):
     loop.run(config, str(tmp_path), handle_signals=False)
   assert init_from_lib.checkpoint_steps(str(tmp_path)) == []
 
