@@ -432,3 +432,21 @@ def test_plot_without_matplotlib_writes_no_png_and_says_so(tmp_path, monkeypatch
   assert runner_lib.plot_metrics(str(tmp_path), [("loss", ("loss",))], "x.png") is None
   assert not (tmp_path / "x.png").exists()
   assert "matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_plot_leaves_the_matplotlib_backend_alone(tmp_path):
+  """plot_metrics used to call matplotlib.use("Agg"), which switched a notebook's inline plots
+  off after a run; it now draws on a Figure of its own and leaves pyplot untouched."""
+  matplotlib = pytest.importorskip("matplotlib")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  before = matplotlib.get_backend()
+  matplotlib.use("svg")  # any backend other than Agg stands for the notebook's inline one
+  try:
+    w = runner.MetricsWriter(str(tmp_path), tensorboard=False)
+    w.write({"step": 1, "loss": 1.0})
+    w.close()
+    figures = plt.get_fignums()
+    assert runner.plot_metrics(str(tmp_path), [("", ("loss",))], "p.png") is not None
+    assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures
+  finally:
+    matplotlib.use(before)

@@ -474,16 +474,18 @@ def plot_metrics(workdir: str, panels: Sequence[tuple[str, Sequence[str]]], file
   if not recs:
     return None
   try:
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     if not _NO_MATPLOTLIB_SAID:
       _NO_MATPLOTLIB_SAID.append(True)
       print(f"[plot] matplotlib is not installed (pip install -e '.[plot]'): no {file_name}; "
             f"the curves are in {path} and TensorBoard", flush=True)
     return None
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=100, squeeze=False)
+  # A Figure of its own, not pyplot: no global backend switch (matplotlib.use("Agg") would turn
+  # off a notebook's inline plots after a run) and no figure left in pyplot's registry.
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(5.5 * len(panels), 4), dpi=100)
+  axes = fig.subplots(1, len(panels), squeeze=False)
   for ax, (label, keys) in zip(axes[0], panels):
     for i, key in enumerate(keys):
       names = (sorted({k for r in recs for k in r if k.startswith(key)}) if key.endswith("/")
@@ -510,5 +512,4 @@ def plot_metrics(workdir: str, panels: Sequence[tuple[str, Sequence[str]]], file
   out = fs.join(workdir, file_name)
   with fs.open_file(out, "wb") as f:
     fig.savefig(f, format=file_name.rsplit(".", 1)[-1])
-  plt.close(fig)
   return out
