@@ -43,7 +43,6 @@ import contextlib, io, json, pathlib, platform, subprocess, tempfile, time, warn
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
 
 import numpy as np
-import matplotlib
 import matplotlib.pyplot as plt
 import jax
 
@@ -51,9 +50,6 @@ try:  # Jupyter / Colab: inline PNG plots (what `%matplotlib inline` does)
     get_ipython().run_line_magic("matplotlib", "inline")
 except NameError:  # plain Python
     pass
-# The run loop writes each run's loss.png with matplotlib.use("Agg"), which switches this
-# kernel's backend too; the plot cell switches back to the notebook's (inline) backend.
-NOTEBOOK_BACKEND = matplotlib.get_backend()
 
 import agentic_jax
 from agentic_jax.train import loop
@@ -177,7 +173,6 @@ def smooth(x, n=25):
 def spread(values):
     return np.std(values, ddof=1) if len(values) > 1 else 0.0
 
-plt.switch_backend(NOTEBOOK_BACKEND)
 colors = dict(zip(ARMS, ("tab:blue", "tab:orange", "tab:green")))
 fig, axes = plt.subplots(2, 2, figsize=(12, 8))
 (ax_loss, ax_diff), (ax_compute, ax_ctrl) = axes
