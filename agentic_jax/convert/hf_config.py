@@ -207,6 +207,9 @@ def config_to_hf(cfg: ModelConfig, *, base: Optional[dict] = None) -> dict:
   checkpoint came with, supplies every field we do not own (token ids, chat fields, MTP
   layers, quantization) and is otherwise overwritten. ValueError for a config transformers
   cannot express (LongCat without its LoRA scales, for instance)."""
+  if cfg.scmoe_moe_input != "shortcut":
+    raise ValueError(f"scmoe_moe_input={cfg.scmoe_moe_input!r} has no transformers equivalent: "
+                     "LongcatFlash always feeds its MoE the shortcut (first attention's output)")
   if cfg.layer_type == "scmoe" and not (cfg.mla_scale_q_lora and cfg.mla_scale_kv_lora
                                         and cfg.rope_interleave and cfg.scoring_func == "softmax"):
     raise ValueError("this scmoe config has no transformers equivalent: LongcatFlash always "

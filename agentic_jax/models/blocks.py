@@ -35,6 +35,13 @@ class ScMoELayer(nn.Module):
 
   The MoE branch depends only on x1, so its dispatch/combine (an all-to-all under expert
   parallelism) has no data dependence on FFN_0 and MLA_1 and XLA may overlap them.
+
+  `cfg.scmoe_moe_input == "sequential"` moves the MoE after the second attention, onto FFN_1's
+  input (the conventional placement; same parameters, same names):
+
+      x3 = norm_post1(h3);  h4 = h3 + FFN_1(x3) + MoE(x3)
+
+  so the exchange depends on MLA_1 (and FFN_0) and can overlap only FFN_1.
   """
 
   cfg: ModelConfig
@@ -42,15 +49,20 @@ class ScMoELayer(nn.Module):
   @nn.compact
   def __call__(self, h: Array, ctx: AttentionContext, cache: Caches = None):
     cfg = self.cfg
+    sequential = cfg.scmoe_moe_input == "sequential"
     c0, c1 = cache if cache is not None else (None, None)
     a, c0 = MLA(cfg, name="self_attn_0")(_norm(cfg, "input_layernorm_0")(h), ctx, c0)
     h = h + a
     x1 = _norm(cfg, "post_attention_layernorm_0")(h)
-    moe_out = MoE(cfg, name="mlp")(x1)
+    moe = MoE(cfg, name="mlp")
+    moe_out = None if sequential else moe(x1)
     h = h + SwiGLU(cfg, cfg.intermediate_size, name="mlps_0")(x1)
     a, c1 = MLA(cfg, name="self_attn_1")(_norm(cfg, "input_layernorm_1")(h), ctx, c1)
     h = h + a
-    h = h + SwiGLU(cfg, cfg.intermediate_size, name="mlps_1")(_norm(cfg, "post_attention_layernorm_1")(h))
+    x3 = _norm(cfg, "post_attention_layernorm_1")(h)
+    if sequential:
+      moe_out = moe(x3)
+    h = h + SwiGLU(cfg, cfg.intermediate_size, name="mlps_1")(x3)
     h = h + moe_out.astype(h.dtype)
     h = constrain(h, _ACT)
     return h, (None if cache is None else (c0, c1))

@@ -13,6 +13,9 @@ import math
 from typing import Any, Optional
 
 LAYER_TYPES = ("scmoe", "deepseek", "dense")
+# Where a ScMoE layer's MoE branch reads its input (blocks.ScMoELayer): "shortcut" (LongCat-Flash,
+# after the first attention) or "sequential" (the conventional placement, after the second).
+SCMOE_MOE_INPUTS = ("shortcut", "sequential")
 SCORING_FUNCS = ("softmax", "sigmoid")
 # moe_dispatch names an entry of the dispatch table (moe_kernels.KERNELS: "dense", "capacity",
 # "dropless_blocked", "dropless_ragged", "expert_parallel", and whatever register_kernel
@@ -39,6 +42,18 @@ class ModelConfig:
     * "dense": Youtu-LLM layer (MLA + dense SwiGLU).
   `num_layers` counts decoder layers; a ScMoE layer holds two attention sublayers, so
   `num_attention_layers` is 2 * num_layers there (HF's LongCat `num_hidden_layers`).
+
+  `scmoe_moe_input` (layer_type "scmoe" only) says which normalised input the layer's MoE reads:
+    * "shortcut" (default, LongCat-Flash): x1 = norm_post0(h1), the output of the FIRST
+      attention, so the MoE's dispatch/combine does not depend on FFN_0 or MLA_1 and can overlap
+      them (checkpoints, presets and Hugging Face LongcatFlash all compute this).
+    * "sequential": x3 = norm_post1(h3), the same input as FFN_1, after the SECOND attention:
+      the conventional placement, whose dispatch waits for MLA_1 and cannot overlap it.
+  Both build EXACTLY the same parameter tree (the same modules under the same names and shapes;
+  only the MoE's input changes), so per layer, with d = hidden_size, N = n_routed_experts,
+  Z = zero_expert_num, f = intermediate_size, f_e = moe_intermediate_size, both have
+      2 * MLA(d) + 2 * 3*d*f (FFN_0, FFN_1) + (N + Z)*d (router) + N * 3*d*f_e (experts) + 4*d (norms)
+  parameters. "sequential" has no transformers equivalent (convert.hf_config refuses it).
   """
 
   # --- family / sizes
@@ -49,6 +64,7 @@ class ModelConfig:
   num_attention_heads: int = 4
   intermediate_size: int = 128  # dense SwiGLU width (LongCat: ffn_hidden_size)
   tie_word_embeddings: bool = False
+  scmoe_moe_input: str = "shortcut"  # "shortcut" | "sequential" (layer_type "scmoe" only)
 
   # --- MLA
   q_lora_rank: Optional[int] = 32  # None = direct query projection (q_proj)
@@ -173,6 +189,9 @@ class ModelConfig:
     choice("remat_policy", REMAT_POLICIES)
     choice("dtype", DTYPES)
     choice("param_dtype", DTYPES)
+    choice("scmoe_moe_input", SCMOE_MOE_INPUTS)
+    if self.scmoe_moe_input != "shortcut" and self.layer_type != "scmoe":
+      fail("scmoe_moe_input", "only a layer_type 'scmoe' model has a shortcut MoE to move")
     for f in ("vocab_size", "hidden_size", "num_layers", "num_attention_heads",
               "intermediate_size", "kv_lora_rank", "qk_nope_head_dim",
               "qk_rope_head_dim", "v_head_dim", "attention_chunk_size",
