@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags
 
+from agentic_jax import cli
 from agentic_jax.data import reader
 from agentic_jax.data.schema import printable
 
@@ -56,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

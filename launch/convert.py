@@ -15,9 +15,10 @@ Library: agentic_jax/convert/checkpoint.py.
 from __future__ import annotations
 
 import re
-import sys
 
 from absl import app, flags, logging
+
+from agentic_jax import cli
 
 _FROM_HF = flags.DEFINE_string("from_hf", None, "Hugging Face checkpoint directory to import.")
 _TO = flags.DEFINE_string("to", None, "Output checkpoint directory (with --from_hf).")
@@ -41,9 +42,6 @@ _BATCH = flags.DEFINE_integer("batch_mb", 256, "Import: tensors handed to orbax 
                               lower_bound=1)
 
 
-def _fail(message: object, code: int = 2) -> None:
-  sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
-  sys.exit(code)
 
 
 def _bytes(text: str) -> int:
@@ -61,10 +59,10 @@ def _cpu_mesh(spec: str):
   try:
     sizes = mesh_lib.parse_mesh_spec(spec)
   except ValueError as e:
-    _fail(e)
+    cli.fail(e)
   unknown = set(sizes) - set(mesh_lib.MESH_AXES)
   if unknown or any(v < 1 for v in sizes.values()):
-    _fail(f"--mesh={spec}: axes are {list(mesh_lib.MESH_AXES)} with sizes >= 1")
+    cli.fail(f"--mesh={spec}: axes are {list(mesh_lib.MESH_AXES)} with sizes >= 1")
   n = 1
   for v in sizes.values():
     n *= v
@@ -85,19 +83,19 @@ def main(argv: list[str]) -> None:
   importing = _FROM_HF.value is not None or _TO.value is not None
   exporting = _FROM_CKPT.value is not None or _TO_HF.value is not None
   if importing == exporting:
-    _fail("give either --from_hf=HF_DIR --to=CKPT_DIR or --from_ckpt=CKPT_DIR --to_hf=HF_DIR")
+    cli.fail("give either --from_hf=HF_DIR --to=CKPT_DIR or --from_ckpt=CKPT_DIR --to_hf=HF_DIR")
   if importing and not (_FROM_HF.value and _TO.value):
-    _fail("--from_hf and --to go together")
+    cli.fail("--from_hf and --to go together")
   if exporting and not (_FROM_CKPT.value and _TO_HF.value):
-    _fail("--from_ckpt and --to_hf go together")
+    cli.fail("--from_ckpt and --to_hf go together")
   try:
     shard = _bytes(_SHARD.value)
   except ValueError as e:
-    _fail(e)
+    cli.fail(e)
   mesh = None
   if _MESH.value:
     if not importing:
-      _fail("--mesh applies to --from_hf (the layout the checkpoint is written in)")
+      cli.fail("--mesh applies to --from_hf (the layout the checkpoint is written in)")
     mesh = _cpu_mesh(_MESH.value)
   marker_map = None
   if _MARKERS.value:
@@ -105,10 +103,10 @@ def main(argv: list[str]) -> None:
     try:
       marker_map = json.loads(_MARKERS.value)
     except ValueError as e:
-      _fail(f"--marker_map: not JSON ({e})")
+      cli.fail(f"--marker_map: not JSON ({e})")
     if not isinstance(marker_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in marker_map.items()):
-      _fail("--marker_map: expected a JSON object of strings {our marker: their token}")
+      cli.fail("--marker_map: expected a JSON object of strings {our marker: their token}")
   from agentic_jax import convert  # pylint: disable=import-outside-toplevel  (fast --help)
   from agentic_jax.convert import safetensors_io  # pylint: disable=import-outside-toplevel
   try:
@@ -120,8 +118,8 @@ def main(argv: list[str]) -> None:
       convert.checkpoint_to_hf(_FROM_CKPT.value, _TO_HF.value, dtype=_DTYPE.value,
                                max_shard_bytes=shard)
   except (convert.ConversionError, safetensors_io.SafetensorsError, FileNotFoundError) as e:
-    _fail(e)
+    cli.fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
 from absl import app, flags, logging
+
+from agentic_jax import cli
 
 _CKPT = flags.DEFINE_string("ckpt", None, "Converted checkpoint directory (agentic_jax.convert).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's WORKDIR.")
@@ -52,47 +53,36 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "Persistent XLA compilation cache ('' disables; JAX_COMPILATION_CACHE_DIR takes precedence).")
 
 
-def _fail(message: str, code: int = 2) -> None:
-  """Exit `code` after one line on stderr (the message squeezed onto it)."""
-  sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
-  sys.exit(code)
 
 
 def _check_flags() -> float:
   """Exits 2 on a bad numeric flag; returns the temperature to use."""
   if (_CKPT.value is None) == (_WORKDIR.value is None):
-    _fail("give exactly one of --ckpt=DIR or --workdir=DIR")
+    cli.fail("give exactly one of --ckpt=DIR or --workdir=DIR")
   for name, flag, low in (("samples", _SAMPLES, 1), ("max_new_tokens", _MAX_NEW, 1),
                           ("limit", _LIMIT, 0), ("batch_size", _BATCH, 1), ("workers", _WORKERS, 1)):
     if flag.value < low:
-      _fail(f"--{name} must be >= {low}, got {flag.value}")
+      cli.fail(f"--{name} must be >= {low}, got {flag.value}")
   temperature = _TEMPERATURE.value
   if temperature is None:
     temperature = 0.0 if _SAMPLES.value == 1 else 0.8
   if not (math.isfinite(temperature) and temperature >= 0):
-    _fail(f"--temperature must be a finite number >= 0, got {temperature}")
+    cli.fail(f"--temperature must be a finite number >= 0, got {temperature}")
   if temperature == 0 and _SAMPLES.value > 1:
-    _fail(f"--samples={_SAMPLES.value} with --temperature=0 would give identical completions; "
+    cli.fail(f"--samples={_SAMPLES.value} with --temperature=0 would give identical completions; "
           "sample with --temperature > 0")
   if not 0 < _TOP_P.value <= 1:
-    _fail(f"--top_p must be in (0, 1], got {_TOP_P.value}")
+    cli.fail(f"--top_p must be in (0, 1], got {_TOP_P.value}")
   if not _TIMEOUT.value > 0:
-    _fail(f"--timeout_s must be > 0, got {_TIMEOUT.value}")
+    cli.fail(f"--timeout_s must be > 0, got {_TIMEOUT.value}")
   return temperature
 
 
-def _parse(argv: list[str]) -> list[str]:
-  """absl flag parsing; an unknown flag or a malformed value is a one-line error, exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"{e} (--helpfull lists the flags)")
-    raise  # unreachable: _fail exits
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   temperature = _check_flags()
@@ -107,25 +97,25 @@ def main(argv: list[str]) -> None:
   try:
     tasks = humaneval.load_tasks(_TASK.value)
   except humaneval.EvalError as e:
-    _fail(e)
+    cli.fail(e)
   if _LIMIT.value:
     tasks = tasks[:_LIMIT.value]
   try:
     info = loading.checkpoint_info(path, _STEP.value)
     tokenizer = loading.load_tokenizer(info.path)
   except loading.LoadError as e:
-    _fail(f"{flag}={e}")
+    cli.fail(f"{flag}={e}")
   try:
     for task in tasks:  # every prompt's ids have embedding rows (cheap: tokenization only)
       loading.check_ids(info.config, tokenizer, humaneval.prompt_ids(tokenizer, task, _CHAT.value))
   except KeyError as e:
-    _fail(f"--chat needs the chat markers of agentic_jax's rendering; this tokenizer lacks {e}")
+    cli.fail(f"--chat needs the chat markers of agentic_jax's rendering; this tokenizer lacks {e}")
   except loading.LoadError as e:
-    _fail(f"{flag}={info.path}: {e}")
+    cli.fail(f"{flag}={info.path}: {e}")
   try:
     humaneval.check_sandbox(_UNISOLATED.value)
   except humaneval.EvalError as e:
-    _fail(e)
+    cli.fail(e)
   out = _OUT.value or fs.join(info.path, "eval", f"{_TASK.value}_step{info.step}.jsonl")
   variables = loading.load_variables(info)
 
@@ -148,4 +138,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags, logging
 
+from agentic_jax import cli
+
 _CKPT = flags.DEFINE_string("ckpt", None, "Converted checkpoint directory (agentic_jax.convert).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's WORKDIR.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
@@ -39,36 +41,25 @@ _COMPILE_CACHE = flags.DEFINE_string(
     "Persistent XLA compilation cache ('' disables; JAX_COMPILATION_CACHE_DIR takes precedence).")
 
 
-def _fail(message: str, code: int = 2) -> None:
-  """Exit `code` after one line on stderr (the message squeezed onto it)."""
-  sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
-  sys.exit(code)
 
 
-def _parse(argv: list[str]) -> list[str]:
-  """absl flag parsing; an unknown flag or a malformed value is a one-line error, exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _fail(f"{e} (--helpfull lists the flags)")
-    raise  # unreachable: _fail exits
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   if (_CKPT.value is None) == (_WORKDIR.value is None):
-    _fail("give exactly one of --ckpt=DIR or --workdir=DIR")
+    cli.fail("give exactly one of --ckpt=DIR or --workdir=DIR")
   if _PROMPT.value is None:
-    _fail("--prompt is required")
+    cli.fail("--prompt is required")
   if not (math.isfinite(_TEMPERATURE.value) and _TEMPERATURE.value >= 0):
-    _fail(f"--temperature must be a finite number >= 0, got {_TEMPERATURE.value}")
+    cli.fail(f"--temperature must be a finite number >= 0, got {_TEMPERATURE.value}")
   if not 0 < _TOP_P.value <= 1:
-    _fail(f"--top_p must be in (0, 1], got {_TOP_P.value}")
+    cli.fail(f"--top_p must be in (0, 1], got {_TOP_P.value}")
   if _MAX_NEW.value < 1:
-    _fail(f"--max_new_tokens must be >= 1, got {_MAX_NEW.value}")
+    cli.fail(f"--max_new_tokens must be >= 1, got {_MAX_NEW.value}")
   path = _CKPT.value if _CKPT.value is not None else _WORKDIR.value
   flag = "--ckpt" if _CKPT.value is not None else "--workdir"
   import jax  # pylint: disable=import-outside-toplevel  after flag parsing (fast --help)
@@ -79,7 +70,7 @@ def main(argv: list[str]) -> None:
     info = loading.checkpoint_info(path, _STEP.value)
     tokenizer = loading.load_tokenizer(info.path)
   except loading.LoadError as e:
-    _fail(f"{flag}={e}")
+    cli.fail(f"{flag}={e}")
   try:
     if _CHAT.value:
       prompt = generate.chat_prompt(tokenizer, _PROMPT.value)
@@ -87,16 +78,16 @@ def main(argv: list[str]) -> None:
     else:
       prompt, stop_ids = generate.plain_prompt(tokenizer, _PROMPT.value), ()
   except KeyError as e:  # a tokenizer without our chat markers
-    _fail(f"--chat needs the chat markers of agentic_jax's rendering; this tokenizer lacks {e}")
+    cli.fail(f"--chat needs the chat markers of agentic_jax's rendering; this tokenizer lacks {e}")
   if not prompt:
-    _fail("--prompt is empty and the tokenizer has no <s> to start from")
+    cli.fail("--prompt is empty and the tokenizer has no <s> to start from")
   try:
     loading.check_ids(info.config, tokenizer, prompt)
   except loading.LoadError as e:
-    _fail(f"{flag}={info.path}: {e}")
+    cli.fail(f"{flag}={info.path}: {e}")
   limit = info.config.max_position_embeddings
   if len(prompt) + _MAX_NEW.value > limit:
-    _fail(f"the prompt ({len(prompt)} tokens) + --max_new_tokens={_MAX_NEW.value} exceed the "
+    cli.fail(f"the prompt ({len(prompt)} tokens) + --max_new_tokens={_MAX_NEW.value} exceed the "
           f"model's max_position_embeddings={limit}")
   variables = loading.load_variables(info)
   result: dict = {}
@@ -117,4 +108,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -30,6 +30,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from absl import app, flags
 from ml_collections import config_flags
 
+from agentic_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config path.py[:variant]; optional if --model is given.",
     lock_config=True)
@@ -144,9 +146,8 @@ def _run(argv: list[str]) -> None:
   try:
     sys.exit(main(argv))
   except (ValueError, app.UsageError) as e:  # bad mesh / batch / rule / flags: one line, exit 2
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    cli.fail(e)
 
 
 if __name__ == "__main__":
-  app.run(_run)
+  app.run(_run, flags_parser=cli.parse_flags)

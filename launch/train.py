@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from agentic_jax import jobs  # the job table only: imports nothing else of agentic_jax
+from agentic_jax import cli, jobs  # error lines and the job table: no JAX imported
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config: path.py[:variant], e.g. configs/midtrain.py:tiny",
@@ -71,45 +70,11 @@ JOBS = {name: run_module for name, (run_module, _) in jobs.JOBS.items()}
 FAILED = ("halted", "all_skipped")
 
 
-def _fail(message: str, code: int) -> None:
-  """Exit `code` after one line on stderr (the message squeezed onto it)."""
-  sys.stderr.write(f"error: {' '.join(str(message).split())}\n")
-  sys.exit(code)
-
-
-def _last_line(text: str) -> str:
-  """The last non-empty line: the exception line of a traceback that ml_collections embeds in
-  its config-file errors."""
-  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-  last = lines[-1] if lines else str(text)
-  return re.sub(r"^\w+(Error|Exception): ", "", last)  # the message, not the class
-
-
-def _parse(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a one-line error for a mistyped config key instead of a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, ValueError, TypeError) as e:
-    if "Error whilst parsing config file" in str(e):  # get_config raised (e.g. unknown variant)
-      _fail(_last_line(e), 2)
-    if not isinstance(e, flags.Error):
-      raise
-    sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.\n")
-    sys.exit(2)
-  except (AttributeError, KeyError) as e:  # ml_collections: override of a key that does not exist
-    bad = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    detail = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-    sys.stderr.write(f"error: unknown config key among {bad}: {detail}\n")
-    sys.exit(2)
-
-
 def _job(config) -> str:
   """config.job (default "midtrain"), or exit 2 naming the known jobs."""
   job = config.get("job", "midtrain")
   if job not in JOBS:
-    sys.stderr.write(f"error: config.job={job!r} is not a known job; expected one of "
-                     f"{sorted(JOBS)}\n")
-    sys.exit(2)
+    cli.fail(f"config.job={job!r} is not a known job; expected one of {sorted(JOBS)}")
   return job
 
 
@@ -119,9 +84,7 @@ def _job_module(job: str):
     return importlib.import_module(JOBS[job])
   except ModuleNotFoundError as e:
     if e.name and JOBS[job].startswith(e.name):
-      sys.stderr.write(f"error: config.job={job!r} needs {JOBS[job]}, which this checkout "
-                       f"does not have ({e})\n")
-      sys.exit(2)
+      cli.fail(f"config.job={job!r} needs {JOBS[job]}, which this checkout does not have ({e})")
     raise
 
 
@@ -154,15 +117,14 @@ def main(argv: list[str]) -> None:
   try:
     job = _job(_CONFIG.value)
   except OSError as e:  # ml_collections defers a config file it could not open to first use
-    _fail(f"--config: {_last_line(e)}", 2)
+    cli.fail(f"--config: {cli.last_line(e)}")
   _defer_xla_cpu_collective_abort(_CONFIG.value)
   try:
     info = distributed.initialize_distributed(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
         cpu_collectives=_CPU_COLLECTIVES.value)
   except ValueError as e:  # inconsistent --num_processes / --process_id
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    cli.fail(e)
   if info.initialized and info.process_id == 0:
     print(f"[distributed] {info.num_processes} processes ({info.method}); "
           f"{jax.device_count()} devices, {jax.local_device_count()} per process", flush=True)
@@ -170,22 +132,22 @@ def main(argv: list[str]) -> None:
   try:
     fs.check_backend(_WORKDIR.value)
   except ValueError as e:  # gs://... without gcsfs: say so before anything compiles
-    _fail(f"--workdir={e}", 2)
+    cli.fail(f"--workdir={e}")
   module = _job_module(job)
   from agentic_jax.train import checkpoint, config  # pylint: disable=import-outside-toplevel
   try:
     result = module.run(_CONFIG.value, _WORKDIR.value)
   except config.ConfigError as e:  # a bad value, or checkpoints written under another config
-    _fail(e, 2)
+    cli.fail(e)
   except checkpoint.CorruptCheckpointError as e:  # nothing readable; nothing was moved
-    _fail(e, 1)
+    cli.fail(e, 1)
   status = result.get("status") if isinstance(result, dict) else None
   if info.initialized:
     jax.distributed.shutdown()
   if status in FAILED:
-    _fail(f"the run ended with status {status!r} (see the output above)", 1)
+    cli.fail(f"the run ended with status {status!r} (see the output above)", 1)
   sys.exit(0)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -10,6 +10,7 @@ lines, exactly what `render` tokenizes); without it, the built-in corpus
 
 from absl import app, flags
 
+from agentic_jax import cli
 from agentic_jax.data import reader, render, tokenizer
 from agentic_jax.data.schema import RecordError
 
@@ -55,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

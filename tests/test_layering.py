@@ -25,7 +25,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "agentic_jax")
 ALL_LAYERS = ("models", "data", "objectives", "rl", "train", "parallel", "sampling", "envs",
-              "sandbox", "convert", "fs", "inference")
+              "sandbox", "convert", "fs", "inference", "cli")
 
 # layer -> layers it must not import
 FORBIDDEN = {
@@ -41,6 +41,7 @@ FORBIDDEN = {
     # inference (generate / eval of a checkpoint) sits beside rl, on top: nothing imports it
     "rl": {"inference"},
     "fs": set(ALL_LAYERS) - {"fs"},  # run files, local or remote: a leaf every layer may use
+    "cli": set(ALL_LAYERS) - {"cli"},  # the launch scripts' one-line errors: absl only
 }
 OUTSIDE = ("launch", "configs", "tests")  # top-level packages nothing in agentic_jax may import
 

@@ -138,6 +138,17 @@ def test_cli_errors():
   assert r.returncode == 1 and "DOES NOT FIT" in r.stdout
 
 
+def test_cli_config_errors_are_one_line():
+  # a mistyped config key was a KeyError traceback here (launch/train.py already caught it)
+  r = _plan("--config=configs/midtrain.py:tiny", "--config.modle.x=1", "--num_devices=8")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+  assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+  assert "--config.modle.x" in r.stderr and 'Did you mean "model"' in r.stderr
+  r = _plan("--config=configs/midtrain.py:bogus")
+  assert r.returncode == 2 and "Traceback" not in r.stderr
+  assert "unknown variant 'bogus'" in r.stderr
+
+
 # ------------------------------------------------------ against real arrays
 
 
