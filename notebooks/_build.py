@@ -44,10 +44,14 @@ KERNEL_NAME = "agentic-jax-notebooks"
 INSTALL_CELL = f'''\
 # Colab / a fresh runtime: install the package from the repository; skipped when it is importable.
 REPO = "{REPO}"  # placeholder: the repository's GitHub owner/name (notebooks/_build.py)
-import importlib.util, subprocess, sys
+import importlib.util, os, subprocess, sys
+# Where the repository's files come from: GitHub, or a local clone / mirror for an offline runtime
+# (AGENTIC_JAX_SOURCE=/path/to/clone: pip installs from it, RAW is file:// of it).
+SOURCE = os.environ.get("AGENTIC_JAX_SOURCE", "")
+RAW = f"file://{{os.path.abspath(SOURCE)}}" if SOURCE else f"https://raw.githubusercontent.com/{{REPO}}/main"
 if importlib.util.find_spec("agentic_jax") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           f"git+https://github.com/{{REPO}}.git"])'''
+                           SOURCE or f"git+https://github.com/{{REPO}}.git"])'''
 
 
 def colab_badge(name: str) -> str:
@@ -149,6 +153,20 @@ def check(name: str) -> list[str]:
   return diffs
 
 
+def keep_outputs(nb: nbformat.NotebookNode, old: nbformat.NotebookNode) -> None:
+  """Copies outputs, execution counts and cell metadata from `old` into `nb` cell by cell (same cells and types
+  required, so a structural change cannot silently misplace results)."""
+  if [c.cell_type for c in nb.cells] != [c.cell_type for c in old.cells]:
+    raise ValueError("--keep_outputs: the source's cells no longer match the notebook's; "
+                     "run it again (--execute)")
+  for new, have in zip(nb.cells, old.cells):
+    if new.cell_type == "code":
+      new.outputs, new.execution_count = have.outputs, have.execution_count
+      new.metadata = have.metadata  # the execution timestamps of that run
+  if "language_info" in old.metadata:  # the kernel that ran it (its Python version)
+    nb.metadata["language_info"] = old.metadata["language_info"]
+
+
 def sources() -> list[str]:
   return sorted(p.stem for p in SRC.glob("*.py"))
 
@@ -160,6 +178,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--execute", action="store_true", help="run it and keep the outputs")
   ap.add_argument("--quick", action="store_true", help="with --execute: NOTEBOOK_QUICK=1")
   ap.add_argument("--check", action="store_true", help="compare built notebooks with sources")
+  ap.add_argument("--keep_outputs", action="store_true",
+                  help="rebuild keeping each cell's outputs from the committed notebook (only for "
+                  "edits that cannot change what a cell prints, e.g. the install cell; anything "
+                  "else needs --execute)")
   args = ap.parse_args(argv)
   names = sources() if args.all or (args.check and not args.names) else args.names
   if args.check:
@@ -170,7 +192,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.error("name a notebook (or --all)")
   for name in names:
     nb = build(name)
-    if args.execute:
+    if args.keep_outputs:
+      keep_outputs(nb, nbformat.read(HERE / f"{name}.ipynb", as_version=4))
+    elif args.execute:
       t0 = time.perf_counter()
       execute(nb, quick=args.quick)
       print(f"{name}: executed ({'quick' if args.quick else 'full'} mode) in "

@@ -68,7 +68,7 @@ CONFIG = PKG_ROOT / "configs" / "midtrain.py"
 if not CONFIG.exists():
     import urllib.request
     CONFIG = pathlib.Path(tempfile.mkdtemp()) / "midtrain.py"
-    urllib.request.urlretrieve(f"https://raw.githubusercontent.com/{REPO}/main/configs/midtrain.py", CONFIG)
+    urllib.request.urlretrieve(f"{RAW}/configs/midtrain.py", CONFIG)
 
 BASE = f"Z=0 top-{K_EFF}"
 ZERO = f"Z={ZERO_EXPERTS} top-{K_EFF + 1}"
