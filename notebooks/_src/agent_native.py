@@ -33,9 +33,9 @@ QUICK = os.environ.get("NOTEBOOK_QUICK") == "1"  # reduced mode: CI (tests/test_
 
 ARMS = ("midtrained", "scratch")
 SEEDS = (0,) if QUICK else (0, 1, 2)  # RL config.seed: rollout sampling, eval tasks; scratch init
-MT_STEPS = 20 if QUICK else 3000  # mid-training steps (the recipe's default: 3,000)
-RL_STEPS = 2 if QUICK else 8  # Flow-GRPO steps per run, both arms (the recipe runs 30)
-EVAL_TASKS = 8 if QUICK else 64  # held-out calculator tasks (the recipe: 64)
+MT_STEPS = 10 if QUICK else 3000  # mid-training steps (the recipe's default: 3,000)
+RL_STEPS = 1 if QUICK else 8  # Flow-GRPO steps per run, both arms (the recipe runs 30)
+EVAL_TASKS = 4 if QUICK else 64  # held-out calculator tasks (the recipe: 64)
 # every run's directory (checkpoints, metrics.jsonl, run.log): a fresh one by default
 WORKDIR = os.environ.get("AGENT_NATIVE_WORKDIR") or tempfile.mkdtemp(prefix="agent_native_")
 print(f"QUICK={QUICK} RL seeds={SEEDS} mid-training steps={MT_STEPS} RL steps={RL_STEPS} "
@@ -312,4 +312,28 @@ print(f"run: {time.strftime('%Y-%m-%d')}, commit {commit}, {platform.machine()} 
 # %% [markdown]
 # ## What this shows
 #
-# *To be written from the full run's numbers.*
+# *Latest full run: one mid-training of 3,000 steps + 3 RL seeds x 2 starts x 8 Flow-GRPO steps,
+# 2026-12-05 at commit ae7fc97 on the 2-core CPU, 9 min 15 s (the tables above).*
+#
+# The mid-trained start solved 0.458 ± 0.033 of 64 held-out tasks greedily before RL (sampled
+# 0.306 ± 0.059; the spread is the RL seeds' different held-out task sets, the model is the same)
+# and 0.469 ± 0.027 (sampled 0.342 ± 0.066) after 8 Flow-GRPO steps; its training reward rose from
+# 0.349 to 0.443 (mean of the first and last step). RL's own gain on it was small: +0.036 ± 0.007
+# sampled (positive on every seed, passes the paired t-test), +0.010 ± 0.005 greedy (no clear
+# difference). From the random initialisation the same RL budget did nothing at all: the model
+# never wrote a correct `answer(...)` in any of the 8 x 64 training episodes or the held-out
+# episodes of any seed, so every group's rewards were equal (0), every advantage was 0, and
+# Flow-GRPO had no signal to learn from; success stayed at exactly 0. What this can and cannot
+# say: the gap (0.47 vs 0) is almost entirely what mid-training brought *before* RL, so it shows
+# that at this scale the skill RL needs comes from mid-training and that sparse-reward RL cannot
+# bootstrap it from scratch in a budget like this — not that mid-training makes RL itself more
+# sample-efficient, and not how large the gap would be over a longer RL run (the recipe runs 30
+# steps; we ran 8 to fit 10 minutes). There is one mid-training (the recipe's defaults, seed 0),
+# so the seed spread here is RL's only: across mid-training seeds the README's recipe reaches
+# greedy 0.38–0.81 before RL.
+#
+# **At this scale the paper's direction held, in the most lopsided way: with the same 8 Flow-GRPO
+# steps the mid-trained start reached 0.469 ± 0.027 greedy (0.342 ± 0.066 sampled) success on 64
+# held-out tasks while RL from scratch stayed at exactly 0 on all 3 seeds — because it never
+# earned a reward to learn from, not because RL worked better on top of mid-training (RL's own
+# gain there was only +0.01 greedy, +0.04 sampled).**
