@@ -34,7 +34,7 @@ QUICK = os.environ.get("NOTEBOOK_QUICK") == "1"  # reduced mode: CI (tests/test_
 
 ARMS = {"ctx": ("stdlib_edits",), "env": ("pyrepo",), "both": ("stdlib_edits", "pyrepo")}
 SEEDS = (0,) if QUICK else (0, 1, 2)  # config.seed: initialisation, training data, batch order
-MT_STEPS = 8 if QUICK else 100  # mid-training steps per arm (equal tokens: steps x rows x SEQ_LEN)
+MT_STEPS = 12 if QUICK else 90  # mid-training steps per arm (equal tokens: steps x rows x SEQ_LEN)
 SEQ_LEN, BATCH = 1024, 1  # one 1,024-token row per step: a whole pyrepo episode fits in a row
 NUM_SAMPLES = 32 if QUICK else 256  # training samples generated per source
 HELD_OUT = 8 if QUICK else 32  # held-out samples per source for the NLLs
@@ -141,8 +141,8 @@ for span in ctx_example.spans:
 #   token, every held-out sample once (rows of 1,024 tokens): *env actions* = the agent's turns
 #   (its text and tool calls, the `assistant_only` weighting) in held-out `pyrepo` episodes;
 #   *env edit calls* = only the tokens of its `edit(PATH)` + search/replace calls; *ctx fix* = the
-#   `edit` span (the fix) of held-out `stdlib_edits` documents; *ctx doc* / *env episode* = every
-#   token of them (the `all` weighting, what the arms trained on).
+#   `edit` span (the fix) of held-out `stdlib_edits` documents; *ctx doc* = every token of them
+#   (the `all` weighting, what the arms trained on).
 # * **RL**: Flow-GRPO `paper` in `pyrepo`, `RL_STEPS` step(s) of 4 tasks x 4 episodes (full
 #   mode), up to 6 tool calls of at most 96 new tokens, contexts up to 928 tokens (lr 3e-4 as the
 #   recipe); the loop's evaluation before and after on `EVAL_TASKS` held-out repositories (the
@@ -234,7 +234,6 @@ def heldout_batch(samples, weighting):
 HELDOUT = [  # (batch, {metric: eval key}): one forward pass per batch
     (heldout_batch(HELD["pyrepo"], "assistant_only"), {"env actions": "eval_loss"}),
     (heldout_batch(HELD["pyrepo"], "edit_calls"), {"env edit calls": "eval_loss"}),
-    (heldout_batch(HELD["pyrepo"], "all"), {"env episode": "eval_loss"}),
     (heldout_batch(HELD["stdlib_edits"], "all"), {"ctx fix": "eval_loss/kind/edit",
                                                   "ctx doc": "eval_loss"}),
 ]
@@ -302,8 +301,7 @@ if QUICK and not os.environ.get("AGENT_NATIVE_DATA_WORKDIR"):  # CI leaves nothi
 from IPython.display import Markdown, display
 
 NLLS = [("nll env actions", "env actions NLL ↓"), ("nll env edit calls", "env edit-call NLL ↓"),
-        ("nll env episode", "env episode NLL ↓"), ("nll ctx fix", "ctx fix NLL ↓"),
-        ("nll ctx doc", "ctx doc NLL ↓")]
+        ("nll ctx fix", "ctx fix NLL ↓"), ("nll ctx doc", "ctx doc NLL ↓")]
 SUCCESS = [("greedy before", "greedy before RL"), ("greedy after", "greedy after RL"),
            ("sampled before", "sampled before RL"), ("sampled after", "sampled after RL"),
            ("reward mean", "RL train reward"), ("adv mean", "RL mean |advantage|")]
@@ -343,7 +341,7 @@ display(Markdown(
     f"{len(HELD['pyrepo'])} pyrepo episodes, {len(HELD['stdlib_edits'])} stdlib_edits documents; "
     f"RL {RL_STEPS} steps, {EVAL_TASKS} held-out repositories**\n\n"
     + md_table(NLLS) + "\n\n" + md_table(SUCCESS) + "\n\nEvery run:\n\n"
-    + md_table(NLLS[:2] + NLLS[3:4] + SUCCESS[:4], per_run=True)))
+    + md_table(NLLS[:3] + SUCCESS[:4], per_run=True)))
 
 # %%
 colors = {"ctx": "tab:green", "env": "tab:blue", "both": "tab:purple"}
@@ -355,7 +353,7 @@ for r in ROWS:
 axes[0].set_xlabel("mid-training step")
 axes[0].set_title("train loss (each arm's own data)", fontsize=10)
 axes[0].legend(fontsize=9)
-for ax, (key, title) in zip(axes[1:], [NLLS[0], NLLS[1], NLLS[3]]):
+for ax, (key, title) in zip(axes[1:], NLLS[:3]):
     for i, a in enumerate(ARMS):
         x = values(a, key)
         ax.bar(i, x.mean(), yerr=spread(x) if len(x) > 1 else None, capsize=4, color=colors[a],
