@@ -415,4 +415,33 @@ print(f"run: {time.strftime('%Y-%m-%d')}, commit {commit}, {platform.machine()} 
 # %% [markdown]
 # ## What this shows
 #
-# *(written from the latest full run; see the tables above)*
+# *Latest full run: 3 seeds, 2026-12-05, the source of commit 3491809 (the run's checkout was at
+# 14e2852, which the last cell prints) on the 2-core CPU while no other job held the CPU lock;
+# 9 min 28 s (the tables above).*
+#
+# RA3's E-step found the abstraction's *structure* here too: every rationale the final RA3 model
+# writes sits at the start of an operation block (1.000 on every seed), at 13% of the decision
+# points (0.133 ± 0.028). Where it fails is the *content*: only 55% of its rationales name the
+# right operation (0.546 ± 0.091, the README's full job 0.74); it writes `add 2` before an
+# `above 0` block and `times 2` before a `square`, the E-step keeps such annotations as the best of
+# 4, the M-step trains on them, and at test time a wrong rationale misleads the lines after it.
+# So with its own rationales the RA3 model is worse on the held-out code than NTP on every seed
+# (action NLL 0.0642 ± 0.0038 against 0.0381 ± 0.0012), worse even than the base model it
+# started from (0.0557 ± 0.0032), and without any rationale it is far worse (0.147). Given the
+# true rationales instead it is better than NTP on every seed (0.0309 ± 0.0025 against 0.0366 ±
+# 0.0033), yet not as good as the base model given them (0.0208: the base was pretrained with
+# rationales before 30% of the blocks, and mid-training on programs without them, or with wrong
+# ones, unlearns part of their use). Pass@1 cannot separate the arms at 32 tasks: greedy RA3 0.594
+# ± 0.083 against NTP 0.542 ± 0.036 (RA3 higher on one seed, equal on one, lower on one), sampled
+# 0.422 (27 of 64 completions on each of the three seeds) against 0.464 ± 0.045. NTP improved on
+# the base model's action NLL on every seed; its pass@1 gains over the base (+0.09 greedy and
+# sampled) do not pass the t-test. Everything here is at half the README job's scale (base 300
+# instead of 600 steps, 384 instead of 768 programs, 3 × 50 instead of 3 × 100 M-steps, 32 held-out
+# programs and tasks instead of 64), so every model is weaker than the job's.
+#
+# **At this scale RA3 did not beat next-token mid-training: with its own rationales its held-out
+# action NLL was worse than NTP's on all 3 seeds (0.0642 ± 0.0038 vs 0.0381 ± 0.0012; paired
+# t-test: hurt) and pass@1 could not tell them apart (greedy 0.594 ± 0.083 vs 0.542 ± 0.036,
+# sampled 0.422 ± 0.000 vs 0.464 ± 0.045) — the direction of the README's full job (action NLL RA3
+# 0.0222 vs NTP 0.0136, pass@1 0.755 vs 0.833) — and the RA3 model beat NTP only when handed the
+# true rationales (0.0309 vs 0.0366 on every seed).**
