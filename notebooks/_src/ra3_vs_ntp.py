@@ -416,7 +416,7 @@ print(f"run: {time.strftime('%Y-%m-%d')}, commit {commit}, {platform.machine()} 
 # ## What this shows
 #
 # *Latest full run: 3 seeds, 2026-12-05, the source of commit 3491809 (the run's checkout was at
-# 14e2852, which the last cell prints) on the 2-core CPU while no other job held the CPU lock;
+# 14e2852, which the last cell prints) on the 2-core CPU, holding the shared CPU lock;
 # 9 min 28 s (the tables above).*
 #
 # RA3's E-step found the abstraction's *structure* here too: every rationale the final RA3 model
