@@ -348,4 +348,30 @@ print(f"\nrun: {time.strftime('%Y-%m-%d')}, commit {commit}, {platform.machine()
 # %% [markdown]
 # ## What this shows
 #
-# *To be written from the full run's numbers.*
+# *Latest full run: 3 RL seeds x 3 arms x 6 RL steps after one 3,000-step mid-training,
+# 2026-12-05 at commit 5a67872 on the 2-core CPU (another job shared the cores for part of it),
+# 9 min 31 s (the tables above). An earlier full run with 4 sampled episodes per task gave the
+# same greedy numbers and the same ordering, in 10 min 19 s, over the budget.*
+#
+# RL raised the mid-trained model's held-out success a little under every arm (no gain negative on
+# any seed): after 6 steps, on average, by 0.026 ± 0.024 (sampled) and 0.021 ± 0.018 (greedy) with Flow-GRPO paper, 0.052 ± 0.018 and
+# 0.052 ± 0.036 with Flow-GRPO code, 0.042 ± 0.018 and 0.042 ± 0.048 with trajectory-level GRPO.
+# Between the arms the differences are one or two tasks of 32 on a seed: paper − GRPO sampled
+# −0.016 ± 0.009, greedy −0.021 ± 0.028 (greedy +1, −2, −1 tasks on seeds 0, 1, 2); code − GRPO
+# +0.010 ± 0.010 under both decodings; the rollouts' success over the last 3 steps differs by at most
+# 7 of 192 episodes (code 2 above GRPO on every seed, paper −1, −5, +7). None passes the paired t-test.
+# The rollouts' success per step (middle plot) moves with each step's tasks, which the three arms
+# share, far more than with the objective. Note what this plain-mode comparison can and cannot
+# test: in plain multi-turn episodes a turn's context is a prefix of the transcript, so the turn
+# rows and the trajectory row see the same tokens and (for the paper preset) the same advantage;
+# the arms differ in how tokens are weighted ((1/T_i)(1/|a|) per turn vs one mean over the
+# trajectory's tokens), in the code preset's statistics over turn samples and clip 0.2 / 0.3 with
+# dual clip, and in GRPO's KL coefficient (0.04 vs 0.001). AgentFlow's case, planner turns with
+# separate prompts, is the `agentflow` mode, where trajectory-level GRPO is not defined.
+#
+# **At this scale (a 1.26M-parameter model, one mid-trained start, 6 RL steps of 64 episodes,
+# 3 RL seeds) the paper's direction did not show: broadcasting the outcome to every turn did not
+# train tool use better than trajectory-level GRPO, with the paper preset slightly below it
+# (sampled −0.016 ± 0.009, greedy −0.021 ± 0.028) and the released-code preset slightly above
+# (+0.010 ± 0.010), both within one or two held-out tasks and no clear difference by the paired
+# t-test.**
