@@ -33,7 +33,7 @@ QUICK = os.environ.get("NOTEBOOK_QUICK") == "1"  # reduced mode: CI (tests/test_
 
 ARMS = ("midtrained", "scratch")
 SEEDS = (0,) if QUICK else (0, 1, 2)  # RL config.seed: rollout sampling, eval tasks; scratch init
-MT_STEPS = 10 if QUICK else 3000  # mid-training steps (the recipe's default: 3,000)
+MT_STEPS = 20 if QUICK else 3000  # mid-training steps (the recipe's default: 3,000)
 RL_STEPS = 1 if QUICK else 8  # Flow-GRPO steps per run, both arms (the recipe runs 30)
 EVAL_TASKS = 4 if QUICK else 64  # held-out calculator tasks (the recipe: 64)
 # every run's directory (checkpoints, metrics.jsonl, run.log): a fresh one by default

@@ -416,4 +416,30 @@ print(f"run: {time.strftime('%Y-%m-%d')}, commit {commit}, {platform.machine()} 
 # %% [markdown]
 # ## What this shows
 #
-# *To be written from the full run's numbers.*
+# *Latest full run: 3 seeds x 3 arms x 90 steps of 1x1,024 tokens + 1 Flow-GRPO step each,
+# 2026-12-05 at commit d2d5cd2 on the 2-core CPU, 8 min 37 s (the tables above).*
+#
+# Success cannot separate the arms: no model fixed any held-out repository before or after RL
+# (0 of 4 greedy and 0 of 4 sampled for every arm and seed), every RL episode got reward 0, so every
+# advantage was 0 and the RL step changed nothing that matters — at 92k tokens of mid-training the
+# tiny model does not yet write a working `edit(...)`. The held-out NLLs do separate them, and
+# they follow the data each arm saw: on the agent's actions in held-out `pyrepo` episodes,
+# env-only 2.495 ± 0.074 < both 3.843 ± 0.650 < ctx-only 6.533 ± 0.272 (nats per token; the
+# uniform guess is 6.93), and on the `edit(...)` calls alone env 2.420 ± 0.100 < both 3.784 ±
+# 0.543 < ctx 5.500 ± 0.336, worse for `both` than `env` on every seed (the edit-call gap passes
+# the paired t-test; the action gap, +1.35 ± 0.37, just misses it at 3 seeds). On the fix of
+# held-out `stdlib_edits` documents, `both` (4.289 ± 0.390) matches ctx-only (4.246 ± 0.461)
+# with half the ctx tokens, and env-only is far worse (5.814 ± 0.025). So at equal token budgets
+# the mixture bought breadth (near the best arm on the ctx metric, in between on the env
+# metrics) but no transfer: the contextually-native search/replace fixes did not make the
+# environment's `edit(...)` calls any cheaper than the same tokens of environment episodes did.
+# What this cannot say: the models are far from converged (90 steps), where in-domain token
+# count dominates; daVinci-Dev's claim is about a 32–72B model after ~73B tokens, where the two
+# sources carry different skills (repository knowledge vs. acting) that only show on a real
+# agent benchmark, which no arm here comes near.
+#
+# **At this scale the paper's direction did not show: ctx + env did not beat env alone on
+# anything the environment measures (success 0 for every arm; held-out action NLL 3.84 ± 0.65 vs
+# 2.50 ± 0.07, edit-call NLL 3.78 ± 0.54 vs 2.42 ± 0.10, worse on every seed), and ctx-only data
+# was the worst start for the agent — the mixture only matched ctx-only on the ctx documents'
+# fixes.**
