@@ -75,7 +75,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # configs/ beside the package in a checkout (pip install -e); the package itself does not install
-# configs/, so after a pip install from git (Colab) fetch the two files from the repository.
+# configs/, so after a pip install from git (Colab) fetch the two files from the repository (RAW: the install cell).
 PKG_ROOT = pathlib.Path(agentic_jax.__file__).resolve().parent.parent
 CONFIGS = PKG_ROOT / "configs"
 if not (CONFIGS / "recipe.py").exists():
@@ -83,7 +83,7 @@ if not (CONFIGS / "recipe.py").exists():
     CONFIGS.mkdir(exist_ok=True)
     for name in ("recipe.py", "midtrain.py"):  # recipe.py loads midtrain.py from its folder
         urllib.request.urlretrieve(
-            f"https://raw.githubusercontent.com/{REPO}/main/configs/{name}", CONFIGS / name)
+            f"{RAW}/configs/{name}", CONFIGS / name)
 
 CFG = load_config(f"{CONFIGS / 'recipe.py'}:tiny")
 DATA_DIR, MT_DIR = os.path.join(WORKDIR, "data"), os.path.join(WORKDIR, "midtrain")

@@ -83,14 +83,13 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # configs/ beside the package in a checkout (pip install -e); the package itself does not install
-# configs/, so after a pip install from git (Colab) fetch the file from the repository.
+# configs/, so after a pip install from git (Colab) fetch the file from the repository (RAW: the install cell).
 PKG_ROOT = pathlib.Path(agentic_jax.__file__).resolve().parent.parent
 CONFIGS = PKG_ROOT / "configs"
 if not (CONFIGS / "midtrain.py").exists():
     CONFIGS = pathlib.Path(WORKDIR) / "configs"
     CONFIGS.mkdir(exist_ok=True)
-    urllib.request.urlretrieve(f"https://raw.githubusercontent.com/{REPO}/main/configs/midtrain.py",
-                               CONFIGS / "midtrain.py")
+    urllib.request.urlretrieve(f"{RAW}/configs/midtrain.py", CONFIGS / "midtrain.py")
 
 BASE = load_config(f"{CONFIGS / 'midtrain.py'}:tiny")  # the recipe's tiny LongCat-Flash
 BASE.unlock()
