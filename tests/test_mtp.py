@@ -68,7 +68,7 @@ def _reference_mtp_logits(cfg, variables, tokens):
     hn = _rms(h, lp["hnorm"]["weight"], cfg.rms_norm_eps)
     x = np.concatenate([e, hn], -1) @ np.asarray(lp["eh_proj"]["kernel"], np.float64)
     block_vars = {"params": lp["block"]}
-    if "router_state" in variables:
+    if "mtp" in variables.get("router_state", {}):  # DeepSeek: the MTP block is a MoE layer
       block_vars["router_state"] = variables["router_state"]["mtp"][f"layers_{k}"]["block"]
     h, _ = DecoderLayer(cfg.replace(moe_dispatch="dropless"), moe=cfg.layer_type == "deepseek"
                         ).apply(block_vars, jnp.asarray(x, jnp.float32), ctx)
