@@ -208,16 +208,34 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
 def generate(cfg: ModelConfig, variables: dict, prompts: Sequence[Sequence[int]], max_new_tokens: int,
              *, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
              eos_id: Optional[int] = None, stop_ids: Sequence[int] = (),
-             arm_ids: Sequence[int] = ()) -> list[list[int]]:
+             arm_ids: Sequence[int] = (), draft: Optional[str] = None,
+             num_draft_tokens: int = 3) -> list[list[int]]:
   """Each prompt's new tokens (up to and including `eos_id` or the stop token when it appears;
   stop rule in the module doc).
 
   temperature 0 is greedy; otherwise softmax(logits / temperature) restricted to the top-p
   nucleus, with the key for step i = fold_in(PRNGKey(seed), i) (deterministic per seed).
+
+  draft="mtp": speculative decoding, the model's MTP module drafting `num_draft_tokens` per
+  verify forward (sampling_speculative.py): greedy gives the same tokens, sampling the same
+  distribution (not the same draws for a seed).
   """
   if max_new_tokens <= 0:
     return [[] for _ in prompts]
   tokens, lengths = pad_prompts(prompts)
+  if draft is not None:
+    if draft != "mtp" or int(num_draft_tokens) < 1:
+      raise ValueError(f"generate: draft must be None or 'mtp' with num_draft_tokens >= 1, got "
+                       f"draft={draft!r}, num_draft_tokens={num_draft_tokens!r}")
+    from agentic_jax import sampling_speculative  # pylint: disable=import-outside-toplevel
+    out, _, num_new, _ = sampling_speculative.generate_arrays(
+        cfg, variables, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.key(seed),
+        max_new_tokens=int(max_new_tokens), num_draft_tokens=int(num_draft_tokens),
+        temperature=float(temperature), top_p=float(top_p),
+        eos_id=None if eos_id is None else int(eos_id), stop_ids=tuple(int(i) for i in stop_ids),
+        arm_ids=tuple(int(i) for i in arm_ids))
+    out, num_new = np.asarray(out), np.asarray(num_new)
+    return [out[i, :num_new[i]].tolist() for i in range(len(prompts))]
   out, _, num_new = generate_arrays(
       cfg, variables, jnp.asarray(tokens), jnp.asarray(lengths), jax.random.key(seed),
       max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),

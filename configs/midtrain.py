@@ -82,6 +82,8 @@ def _base() -> ml_collections.ConfigDict:
   o.balance_alpha = 1e-4
   o.balance_groups = 1  # expert groups for balance_loss="device"
   o.z_loss = 1e-4  # router z-loss coefficient
+  # lambda of the multi-token-prediction term; read only when model.num_mtp_layers > 0
+  o.mtp_loss_weight = 0.3
   m = c.moe = ml_collections.ConfigDict()
   m.bias_update = "longcat"  # "none" | "longcat" (proportional) | "deepseek" (sign)
   m.bias_rate = 1e-3

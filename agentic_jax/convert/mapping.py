@@ -275,3 +275,6 @@ def entries(cfg: ModelConfig) -> Iterator[Entry]:
         fmt = lambda s: s.format(i=i, j=j)  # noqa: E731  (unused placeholders are ignored)
         yield Entry(fmt(rule.hf), tuple(fmt(p) for p in rule.ours), rule.transform,
                     rule.alias_of)
+  if cfg.num_mtp_layers:  # the MTP module's tensors (convert/mtp_mapping.py)
+    from agentic_jax.convert import mtp_mapping  # pylint: disable=import-outside-toplevel
+    yield from mtp_mapping.entries(cfg)

@@ -65,6 +65,9 @@ class ModelConfig:
   intermediate_size: int = 128  # dense SwiGLU width (LongCat: ffn_hidden_size)
   tie_word_embeddings: bool = False
   scmoe_moe_input: str = "shortcut"  # "shortcut" | "sequential" (layer_type "scmoe" only)
+  # Multi-token prediction depth D (transformers' / vLLM's name; DeepSeek's config.json calls it
+  # num_nextn_predict_layers). 0 = no MTP module; models/mtp.py for the module.
+  num_mtp_layers: int = 0
 
   # --- MLA
   q_lora_rank: Optional[int] = 32  # None = direct query projection (q_proj)
@@ -198,6 +201,11 @@ class ModelConfig:
               "max_position_embeddings"):
       if getattr(self, f) <= 0:
         fail(f, "must be a positive integer")
+    if self.num_mtp_layers < 0:
+      fail("num_mtp_layers", "must be >= 0 (0 = no multi-token prediction module)")
+    if self.num_mtp_layers and self.layer_type not in ("scmoe", "deepseek"):
+      fail("num_mtp_layers", "MTP is defined for the LongCat-Flash ('scmoe') and DeepSeek-V3 "
+           "('deepseek') families only")
     if self.q_lora_rank is not None and self.q_lora_rank <= 0:
       fail("q_lora_rank", "must be positive, or None for a direct query projection")
     if self.qk_rope_head_dim % 2:

@@ -22,6 +22,7 @@ from agentic_jax.models.config import ModelConfig
 from agentic_jax.models.layers import (Dense, Embed, RMSNorm, constrain, default_positions,
                                        rope_cos_sin)
 from agentic_jax.models.mla import AttentionContext, LayerCache
+from agentic_jax.models.mtp import MultiTokenPredictor, has_own_embedding, shift_left
 
 Array = jax.Array
 
@@ -87,14 +88,20 @@ class CausalLM(nn.Module):
   """`apply(variables, tokens[B, T], segment_ids=None, positions=None)` -> float32 logits.
 
   With `cache=KVCache` it runs the absorbed MLA path, writes T new slots at cache.index
-  and returns `(logits, new_cache)`.
+  and returns `(logits, new_cache)`, or `(logits, new_cache, hidden)` with `return_hidden=True`
+  (hidden = the final-norm output [B, T, d], what the MTP drafter reads).
+
+  With `cfg.num_mtp_layers` > 0 a forward without a cache whose "intermediates" collection is
+  mutable (training) also runs the MTP depths (models/mtp.py) and sows their logits as
+  `intermediates/mtp_logits` (one [B, T, V] float32 array per depth, in depth order).
   """
 
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens: Array, segment_ids: Optional[Array] = None,
-               positions: Optional[Array] = None, *, cache: Optional[KVCache] = None):
+               positions: Optional[Array] = None, *, cache: Optional[KVCache] = None,
+               return_hidden: bool = False):
     cfg = self.cfg
     batch, length = tokens.shape
     q_segment = (jnp.ones((batch, length), jnp.int32) if segment_ids is None
@@ -148,17 +155,24 @@ class CausalLM(nn.Module):
         new_rope.append(jnp.stack([c.k_rope for c in out_cache], 1).reshape(-1, *cache.k_rope.shape[1:]))
 
     h = RMSNorm(cfg.rms_norm_eps, "embed", cfg.param_dtype, name="norm")(h)
-    if cfg.tie_word_embeddings:
-      logits = embed.attend(h)
-    else:
-      logits = Dense((cfg.vocab_size,), ("embed", "vocab"), cfg, name="lm_head")(h)
-    logits = constrain(logits.astype(jnp.float32),
-                       ("activation_batch", "activation_length", "activation_vocab"))
+    head = embed.attend if cfg.tie_word_embeddings else Dense(
+        (cfg.vocab_size,), ("embed", "vocab"), cfg, name="lm_head")
+    act_vocab = ("activation_batch", "activation_length", "activation_vocab")
+    logits = constrain(head(h).astype(jnp.float32), act_vocab)
+    if cfg.num_mtp_layers and cache is None and (
+        self.is_initializing() or self.is_mutable_collection("intermediates")):
+      mtp = MultiTokenPredictor(cfg, name="mtp")
+      mtp_embed = mtp.embed if has_own_embedding(cfg) else embed
+      h_prev = h
+      for k in range(cfg.num_mtp_layers):  # depth k+1 reads t_{i+k+1} and predicts t_{i+k+2}
+        h_prev, normed, _ = mtp.layer(k, h_prev, mtp_embed(shift_left(tokens, k + 1)), ctx)
+        self.sow("intermediates", "mtp_logits",
+                 constrain(head(normed).astype(jnp.float32), act_vocab))
     if cache is None:
       return logits
     new_cache = KVCache(latent=jnp.concatenate(new_latent, 0), k_rope=jnp.concatenate(new_rope, 0),
                         segment=ctx.k_segment, index=cache.index + length)
-    return logits, new_cache
+    return (logits, new_cache, h) if return_hidden else (logits, new_cache)
 
 
 def build(cfg: ModelConfig) -> CausalLM:
@@ -188,7 +202,8 @@ def logical_axes(cfg: ModelConfig) -> dict:
 
 
 def count_params(cfg: ModelConfig) -> int:
-  """Trainable parameters from shapes only; the router's correction bias is state."""
+  """Trainable parameters from shapes only; the router's correction bias is state. Includes
+  the MTP module when cfg.num_mtp_layers > 0 (presets state both totals)."""
   shapes = abstract_variables(cfg.replace(scan_layers=True))["params"]
   return int(sum(x.size for x in jax.tree_util.tree_leaves(shapes)))
 

@@ -4,6 +4,9 @@ Full-size presets follow the released configs (model-spec §2, §3.1, §4) and d
 accelerator numerics (bf16 compute, scanned + rematerialised layers, chunked attention,
 dropless MoE on `ragged_dot`). Tiny presets mirror the parity-test models of
 model-spec §6 and run in float32 on a CPU in milliseconds.
+
+Multi-token prediction: `get(name, num_mtp_layers=1)` adds the released MTP module to the
+DeepSeek-V3 and LongCat-Flash presets (models/mtp.py); every preset defaults to 0 (none).
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ _MLA_TINY = dict(hidden_size=64, num_attention_heads=4, q_lora_rank=32, kv_lora_
 
 
 def longcat_flash() -> ModelConfig:
-  """LongCat-Flash (Meituan, arXiv 2509.01322): 560B total, 18.6B-31.3B activated."""
+  """LongCat-Flash (Meituan, arXiv 2509.01322): 560B total, 18.6B-31.3B activated.
+
+  count_params: 560,664,958,976 (the 560B headline, model-spec §3.7); with num_mtp_layers=1
+  561,862,858,752 (+1,197,899,776: the dense MTP layer 317,077,504 (MLA, SwiGLU, two norms),
+  eh_proj 75,497,472, enorm/hnorm/norm 18,432, and the MTP's own embedding copy 805,306,368,
+  model-spec §3.6)."""
   return ModelConfig(
       layer_type="scmoe", vocab_size=131072, hidden_size=6144, num_layers=28,
       intermediate_size=12288, **_MLA_FULL, mla_scale_q_lora=True, mla_scale_kv_lora=True,
@@ -34,7 +42,13 @@ def longcat_flash() -> ModelConfig:
 
 
 def deepseek_v3() -> ModelConfig:
-  """DeepSeek-V3 (arXiv 2412.19437) without the MTP module: 671B total, 37B activated."""
+  """DeepSeek-V3 (arXiv 2412.19437): 671B total, 37B activated.
+
+  count_params: 671,026,404,352 without the MTP module (the 671B headline); with
+  num_mtp_layers=1 682,636,472,320 (+11,610,067,968: one MoE decoder layer, eh_proj and three
+  norms). The released checkpoint also stores copies of the embedding and the output head in
+  its MTP layer (2 x 926,679,040, shared here), giving 684,489,830,400: the model card's
+  "685B = 671B main + 14B MTP"."""
   return ModelConfig(
       layer_type="deepseek", vocab_size=129280, hidden_size=7168, num_layers=61,
       intermediate_size=18432, **dict(_MLA_FULL, num_attention_heads=128),

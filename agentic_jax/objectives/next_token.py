@@ -17,6 +17,10 @@ MoE terms use the statistics MoE layers sow into "intermediates" (agentic_jax.mo
   z_loss:      coefficient of the ST-MoE router z-loss, summed over layers.
 Both are means over the sequences / tokens of the batch a call sees, hence the
 batch_fraction scale: equal micro-batches then add up to the big-batch value.
+
+A model with an MTP module (ModelConfig.num_mtp_layers = D > 0) adds
+  mtp_loss_weight / D * sum_k (w_k * CE_k summed) / normalizer     (objectives/mtp.py)
+and reports per depth `mtp_ce_sum` / `mtp_weight` [D] (train metrics `mtp_loss` [D]).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import jax.numpy as jnp
 
 from agentic_jax.data.render import MASK_KINDS
 from agentic_jax.models import balance
+from agentic_jax.objectives import mtp as mtp_lib
 from agentic_jax.objectives import register_loss
 
 Array = jax.Array
@@ -40,6 +45,7 @@ DEFAULT_OPTIONS = {
     "z_loss": 0.0,
     "num_kinds": len(MASK_KINDS),  # follows render's kinds (a new kind is appended there)
     "num_sources": 1,
+    "mtp_loss_weight": 0.3,  # lambda of the MTP term (DeepSeek-V3: 0.3, later 0.1); no MTP: unused
 }
 
 
@@ -145,4 +151,8 @@ def next_token_loss(logits: Array, intermediates: Mapping, batch: Mapping[str, A
   aux["balance_loss"] = bal * batch_fraction
   aux["router_z_loss"] = z * batch_fraction
   loss = ce_sum / normalizer + batch_fraction * (bal + opts["z_loss"] * z)
+  depth_logits = mtp_lib.mtp_logits(intermediates)
+  if depth_logits:
+    aux["mtp_ce_sum"], aux["mtp_weight"] = mtp_lib.mtp_sums(depth_logits, batch, token_cross_entropy)
+    loss = loss + opts["mtp_loss_weight"] / len(depth_logits) * jnp.sum(aux["mtp_ce_sum"]) / normalizer
   return loss, aux

@@ -59,6 +59,8 @@ DEFAULT_RULES: Rules = (
     ("q_lora", ("fsdp", None)),
     ("kv_lora", ("fsdp", None)),
     ("router_slots", (None,)),
+    # MTP eh_proj [2d, d] input ([enorm(emb); hnorm(h)]): its output dim "embed" holds fsdp.
+    ("mtp_concat", ("tensor", None)),
     ("qk_head_dim", (None,)),
     ("kv_head_dim", (None,)),
     ("v_head_dim", (None,)),

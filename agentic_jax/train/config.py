@@ -350,7 +350,8 @@ def validate_midtrain(config: Any, *, num_devices: Optional[int] = None,
     check_choice(config, "objective.balance_loss", BALANCE_LOSSES)
   if "balance_groups" in config.objective:
     check_int(config, "objective.balance_groups")
-  for key in ("objective.balance_alpha", "objective.z_loss", "moe.bias_rate"):
+  for key in ("objective.balance_alpha", "objective.z_loss", "objective.mtp_loss_weight",
+              "moe.bias_rate"):
     if key.split(".")[1] in config[key.split(".")[0]]:
       check_number(config, key, 0.0)
   from agentic_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel

@@ -195,6 +195,9 @@ def _metrics(loss, aux, moe, batch, grad_norm, lr, ok, new_state) -> dict:
   }
   if "correct_sum" in summed:
     out["accuracy"] = summed["correct_sum"] / denom
+  if "mtp_ce_sum" in summed:  # per-depth MTP cross-entropy [D] (objectives/mtp.py)
+    mtp_w = summed["mtp_weight"]
+    out["mtp_loss"] = summed["mtp_ce_sum"] / jnp.where(mtp_w > 0, mtp_w, 1.0)
   for k, v in summed.items():
     if k not in ("ce_sum", "correct_sum"):
       out[k] = v
