@@ -83,7 +83,7 @@ if not (CONFIGS / "recipe.py").exists():
     CONFIGS.mkdir(exist_ok=True)
     for name in ("recipe.py", "midtrain.py"):  # recipe.py loads midtrain.py from its folder
         urllib.request.urlretrieve(
-            f"https://raw.githubusercontent.com/{REPO}/main/configs/{name}", CONFIGS / name)
+            f"{RAW}/configs/{name}", CONFIGS / name)
 
 CFG = load_config(f"{CONFIGS / 'recipe.py'}:tiny")
 DATA_DIR, MT_DIR = os.path.join(WORKDIR, "data"), os.path.join(WORKDIR, "midtrain")

@@ -89,7 +89,7 @@ if not (CONFIGS / "ra3.py").exists():
     CONFIGS.mkdir(exist_ok=True)
     for name in ("ra3.py", "midtrain.py"):  # ra3.py loads midtrain.py from its folder
         urllib.request.urlretrieve(
-            f"https://raw.githubusercontent.com/{REPO}/main/configs/{name}", CONFIGS / name)
+            f"{RAW}/configs/{name}", CONFIGS / name)
 
 JOB = load_config(f"{CONFIGS / 'ra3.py'}:tiny")  # the README's job, unchanged
 CFG = copy.deepcopy(JOB)

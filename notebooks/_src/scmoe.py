@@ -72,7 +72,7 @@ PKG_ROOT = pathlib.Path(agentic_jax.__file__).resolve().parent.parent
 CONFIG = PKG_ROOT / "configs" / "midtrain.py"
 if not CONFIG.exists():
     CONFIG = pathlib.Path(WORKDIR) / "midtrain.py"
-    urllib.request.urlretrieve(f"https://raw.githubusercontent.com/{REPO}/main/configs/midtrain.py", CONFIG)
+    urllib.request.urlretrieve(f"{RAW}/configs/midtrain.py", CONFIG)
 
 
 def make_config(layout, seed, tokenizer_path=""):
