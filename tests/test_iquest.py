@@ -339,3 +339,50 @@ def test_loop_generate_is_greedy_over_the_full_forward():
   for _ in range(7):
     seq.append(int(np.argmax(np.asarray(module.apply(variables, jnp.asarray([seq])))[0, -1])))
   assert got == seq[len(prompt):]
+
+
+# ------------------------------------------------------------------ planner
+
+
+def test_decode_cache_bytes_by_hand():
+  from agentic_jax.parallel import memory
+  cfg = models.presets.get("iquest_loop_tiny")  # L 2, KV 2, D 16, W 4, loop_num 2, float32
+  b, s = 3, 20
+  loop1 = 2 * 2 * b * s * 2 * 16  # k and v of every layer, every slot
+  rings = 2 * 1 * 2 * b * 4 * 2 * 16  # one later loop: only W = 4 slots
+  ints = b * s + 4 + 1  # segment ids, ring slot index, write index
+  assert memory.decode_cache_bytes(cfg, b, s) == 4 * (loop1 + rings + ints)
+  plain = models.presets.get("iquest_coder_tiny")
+  assert memory.decode_cache_bytes(plain, b, s) == 4 * (loop1 + b * s + 1)  # no ring at all
+  # the released Loop at 128k context: the rings add W / S of the loop-1 cache
+  full = models.presets.get("iquest_loop_40b")
+  big = memory.decode_cache_bytes(full, 1, 131072)
+  loop1_full = 2 * 80 * 131072 * 8 * 128 * 2  # bf16
+  assert big == loop1_full + loop1_full * 64 // 131072 + 4 * (131072 + 64 + 1)
+  plan = memory.plan_memory(cfg, {"data": 1}, batch_per_device=b, seq_len=16, cache_len=s)
+  assert plan.bytes_of("decode cache") == memory.decode_cache_bytes(cfg, b, s)
+  # a second loop costs activations: the loop model's estimate exceeds the plain one's
+  act = lambda c: memory.activation_bytes(c, {"data": 1}, batch_per_device=1, seq_len=16)["saved"]  # noqa: E731
+  assert act(cfg) > 2 * act(plain) - 4 * 64 * 16 * 2
+
+
+def test_flops_count_every_loop():
+  from agentic_jax.train import flops
+  plain, looped = models.presets.get("iquest_coder_tiny"), models.presets.get("iquest_loop_tiny")
+  d, f, h, kv, hd, layers, vocab = 64, 128, 4, 2, 16, 2, 128
+  per_layer = d * h * hd + 2 * d * kv * hd + h * hd * d + 3 * d * f  # q, k, v, o, SwiGLU
+  fp, fl = flops.flop_model(plain), flops.flop_model(looped)
+  assert fp.dense_matmul_params == layers * per_layer + d * vocab  # + untied lm_head
+  assert fl.dense_matmul_params == 2 * layers * per_layer + d * vocab
+  assert fp.attention_per_token_per_len == layers * h * 2 * hd
+  assert fl.attention_per_token_per_len == 2 * fp.attention_per_token_per_len
+
+
+def test_midtrain_variants_build_the_gqa_models():
+  from agentic_jax.train import config as config_lib
+  from tests.train_fixtures import MIDTRAIN
+  for variant, loops in (("iquest_coder_tiny", 1), ("iquest_loop_tiny", 2)):
+    config = config_lib.load_config(f"{MIDTRAIN}:{variant}")
+    cfg = config_lib.model_config(config.model)
+    assert (cfg.layer_type, cfg.loop_num, cfg.kv_heads) == ("llama", loops, 2)
+    assert config.objective.balance_loss == "none"

@@ -41,7 +41,8 @@ class LoopCache:
 
   k, v: [L, B, S, KV, D] post-RoPE loop-1 keys / values; window_k, window_v:
   [R, L, B, W, KV, D] the last W keys / values of each later loop (ring buffer);
-  window_index: [W] absolute slot held at each ring position (-1 = empty);
+  window_index: [W] absolute slot held at each ring position (-1 = empty; W = 0 when
+  loop_num = 1);
   segment: [B, S] segment id per slot (0 = empty or left padding); index: next slot.
   """
   k: Array
@@ -55,22 +56,14 @@ class LoopCache:
 
 def init_loop_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> LoopCache:
   dtype = jnp.dtype(dtype or cfg.dtype)
-  kv, d, w = cfg.kv_heads, cfg.attn_head_dim, cfg.loop_window_size
+  kv, d = cfg.kv_heads, cfg.attn_head_dim
+  w = cfg.loop_window_size if cfg.loop_num > 1 else 0  # no rings without a second loop
   full = (cfg.num_layers, batch, max_len, kv, d)
   ring = (cfg.loop_num - 1, cfg.num_layers, batch, w, kv, d)
   return LoopCache(k=jnp.zeros(full, dtype), v=jnp.zeros(full, dtype),
                    window_k=jnp.zeros(ring, dtype), window_v=jnp.zeros(ring, dtype),
                    window_index=jnp.full((w,), -1, jnp.int32),
                    segment=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
-
-
-def loop_cache_bytes(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> int:
-  """Bytes of `init_loop_cache(cfg, batch, max_len)`: 2 L B S KV D (loop 1) + 2 R L B W KV D
-  (the rings) elements of the cache dtype, plus the int32 segment ids, ring index and counter."""
-  c = jnp.dtype(dtype or cfg.dtype).itemsize
-  kv, d, w, layers = cfg.kv_heads, cfg.attn_head_dim, cfg.loop_window_size, cfg.num_layers
-  elems = 2 * layers * batch * max_len * kv * d + 2 * (cfg.loop_num - 1) * layers * batch * w * kv * d
-  return elems * c + 4 * (batch * max_len + w + 1)
 
 
 class LoopLM(nn.Module):
@@ -102,6 +95,7 @@ class LoopLM(nn.Module):
       k_segment = jax.lax.dynamic_update_slice_in_dim(cache.segment, q_segment, start, 1)
       max_len = cache.segment.shape[1]
       k_index = jnp.broadcast_to(jnp.arange(max_len, dtype=jnp.int32), (batch, max_len))
+    if cache is not None and cfg.loop_num > 1:
       # Ring keys first, then this call's: their slot indices and segments (an empty ring
       # position gets segment -1, which no query has).
       ring_slot = jnp.broadcast_to(cache.window_index, (batch, window))
@@ -169,6 +163,7 @@ class LoopLM(nn.Module):
     new_cache = LoopCache(
         k=jnp.stack(k1), v=jnp.stack(v1),
         window_k=stack_rings(ring_k, cache.window_k), window_v=stack_rings(ring_v, cache.window_v),
-        window_index=cache.window_index.at[ring_pos].set(new_slots),
+        window_index=(cache.window_index.at[ring_pos].set(new_slots) if cfg.loop_num > 1
+                      else cache.window_index),
         segment=k_segment, index=start + length)
     return logits, new_cache
