@@ -386,3 +386,53 @@ def test_midtrain_variants_build_the_gqa_models():
     cfg = config_lib.model_config(config.model)
     assert (cfg.layer_type, cfg.loop_num, cfg.kv_heads) == ("llama", loops, 2)
     assert config.objective.balance_loss == "none"
+
+
+# ------------------------------------------------------------------ checkpoint directories
+
+
+def test_hf_directory_round_trip(tmp_path):
+  """save_pretrained -> our checkpoint -> logits; and back to a directory transformers loads."""
+  model = hf_model(seed=6).float()
+  hf_dir, ckpt, out = (str(tmp_path / n) for n in ("hf", "ckpt", "out"))
+  model.save_pretrained(hf_dir)
+  convert.hf_to_checkpoint(hf_dir, ckpt, say=lambda _: None)
+  cfg, variables = convert.load_checkpoint(ckpt)
+  toks = tokens(2, 10, seed=12)
+  ref = hf_logits(model, toks)
+  np.testing.assert_allclose(models.build(cfg).apply(variables, jnp.asarray(toks)), ref,
+                             rtol=2e-5, atol=2e-5)
+  convert.checkpoint_to_hf(ckpt, out, say=lambda _: None)
+  back = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+  for name, t in model.state_dict().items():
+    torch.testing.assert_close(back.state_dict()[name], t, rtol=0, atol=0, msg=name)
+
+
+def test_loop_directory_round_trip(tmp_path):
+  """A Loop checkpoint directory (config.json of model_type iquestloopcoder + safetensors with
+  the gate tensors, as the hub remote code stores it) in and out."""
+  from safetensors.numpy import load_file, save_file
+  cfg = models.presets.get("iquest_loop_tiny")
+  variables = loop_variables(cfg, seed=7)
+  hf_dir, ckpt, out = (str(tmp_path / n) for n in ("hf", "ckpt", "out"))
+  os.makedirs(hf_dir)
+  state = {k: np.ascontiguousarray(v, np.float32)
+           for k, v in convert.to_hf_state_dict(cfg, variables).items()}
+  save_file(state, os.path.join(hf_dir, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(hf_dir, "config.json"), "w") as f:
+    import json
+    json.dump(hf_config.config_to_hf(cfg), f)
+  convert.hf_to_checkpoint(hf_dir, ckpt, say=lambda _: None)
+  cfg2, variables2 = convert.load_checkpoint(ckpt)
+  assert (cfg2.loop_num, cfg2.loop_window_size) == (2, 4)
+  toks = jnp.asarray(tokens(1, 9, seed=13))
+  np.testing.assert_allclose(models.build(cfg2).apply(variables2, toks),
+                             models.build(cfg).apply(variables, toks), rtol=1e-5, atol=1e-5)
+  convert.checkpoint_to_hf(ckpt, out, say=lambda _: None)
+  written = {}
+  for name in os.listdir(out):
+    if name.endswith(".safetensors"):
+      written.update(load_file(os.path.join(out, name)))
+  assert set(written) == set(state)
+  for k in state:
+    np.testing.assert_array_equal(written[k], state[k], err_msg=k)

@@ -1,4 +1,4 @@
-"""transformers config -> ModelConfig for LongCat-Flash, DeepSeek-V3 and Youtu-LLM.
+"""transformers config -> ModelConfig for LongCat-Flash, DeepSeek-V3, Youtu-LLM and IQuest-Coder.
 
 Semantics follow what the transformers modeling code actually computes (the parity
 reference), not what a config field promises: e.g. LongCat's `mla_scale_*_lora` flags and
