@@ -436,3 +436,20 @@ def test_loop_directory_round_trip(tmp_path):
   assert set(written) == set(state)
   for k in state:
     np.testing.assert_array_equal(written[k], state[k], err_msg=k)
+
+
+def test_remat_keeps_the_gradients():
+  cfg = models.presets.get("iquest_loop_tiny")
+  variables = loop_variables(cfg, seed=8)
+  toks = jnp.asarray(tokens(2, 9, seed=14))
+
+  def grad_fn(c):
+    module = models.build(c)
+    return jax.grad(lambda p: jnp.mean(module.apply({"params": p}, toks) ** 2))
+
+  plain = jax.jit(grad_fn(cfg))(variables["params"])
+  remat = jax.jit(grad_fn(cfg.replace(remat_policy="full")))(variables["params"])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), plain, remat)
+  jaxpr = str(jax.make_jaxpr(grad_fn(cfg.replace(remat_policy="full")))(variables["params"]))
+  assert "checkpoint" in jaxpr or "remat" in jaxpr
+  assert "checkpoint" not in str(jax.make_jaxpr(grad_fn(cfg))(variables["params"]))

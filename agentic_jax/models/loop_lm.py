@@ -66,6 +66,19 @@ def init_loop_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = Non
                    segment=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
 
 
+def _remat(cfg: ModelConfig) -> type:
+  """LlamaLayer, with its two halves rematerialised under cfg.remat_policy: `qkv` (norm,
+  projections, RoPE) and `finish` (o_proj, MLP). The attention between them is computed in
+  the model (its keys depend on the loop) and keeps its activations."""
+  if cfg.remat_policy == "none":
+    return LlamaLayer
+  policy = {"full": None,
+            "dots": jax.checkpoint_policies.checkpoint_dots,
+            "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+            }[cfg.remat_policy]
+  return nn.remat(LlamaLayer, policy=policy, methods=["qkv", "finish"])
+
+
 class LoopLM(nn.Module):
   """Same interface as models.model.CausalLM: `apply(variables, tokens[B, T], segment_ids=None,
   positions=None)` -> float32 logits; with `cache=LoopCache` -> (logits, new cache)."""
@@ -110,7 +123,8 @@ class LoopLM(nn.Module):
 
     embed = Embed(cfg, name="embed_tokens")
     h = constrain(embed(tokens), ("activation_batch", "activation_length", "activation_embed"))
-    layers = [LlamaLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
+    layer_cls = _remat(cfg)
+    layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_layers)]
     k1, v1 = [], []  # per layer: loop-1 keys / values over k_index
     ring_k, ring_v = [], []  # per later loop, per layer: the updated ring
     for loop in range(cfg.loop_num):
