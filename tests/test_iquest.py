@@ -453,3 +453,27 @@ def test_remat_keeps_the_gradients():
   jaxpr = str(jax.make_jaxpr(grad_fn(cfg.replace(remat_policy="full")))(variables["params"]))
   assert "checkpoint" in jaxpr or "remat" in jaxpr
   assert "checkpoint" not in str(jax.make_jaxpr(grad_fn(cfg))(variables["params"]))
+
+
+def test_packed_rows_equal_separate_sequences():
+  cfg = models.presets.get("iquest_loop_tiny")
+  variables = loop_variables(cfg, seed=9)
+  module = models.build(cfg)
+  a, b = tokens(1, 7, seed=15), tokens(1, 6, seed=16)
+  packed = np.concatenate([a, b], 1)
+  segments = np.array([[1] * 7 + [2] * 6])
+  got = np.asarray(module.apply(variables, jnp.asarray(packed), segment_ids=jnp.asarray(segments)))
+  np.testing.assert_allclose(got[:, :7], module.apply(variables, jnp.asarray(a)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(got[:, 7:], module.apply(variables, jnp.asarray(b)), rtol=1e-5, atol=1e-5)
+
+
+def test_config_errors_name_the_field():
+  base = models.presets.get("iquest_coder_tiny")
+  for field, value, match in (("num_key_value_heads", 3, "num_key_value_heads"),
+                              ("loop_num", 0, "loop_num"), ("scan_layers", True, "scan_layers"),
+                              ("attention_impl", "chunked", "attention_impl"),
+                              ("loop_window_size", 0, "loop_window_size")):
+    with pytest.raises(ValueError, match=f"ModelConfig.{match}"):
+      base.replace(**{field: value})
+  with pytest.raises(ValueError, match="ModelConfig.loop_num"):
+    models.presets.get("youtu_llm_tiny", loop_num=2)

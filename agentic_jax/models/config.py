@@ -300,6 +300,8 @@ class ModelConfig:
       fail("head_dim", "must be a positive integer, or None for hidden_size // heads")
     if self.attn_head_dim % 2:
       fail("head_dim", "must be even (RoPE rotates pairs)")
+    if self.attention_impl != "xla":
+      fail("attention_impl", "layer_type 'llama' has only the 'xla' GQA core (models/gqa.py)")
     if self.scan_layers:
       # The Loop variant calls every layer once per loop with shared weights; the layers are
       # unrolled in Python (models/loop_lm.py), so there is no stacked layout to scan over.
