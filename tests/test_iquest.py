@@ -194,3 +194,16 @@ def test_config_errors_name_the_field():
       base.replace(**{field: value})
   with pytest.raises(ValueError, match="ModelConfig.loop_num"):
     models.presets.get("youtu_llm_tiny", loop_num=2)
+
+
+def test_kv_heads_split_over_tensor_or_replicate():
+  from jax.sharding import PartitionSpec as P
+
+  from agentic_jax.parallel import sharding
+  cfg = models.presets.get("iquest_loop_tiny")  # 4 query heads, 2 K/V heads
+  for tensor, kv_axis in ((2, "tensor"), (4, None)):  # 2 K/V heads cannot split 4 ways
+    specs = sharding.variable_specs(cfg, {"data": 1, "fsdp": 2, "tensor": tensor, "expert": 1})
+    layer = specs["params"]["layers_1"]
+    assert layer["self_attn"]["q_proj"]["kernel"] == P("fsdp", "tensor", None)
+    assert layer["self_attn"]["k_proj"]["kernel"] == P("fsdp", kv_axis, None)
+    assert layer["loop_gate"]["weight"] == P("tensor", None)
