@@ -6,6 +6,8 @@
 Variants (the part after ":"):
   tiny           LongCat-style ScMoE model (~2M params) on the built-in data; runs to the end on a
                  2-core CPU in a few minutes (the README's main job).
+  iquest_coder_tiny  the tiny run with a dense GQA model (IQuest-Coder, layer_type "llama"), and
+  iquest_loop_tiny   with its Loop variant (every layer run twice, window 64)
   longcat_flash  full-size presets with accelerator numerics (bf16 compute, scanned + remat layers,
   deepseek_v3    chunked attention, dropless MoE). Their data section expects a tokenizer file
   youtu_llm      matching the model's vocabulary (data.tokenizer.path) - e.g. a converted
@@ -23,7 +25,8 @@ import ml_collections
 from agentic_jax.train.config import model_section, model_section_from_checkpoint, split_variant
 from agentic_jax.train.input import DataSection, mix_source
 
-VARIANTS = ("tiny", "longcat_flash", "deepseek_v3", "youtu_llm")
+VARIANTS = ("tiny", "longcat_flash", "deepseek_v3", "youtu_llm", "iquest_coder_tiny",
+            "iquest_loop_tiny")
 
 
 def _base() -> ml_collections.ConfigDict:
@@ -144,6 +147,14 @@ def _tiny(c: ml_collections.ConfigDict) -> None:
   c.moe.bias_rate = 0.1
 
 
+def _tiny_iquest(c: ml_collections.ConfigDict, preset: str) -> None:
+  """The tiny run's data and schedule with a GQA model of about the tiny LongCat's width."""
+  c.model = model_section(preset, vocab_size=1024, hidden_size=128, intermediate_size=256,
+                          head_dim=32, max_position_embeddings=256, loop_window_size=64)
+  c.moe.bias_update = "none"  # dense: no router to balance
+  c.objective.balance_loss = "none"
+
+
 def _full(c: ml_collections.ConfigDict, preset: str) -> None:
   c.model = model_section(preset)
   c.data.seq_len = 4096
@@ -197,6 +208,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.variant = variant
   if variant == "tiny":
     _tiny(c)
+  elif variant.startswith("iquest"):
+    _tiny_iquest(c, variant)
   else:
     _full(c, variant)
   if options.get("init_from"):

@@ -50,6 +50,9 @@ _RESERVE = flags.DEFINE_float("reserve", 0.1, "Share of device memory kept free 
                               "temporaries, collectives and fragmentation.")
 _RULES = flags.DEFINE_string("rules", "default", "Logical-axis rules table (parallel.rules).")
 _JSON = flags.DEFINE_bool("json", False, "Print the plan as JSON instead of a table.")
+_CACHE_LEN = flags.DEFINE_integer("cache_len", None, "Also plan a decoding cache of this many "
+                                  "slots per row (per-device batch rows): MLA's compressed cache, "
+                                  "or GQA K/V with the IQuest Loop's window rings.")
 
 
 STAGE_SECTIONS = ("mstep", "midtrain")
@@ -129,7 +132,7 @@ def main(argv: list[str]) -> int:
 
   plan = memory.plan_memory(cfg, sizes, rules, batch_per_device=per_device, seq_len=seq_len,
                             grad_accum=grad_accum, device_memory_gib=_DEVICE_GIB.value or None,
-                            reserve=_RESERVE.value)
+                            reserve=_RESERVE.value, cache_len=_CACHE_LEN.value)
   if _JSON.value:
     print(json.dumps({"mesh": sizes, "per_device_batch": per_device, "seq_len": seq_len,
                       "bytes": {n: b for n, b, _ in plan.rows}, "total": plan.total,

@@ -92,7 +92,13 @@ def read_hf_config(hf_dir: str, **overrides: Any) -> tuple[ModelConfig, dict]:
     raise ConversionError("converting a Hugging Face checkpoint needs transformers: "
                           "pip install 'agentic_jax[hf]'") from None
   kwargs = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
-  hf_config = transformers.AutoConfig.for_model(model_type, **kwargs)
+  if model_type == "iquestloopcoder":
+    # Hub remote code, which transformers lacks: its config is IQuestCoder's plus loop_num and
+    # loop_window_size (kept as attributes), read by hf_config under its own model_type.
+    hf_config = transformers.AutoConfig.for_model("iquestcoder", **kwargs)
+    hf_config.model_type = model_type
+  else:
+    hf_config = transformers.AutoConfig.for_model(model_type, **kwargs)
   try:
     return config_from_hf(hf_config, **overrides), raw
   except ValueError as e:

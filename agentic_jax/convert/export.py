@@ -77,10 +77,12 @@ def _export_plan(cfg: ModelConfig, shapes: dict[str, tuple]) -> dict[str, _Out]:
       shape = ours[0]
     elif name == "linear":
       shape = ours[0][::-1]
-    elif name == "linear_heads":  # [in, H, hd] -> [H * hd, in]
+    elif name in ("linear_heads", "linear_kv_heads"):  # [in, H, hd] -> [H * hd, in]
       shape = (ours[0][1] * ours[0][2], ours[0][0])
-    elif name == "linear_out_heads":  # [H, dv, d] -> [d, H * dv]
+    elif name in ("linear_out_heads", "linear_gqa_out"):  # [H, dv, d] -> [d, H * dv]
       shape = (ours[0][2], ours[0][0] * ours[0][1])
+    elif name in ("q_bias", "kv_bias"):  # GQA biases [H, hd] -> [H * hd]
+      shape = (ours[0][0] * ours[0][1],)
     else:
       raise ValueError(f"no export rule for transform {name!r}")
     plan[e.hf] = _Out(tuple(shape), e.ours,

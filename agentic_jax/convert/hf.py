@@ -1,4 +1,6 @@
-"""transformers <-> agentic_jax weight conversion for LongCat-Flash, DeepSeek-V3, Youtu-LLM.
+"""transformers <-> agentic_jax weight conversion for LongCat-Flash, DeepSeek-V3, Youtu-LLM and
+IQuest-Coder (`iquestcoder`, i.e. LlamaForCausalLM; the Loop model's `iquestloopcoder` config
+with its `model.gate_projections.*` from a state dict).
 
     cfg, variables = from_hf(torch_model)              # unscanned layout
     logits = agentic_jax.models.build(cfg).apply(variables, tokens)
@@ -98,7 +100,8 @@ def _check_against_model(cfg: ModelConfig, flat: Mapping[str, np.ndarray]) -> No
 
 
 def from_hf(torch_model: Any, *, scan_layers: bool = False, **overrides: Any) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, variables) for an in-memory LongcatFlash/DeepseekV3/Youtu ForCausalLM.
+  """(ModelConfig, variables) for an in-memory LongcatFlash/DeepseekV3/Youtu ForCausalLM, or the
+  LlamaForCausalLM that transformers builds for an IQuestCoderConfig.
 
   variables = {"params": ..., "router_state": ...} (router_state only for MoE models) with
   parameters in cfg.param_dtype and the router correction bias in float32, in the unscanned

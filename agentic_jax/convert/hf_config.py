@@ -1,4 +1,4 @@
-"""transformers config -> ModelConfig for LongCat-Flash, DeepSeek-V3 and Youtu-LLM.
+"""transformers config -> ModelConfig for LongCat-Flash, DeepSeek-V3, Youtu-LLM and IQuest-Coder.
 
 Semantics follow what the transformers modeling code actually computes (the parity
 reference), not what a config field promises: e.g. LongCat's `mla_scale_*_lora` flags and
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 from agentic_jax.models.config import ModelConfig, yarn_get_mscale
 
-SUPPORTED_MODEL_TYPES = ("longcat_flash", "deepseek_v3", "youtu")
+SUPPORTED_MODEL_TYPES = ("longcat_flash", "deepseek_v3", "youtu", "iquestcoder", "iquestloopcoder")
 
 
 def _unsupported(field: str, value: Any, why: str) -> ValueError:
@@ -163,8 +163,39 @@ def _youtu(c: Any) -> dict:
   )
 
 
+def _iquest(c: Any) -> dict:
+  """IQuestCoderConfig (a LlamaConfig; transformers builds LlamaForCausalLM) and the Loop
+  model's remote-code config (the same fields plus loop_num, loop_window_size)."""
+  act = _attr(c, "hidden_act", "silu")
+  if act != "silu":
+    raise _unsupported("hidden_act", act, "only 'silu' (SwiGLU) is supported")
+  if _attr(c, "mlp_bias", False):
+    raise _unsupported("mlp_bias", True, "MLPs have no biases here")
+  heads = _required(c, "num_attention_heads")
+  fields = dict(
+      layer_type="llama", vocab_size=_required(c, "vocab_size"),
+      hidden_size=_required(c, "hidden_size"), num_layers=_required(c, "num_hidden_layers"),
+      intermediate_size=_required(c, "intermediate_size"), num_attention_heads=heads,
+      num_key_value_heads=_attr(c, "num_key_value_heads") or heads,
+      head_dim=_attr(c, "head_dim") or _required(c, "hidden_size") // heads,
+      attention_bias=bool(_attr(c, "attention_bias", False)),
+      rms_norm_eps=float(_required(c, "rms_norm_eps")),
+      max_position_embeddings=_required(c, "max_position_embeddings"),
+      tie_word_embeddings=bool(_attr(c, "tie_word_embeddings", False)),
+      rope_interleave=False,  # Llama's rotate_half: contiguous halves
+  )
+  if _attr(c, "model_type") == "iquestloopcoder":
+    fields.update(loop_num=int(_attr(c, "loop_num", 2)),
+                  loop_window_size=int(_attr(c, "loop_window_size", 64)))
+  if _attr(c, "initializer_range") is not None:
+    fields["initializer_range"] = float(c.initializer_range)
+  fields.update(_rope_fields(c))
+  return fields
+
+
 _FAMILIES: dict[str, Callable[[Any], dict]] = {
-    "longcat_flash": _longcat, "deepseek_v3": _deepseek, "youtu": _youtu}
+    "longcat_flash": _longcat, "deepseek_v3": _deepseek, "youtu": _youtu,
+    "iquestcoder": _iquest, "iquestloopcoder": _iquest}
 
 # Exact by default: capacity dispatch may drop tokens, which a converted model must not.
 _DEFAULTS = dict(moe_dispatch="dropless")
@@ -207,6 +238,8 @@ def config_to_hf(cfg: ModelConfig, *, base: Optional[dict] = None) -> dict:
   checkpoint came with, supplies every field we do not own (token ids, chat fields, MTP
   layers, quantization) and is otherwise overwritten. ValueError for a config transformers
   cannot express (LongCat without its LoRA scales, for instance)."""
+  if cfg.layer_type == "llama":
+    return _iquest_to_hf(cfg, base)
   if cfg.scmoe_moe_input != "shortcut":
     raise ValueError(f"scmoe_moe_input={cfg.scmoe_moe_input!r} has no transformers equivalent: "
                      "LongcatFlash always feeds its MoE the shortcut (first attention's output)")
@@ -249,4 +282,29 @@ def config_to_hf(cfg: ModelConfig, *, base: Optional[dict] = None) -> dict:
                routed_scaling_factor=cfg.routed_scaling_factor)
   else:
     out.update(num_hidden_layers=cfg.num_layers, intermediate_size=cfg.intermediate_size)
+  return out
+
+
+def _iquest_to_hf(cfg: ModelConfig, base: Optional[dict]) -> dict:
+  """IQuestCoderConfig's config.json (loop_num 1) or the Loop model's (model_type
+  "iquestloopcoder", remote code: transformers cannot build it)."""
+  if cfg.rope_interleave:
+    raise ValueError("rope_interleave=True has no IQuestCoder equivalent (Llama rotates halves)")
+  out = dict(base or {})
+  out.pop("quantization_config", None)
+  out.pop("rope_theta", None)
+  out.pop("rope_scaling", None)
+  loop = cfg.loop_num > 1
+  out.update(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+      intermediate_size=cfg.intermediate_size, num_attention_heads=cfg.num_attention_heads,
+      num_key_value_heads=cfg.kv_heads, head_dim=cfg.attn_head_dim,
+      attention_bias=cfg.attention_bias, mlp_bias=False, rms_norm_eps=cfg.rms_norm_eps,
+      max_position_embeddings=cfg.max_position_embeddings,
+      tie_word_embeddings=cfg.tie_word_embeddings, rope_parameters=_rope_to_hf(cfg),
+      hidden_act="silu", initializer_range=cfg.initializer_range,
+      model_type="iquestloopcoder" if loop else "iquestcoder",
+      architectures=["IQuestLoopCoderForCausalLM" if loop else "LlamaForCausalLM"])
+  if loop:
+    out.update(loop_num=cfg.loop_num, loop_window_size=cfg.loop_window_size)
   return out

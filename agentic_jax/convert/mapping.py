@@ -126,6 +126,26 @@ def _f32_to_hf(cfg, x):
   return np.asarray(x, np.float32)
 
 
+def _kv_heads_to_ours(cfg, w):  # GQA k/v_proj [KV * D, d] -> [d, KV, D]
+  return (w.T.reshape(w.shape[1], cfg.kv_heads, cfg.attn_head_dim),)
+
+
+def _gqa_out_to_ours(cfg, w):  # GQA o_proj [d, H * D] -> [H, D, d]
+  return (w.T.reshape(cfg.num_attention_heads, cfg.attn_head_dim, w.shape[0]),)
+
+
+def _q_bias_to_ours(cfg, b):  # [H * D] -> [H, D]
+  return (b.reshape(cfg.num_attention_heads, cfg.attn_head_dim),)
+
+
+def _kv_bias_to_ours(cfg, b):  # [KV * D] -> [KV, D]
+  return (b.reshape(cfg.kv_heads, cfg.attn_head_dim),)
+
+
+def _flat_to_hf(cfg, b):
+  return b.reshape(-1)
+
+
 COPY = Transform("copy", _copy_to_ours, _copy_to_hf)
 LINEAR = Transform("linear", _linear_to_ours, _linear_to_hf)
 HEADS = Transform("linear_heads", _heads_to_ours, _heads_to_hf)
@@ -133,6 +153,10 @@ OUT_HEADS = Transform("linear_out_heads", _out_heads_to_ours, _out_heads_to_hf)
 GATE_UP = Transform("fused_gate_up", _gate_up_to_ours, _gate_up_to_hf)
 EXPERTS_DOWN = Transform("experts_down", _experts_down_to_ours, _experts_down_to_hf)
 F32 = Transform("float32", _f32_to_ours, _f32_to_hf)
+KV_HEADS = Transform("linear_kv_heads", _kv_heads_to_ours, _heads_to_hf)
+GQA_OUT = Transform("linear_gqa_out", _gqa_out_to_ours, _out_heads_to_hf)
+Q_BIAS = Transform("q_bias", _q_bias_to_ours, _flat_to_hf)
+KV_BIAS = Transform("kv_bias", _kv_bias_to_ours, _flat_to_hf)
 
 
 # ------------------------------------------------------------------------- predicates
@@ -164,6 +188,10 @@ def _tied(c: ModelConfig) -> bool:
 
 def _shared(c: ModelConfig) -> bool:
   return c.n_shared_experts > 0
+
+
+def _looped(c: ModelConfig) -> bool:
+  return c.loop_num > 1
 
 
 # ------------------------------------------------------------------------- tables
@@ -249,7 +277,27 @@ YOUTU = [
     *swiglu_rules(f"{_P}/mlp", f"{_H}.mlp", "all"),
 ]
 
-TABLES: dict[str, list[Rule]] = {"scmoe": LONGCAT, "deepseek": DEEPSEEK, "dense": YOUTU}
+# IQuest-Coder (transformers' LlamaForCausalLM names); the Loop model's gates are
+# `model.gate_projections.{i}` in its remote code (model-spec §5), one [H, D] + [H] per layer.
+IQUEST = [
+    *TOP,
+    *norm_rules([("input_layernorm", "input_layernorm"),
+                 ("post_attention_layernorm", "post_attention_layernorm")]),
+    Rule(f"{_H}.self_attn.q_proj.weight", (f"{_P}/self_attn/q_proj/kernel",), HEADS, "all"),
+    Rule(f"{_H}.self_attn.k_proj.weight", (f"{_P}/self_attn/k_proj/kernel",), KV_HEADS, "all"),
+    Rule(f"{_H}.self_attn.v_proj.weight", (f"{_P}/self_attn/v_proj/kernel",), KV_HEADS, "all"),
+    Rule(f"{_H}.self_attn.o_proj.weight", (f"{_P}/self_attn/o_proj/kernel",), GQA_OUT, "all"),
+    Rule(f"{_H}.self_attn.q_proj.bias", (f"{_P}/self_attn/q_proj/bias",), Q_BIAS, "all", _bias),
+    Rule(f"{_H}.self_attn.k_proj.bias", (f"{_P}/self_attn/k_proj/bias",), KV_BIAS, "all", _bias),
+    Rule(f"{_H}.self_attn.v_proj.bias", (f"{_P}/self_attn/v_proj/bias",), KV_BIAS, "all", _bias),
+    Rule(f"{_H}.self_attn.o_proj.bias", (f"{_P}/self_attn/o_proj/bias",), COPY, "all", _bias),
+    *swiglu_rules(f"{_P}/mlp", f"{_H}.mlp", "all"),
+    Rule("model.gate_projections.{i}.weight", (f"{_P}/loop_gate/weight",), COPY, "all", _looped),
+    Rule("model.gate_projections.{i}.bias", (f"{_P}/loop_gate/bias",), COPY, "all", _looped),
+]
+
+TABLES: dict[str, list[Rule]] = {"scmoe": LONGCAT, "deepseek": DEEPSEEK, "dense": YOUTU,
+                                 "llama": IQUEST}
 
 
 # ------------------------------------------------------------------------- expansion

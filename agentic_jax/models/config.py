@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any, Optional
 
-LAYER_TYPES = ("scmoe", "deepseek", "dense")
+LAYER_TYPES = ("scmoe", "deepseek", "dense", "llama")
 # Where a ScMoE layer's MoE branch reads its input (blocks.ScMoELayer): "shortcut" (LongCat-Flash,
 # after the first attention) or "sequential" (the conventional placement, after the second).
 SCMOE_MOE_INPUTS = ("shortcut", "sequential")
@@ -40,6 +40,12 @@ class ModelConfig:
     * "deepseek": DeepSeek-V3 layer (MLA + dense FFN for the first `first_k_dense_replace`
       layers, MLA + MoE with shared experts after).
     * "dense": Youtu-LLM layer (MLA + dense SwiGLU).
+    * "llama": Llama-style GQA layer (IQuest-Coder-V1; models/gqa.py, models/loop_lm.py):
+      `num_key_value_heads` K/V heads of `head_dim`, RoPE over the whole head (half-split
+      when rope_interleave=False, as transformers' rotate_half), dense SwiGLU. The MLA
+      fields are unused. `loop_num` > 1 is the IQuest Loop variant (model-spec §5): every
+      layer runs loop_num times with shared weights; loops after the first mix global
+      attention over loop-1 K/V and a sliding window of `loop_window_size` over their own.
   `num_layers` counts decoder layers; a ScMoE layer holds two attention sublayers, so
   `num_attention_layers` is 2 * num_layers there (HF's LongCat `num_hidden_layers`).
 
@@ -80,6 +86,15 @@ class ModelConfig:
   attention_bias: bool = False  # bias on q_a_proj, kv_a_proj_with_mqa and o_proj (never q_proj)
   attention_impl: str = "xla"
   attention_chunk_size: int = 512  # key block for attention_impl="chunked"
+
+  # --- GQA ("llama" only; transformers' LlamaConfig names). None = num_attention_heads /
+  # hidden_size // num_attention_heads, as in transformers.
+  num_key_value_heads: Optional[int] = None
+  head_dim: Optional[int] = None
+  # IQuest Loop (model-spec §5): passes over the layers (1 = plain model) and the sliding
+  # window W of every pass after the first.
+  loop_num: int = 1
+  loop_window_size: int = 64
 
   # --- RoPE
   rope_theta: float = 10000.0
@@ -132,6 +147,16 @@ class ModelConfig:
   @property
   def qk_head_dim(self) -> int:
     return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+  @property
+  def kv_heads(self) -> int:
+    """GQA K/V heads (num_key_value_heads, defaulting to num_attention_heads)."""
+    return self.num_key_value_heads or self.num_attention_heads
+
+  @property
+  def attn_head_dim(self) -> int:
+    """GQA head dim (head_dim, defaulting to hidden_size // num_attention_heads)."""
+    return self.head_dim or self.hidden_size // self.num_attention_heads
 
   @property
   def is_moe(self) -> bool:
@@ -219,6 +244,7 @@ class ModelConfig:
         fail("original_max_position_embeddings", "YaRN needs a positive original length")
     if self.rms_norm_eps <= 0:
       fail("rms_norm_eps", "must be > 0")
+    self._validate_gqa(fail)
     if not self.is_moe:
       return
     # ---- MoE checks
@@ -265,6 +291,29 @@ class ModelConfig:
       fail("first_k_dense_replace", f"must be in [0, num_layers={self.num_layers}]")
     if self.layer_type == "scmoe" and self.n_shared_experts:
       fail("n_shared_experts", "the LongCat ScMoE layer has no shared expert")
+
+  def _validate_gqa(self, fail) -> None:
+    if self.loop_num < 1:
+      fail("loop_num", "must be >= 1 (1 = no loop)")
+    if self.loop_window_size < 1:
+      fail("loop_window_size", "must be >= 1")
+    if self.layer_type != "llama":
+      if self.loop_num != 1:
+        fail("loop_num", "only a layer_type 'llama' model loops (IQuest Loop)")
+      return
+    if self.num_key_value_heads is not None and (
+        self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads):
+      fail("num_key_value_heads", f"must divide num_attention_heads={self.num_attention_heads}")
+    if self.head_dim is not None and self.head_dim <= 0:
+      fail("head_dim", "must be a positive integer, or None for hidden_size // heads")
+    if self.attn_head_dim % 2:
+      fail("head_dim", "must be even (RoPE rotates pairs)")
+    if self.attention_impl != "xla":
+      fail("attention_impl", "layer_type 'llama' has only the 'xla' GQA core (models/gqa.py)")
+    if self.scan_layers:
+      # The Loop variant calls every layer once per loop with shared weights; the layers are
+      # unrolled in Python (models/loop_lm.py), so there is no stacked layout to scan over.
+      fail("scan_layers", "layer_type 'llama' runs unscanned layers")
 
 
 def yarn_get_mscale(factor: float, mscale: float = 1.0) -> float:

@@ -21,6 +21,7 @@ from agentic_jax.models.blocks import DecoderLayer, ScMoELayer
 from agentic_jax.models.config import ModelConfig
 from agentic_jax.models.layers import (Dense, Embed, RMSNorm, constrain, default_positions,
                                        rope_cos_sin)
+from agentic_jax.models.loop_lm import LoopCache, LoopLM, init_loop_cache
 from agentic_jax.models.mla import AttentionContext, LayerCache
 from agentic_jax.models.mtp import MultiTokenPredictor, has_own_embedding, shift_left
 
@@ -44,7 +45,12 @@ class KVCache:
   index: Array
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
+def init_cache(cfg: ModelConfig, batch: int, max_len: int,
+               dtype: Any = None) -> KVCache | LoopCache:
+  """An empty decoding cache: the compressed MLA cache, or for layer_type "llama" the GQA
+  K/V cache of models/loop_lm.py (with the Loop variant's window rings)."""
+  if cfg.layer_type == "llama":
+    return init_loop_cache(cfg, batch, max_len, dtype)
   dtype = jnp.dtype(dtype or cfg.dtype)
   a = cfg.num_attention_layers
   return KVCache(
@@ -63,6 +69,8 @@ class LayerGroup(NamedTuple):
 
 
 def layer_groups(cfg: ModelConfig) -> list[LayerGroup]:
+  if cfg.layer_type == "llama":
+    return []  # unscanned only (models/loop_lm.py): no stacked layout
   if cfg.layer_type == "scmoe":
     groups = [LayerGroup("layers", 0, cfg.num_layers, ScMoELayer, {})]
   elif cfg.layer_type == "dense":
@@ -175,8 +183,11 @@ class CausalLM(nn.Module):
     return (logits, new_cache, h) if return_hidden else (logits, new_cache)
 
 
-def build(cfg: ModelConfig) -> CausalLM:
-  """The Linen module for `cfg`; variables come from `init_variables` or `convert.from_hf`."""
+def build(cfg: ModelConfig) -> CausalLM | LoopLM:
+  """The Linen module for `cfg`; variables come from `init_variables` or `convert.from_hf`.
+  Both modules take the same arguments and return the same things (with their own cache)."""
+  if cfg.layer_type == "llama":
+    return LoopLM(cfg)
   return CausalLM(cfg)
 
 
@@ -204,7 +215,8 @@ def logical_axes(cfg: ModelConfig) -> dict:
 def count_params(cfg: ModelConfig) -> int:
   """Trainable parameters from shapes only; the router's correction bias is state. Includes
   the MTP module when cfg.num_mtp_layers > 0 (presets state both totals)."""
-  shapes = abstract_variables(cfg.replace(scan_layers=True))["params"]
+  # Scanned layouts trace one layer per group (fast for deep models); "llama" is never scanned.
+  shapes = abstract_variables(cfg.replace(scan_layers=cfg.layer_type != "llama"))["params"]
   return int(sum(x.size for x in jax.tree_util.tree_leaves(shapes)))
 
 

@@ -90,6 +90,48 @@ def youtu_llm_tiny() -> ModelConfig:
       rope_theta=1.6e6, rms_norm_eps=1e-6, tie_word_embeddings=True)
 
 
+# IQuest-Coder-V1 (IQuestLab, arXiv 2603.16733): Llama-style GQA. transformers' IQuestCoderConfig
+# defaults are the 40B (80 layers); the public model card lists 7B / 14B / 40B with the same
+# width and heads and 14 / 28 / 80 layers (the card states no other size).
+_IQUEST_FULL = dict(layer_type="llama", vocab_size=76800, hidden_size=5120, intermediate_size=27648,
+                    num_attention_heads=40, num_key_value_heads=8, head_dim=128, rope_theta=5e5,
+                    rope_interleave=False, rms_norm_eps=1e-5, max_position_embeddings=131072,
+                    **{k: v for k, v in _ACCELERATOR.items()
+                       if not k.startswith(("moe", "dropless", "attention", "scan"))})
+
+_IQUEST_TINY = dict(layer_type="llama", vocab_size=128, hidden_size=64, num_layers=2,
+                    intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                    rope_theta=1e4, rope_interleave=False, rms_norm_eps=1e-5,
+                    max_position_embeddings=256)
+
+
+def iquest_coder_7b() -> ModelConfig:
+  """IQuest-Coder-V1-7B: 14 layers of the 40B's shape (model card); 7.61B params (untied)."""
+  return ModelConfig(**_IQUEST_FULL, num_layers=14)
+
+
+def iquest_coder_40b() -> ModelConfig:
+  """IQuest-Coder-V1-40B: IQuestCoderConfig's default sizes (80 layers), rope_theta 5e5 as in
+  the released Loop config (model-spec §5); 39.8B params."""
+  return ModelConfig(**_IQUEST_FULL, num_layers=80)
+
+
+def iquest_loop_40b() -> ModelConfig:
+  """IQuest-Coder-V1-40B-Loop-Instruct: the 40B run twice (loop_num 2, window 64); 39.8B params
+  (the gates add 80 * 40 * 129)."""
+  return ModelConfig(**_IQUEST_FULL, num_layers=80, loop_num=2, loop_window_size=64)
+
+
+def iquest_coder_tiny() -> ModelConfig:
+  """The parity model of model-spec §6 (IQuestCoderConfig -> LlamaForCausalLM)."""
+  return ModelConfig(**_IQUEST_TINY)
+
+
+def iquest_loop_tiny() -> ModelConfig:
+  """iquest_coder_tiny looped twice with a window of 4 (short enough for tests to cross it)."""
+  return ModelConfig(**_IQUEST_TINY, loop_num=2, loop_window_size=4)
+
+
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "longcat_flash": longcat_flash,
     "deepseek_v3": deepseek_v3,
@@ -97,6 +139,11 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "longcat_flash_tiny": longcat_flash_tiny,
     "deepseek_v3_tiny": deepseek_v3_tiny,
     "youtu_llm_tiny": youtu_llm_tiny,
+    "iquest_coder_7b": iquest_coder_7b,
+    "iquest_coder_40b": iquest_coder_40b,
+    "iquest_loop_40b": iquest_loop_40b,
+    "iquest_coder_tiny": iquest_coder_tiny,
+    "iquest_loop_tiny": iquest_loop_tiny,
 }
 
 

@@ -15,6 +15,10 @@ PartitionSpec splits it over (rules.resolve; splits are always even), summed per
 Activations (an ESTIMATE, typically within ~30%, for the forward + backward of ONE
 micro-batch of b = batch_per_device rows of T = seq_len tokens, n = b * T tokens, compute
 dtype c bytes, tensor axis size tp, counted per token and layer):
+  GQA layer      ("llama") norm d + q H*D/tp + k, v 2*KV*D/tp + attn out H*D/tp + o_proj d
+                 + probabilities 2 * H/tp * T * 4 bytes; the IQuest Loop runs every layer
+                 loop_num times, and loops after the first hold a second (window) attention
+                 and the gate (H/tp * 4 bytes)
   MLA sublayer   norm d + q_a r_q + q-norm r_q + q_b H*dqk/tp + query H*dqk/tp + kv_a (r_kv+d_r)
                  + latent r_kv + kv_b H*(dn+dv)/tp + keys H*dqk/tp + attn out H*dv/tp + o_proj d
                  + attention probabilities 2 * H/tp * T * 4 bytes (f32 scores and softmax)
@@ -33,6 +37,11 @@ plus, for every policy but none, a transient peak of ONE layer's full set while 
 recomputed during the backward pass. Added once: embeddings n*d*c and logits
 2 * n * V/tp * 4 bytes (f32 logits and their gradient). Not modelled: XLA temporaries and
 fusion buffers, collective buffers, fragmentation, the data pipeline: hence `reserve`.
+
+Decoding cache (`decode_cache_bytes`, exact: the arrays models.init_cache allocates): the MLA
+cache holds A * B * S * (kv_lora_rank + qk_rope_head_dim) elements; the GQA cache 2 L B S KV D,
+plus for the IQuest Loop 2 (loop_num - 1) L B W KV D for the window rings (only the last W
+= loop_window_size keys/values of every later loop); int32 segment ids B * S and counters.
 """
 
 from __future__ import annotations
@@ -144,8 +153,23 @@ def _per_token_terms(cfg: models.ModelConfig, seq_len: int, tp: int) -> dict[str
     if cfg.n_shared_experts:
       ffn(t, cfg.moe_intermediate_size * cfg.n_shared_experts)
 
+  def gqa(t, window: bool):
+    hd, kvt = cfg.attn_head_dim, cfg.kv_heads / tp
+    t["dots"] += c * (ht * hd + 2 * kvt * hd + d)  # q, k, v, o projections
+    t["other"] += c * (d + ht * hd + 2 * kvt * hd)  # norm, rotated q and k, (repeated) keys
+    attentions = 2 if window else 1  # loop >= 2: global over loop-1 K/V + the window
+    t["batched_dots"] += attentions * (2 * ht * seq_len * 4 + c * ht * hd)
+    if window:
+      t["other"] += ht * 4 + c * ht * hd  # f32 gate, mixed output
+
   terms: dict[str, dict[str, float]] = {}
-  if cfg.layer_type == "scmoe":
+  if cfg.layer_type == "llama":
+    t = zero()
+    for loop in range(cfg.loop_num):
+      gqa(t, loop > 0)
+      ffn(t, cfg.intermediate_size)
+    terms["llama"] = t
+  elif cfg.layer_type == "scmoe":
     t = zero()
     mla(t); mla(t); ffn(t, cfg.intermediate_size); ffn(t, cfg.intermediate_size); moe(t)
     terms["scmoe"] = t
@@ -168,7 +192,7 @@ def activation_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int], *, batch_
   c = jnp.dtype(cfg.dtype).itemsize
   n = batch_per_device * seq_len
   terms = _per_token_terms(cfg, seq_len, tp)
-  counts = {"scmoe": cfg.num_layers, "dense": cfg.num_dense_layers,
+  counts = {"scmoe": cfg.num_layers, "llama": cfg.num_layers, "dense": cfg.num_dense_layers,
             "moe": cfg.num_layers - cfg.num_dense_layers}
   saved_parts = {"none": ("dots", "batched_dots", "other"), "dots": ("dots", "batched_dots"),
                  "dots_no_batch": ("dots",), "full": ()}[cfg.remat_policy]
@@ -184,9 +208,19 @@ def activation_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int], *, batch_
           "logits+embed": int(n * (2 * vocab_split * 4 + c * cfg.hidden_size))}
 
 
+def decode_cache_bytes(cfg: models.ModelConfig, batch: int, cache_len: int) -> int:
+  """Bytes of the decoding cache `models.init_cache(cfg, batch, cache_len)` on one device (see
+  the module doc), computed from shapes without allocating it."""
+  cache = jax.eval_shape(lambda: models.init_cache(cfg, batch, cache_len))
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(cache)))
+
+
 def plan_memory(cfg: models.ModelConfig, mesh: Mapping[str, int], rules: Rules = DEFAULT_RULES, *,
                 batch_per_device: int, seq_len: int, grad_accum: int = 1,
-                device_memory_gib: Optional[float] = None, reserve: float = 0.1) -> MemoryPlan:
+                device_memory_gib: Optional[float] = None, reserve: float = 0.1,
+                cache_len: Optional[int] = None) -> MemoryPlan:
+  """The training step's plan; with `cache_len`, also a "decode cache" row: the cache of
+  batch_per_device rows of cache_len slots that rollouts on this device would hold."""
   sizes = axis_sizes(mesh)
   state = state_bytes(cfg, sizes, rules, grad_accum=grad_accum)
   notes = {"params": f"{cfg.param_dtype}; incl. MoE router state",
@@ -201,6 +235,11 @@ def plan_memory(cfg: models.ModelConfig, mesh: Mapping[str, int], rules: Rules =
       ("act peak", act["recompute peak"], "one layer recomputed in the backward pass"),
       ("logits+embed", act["logits+embed"], "f32 logits and their gradient"),
   ]
+  if cache_len:
+    window = (f", loop rings of {cfg.loop_window_size}" if cfg.layer_type == "llama"
+              and cfg.loop_num > 1 else "")
+    rows.append(("decode cache", decode_cache_bytes(cfg, batch_per_device, cache_len),
+                 f"{batch_per_device} x {cache_len} slots{window}, {cfg.dtype}"))
   device_bytes = None if device_memory_gib is None else int(device_memory_gib * GIB)
   return MemoryPlan(rows, device_bytes, reserve, sizes)
 

@@ -51,6 +51,9 @@ DEFAULT_RULES: Rules = (
     ("expert", ("expert",)),
     ("vocab", ("tensor",)),
     ("heads", ("tensor",)),
+    # GQA K/V heads (layer_type "llama"): split like the query heads when they divide evenly,
+    # else replicated (8 KV heads on a tensor axis of 16 are copied, as vLLM does).
+    ("kv_heads", ("tensor", None)),
     ("mlp", ("tensor",)),
     ("expert_mlp", ("tensor",)),
     ("embed", ("fsdp",)),
@@ -64,6 +67,7 @@ DEFAULT_RULES: Rules = (
     ("qk_head_dim", (None,)),
     ("kv_head_dim", (None,)),
     ("v_head_dim", (None,)),
+    ("head_dim", (None,)),  # GQA head dim
     ("norm", (None,)),
     ("layers", (None,)),  # scanned-layer axis (no pipeline parallelism)
 )

@@ -73,5 +73,15 @@ def flop_model(cfg: ModelConfig) -> FlopModel:
         experts += leaf.size
       else:
         dense += leaf.size
-  attn = cfg.num_attention_layers * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim)
+  if cfg.layer_type == "llama":
+    # GQA; the IQuest Loop runs every layer loop_num times with the same weights, and each
+    # later loop's global attention is another causal pass over loop-1 K/V (its W-key window
+    # costs O(W T), left out).
+    layer_matmuls = sum(leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+                        if getattr(path[0], "key", "").startswith("layers_")
+                        and getattr(path[-1], "key", "") in MATMUL_LEAVES)
+    dense += (cfg.loop_num - 1) * layer_matmuls
+    attn = cfg.loop_num * cfg.num_layers * cfg.num_attention_heads * 2 * cfg.attn_head_dim
+  else:
+    attn = cfg.num_attention_layers * cfg.num_attention_heads * (cfg.qk_head_dim + cfg.v_head_dim)
   return FlopModel(int(dense), int(experts), cfg.n_routed_experts if cfg.is_moe else 0, int(attn))

@@ -45,7 +45,8 @@ TOKENIZER_FILE = "tokenizer.model"  # data/tokenizer.py find_or_train's SAVED_NA
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_attention_heads", "q_lora_rank",
                 "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
                 "intermediate_size", "n_routed_experts", "zero_expert_num",
-                "moe_intermediate_size", "layer_type", "tie_word_embeddings", "scan_layers")
+                "moe_intermediate_size", "layer_type", "tie_word_embeddings", "scan_layers",
+                "num_key_value_heads", "head_dim", "loop_num")
 _ITEMS = ("params", "router_state")
 
 
