@@ -117,7 +117,12 @@ def kernel_manager() -> Iterator[object]:
     spec = ksm.get_kernel_spec(KERNEL_NAME)
     if spec.argv[0] != sys.executable:
       raise RuntimeError(f"kernel spec runs {spec.argv[0]}, not {sys.executable}")
-    yield KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    try:
+      yield km
+    finally:  # nbclient shuts down only kernels it created itself (owns_km); this one is ours
+      if km.has_kernel:
+        km.shutdown_kernel(now=True)
 
 
 def execute(nb: nbformat.NotebookNode, *, quick: bool, cwd: Optional[str] = None,

@@ -100,3 +100,22 @@ def test_execute_runs_this_python_in_quick_mode_and_reports_a_failing_cell(tmp_p
   out = "".join(o.get("text", "") for o in nb.cells[0].outputs)
   assert out.split() == [sys.executable, "1", str(tmp_path)]
   assert not nb.cells[2].get("execution_count")
+
+
+def test_execute_shuts_its_kernel_down(tmp_path):
+  """Each run's kernel exits when the run ends (CI runs every notebook in one process: a kernel
+  left behind keeps its ~2 GB of JAX state until pytest exits)."""
+  import nbformat  # pylint: disable=import-outside-toplevel
+  import psutil  # pylint: disable=import-outside-toplevel
+  nb = nbformat.v4.new_notebook()
+  nb.cells = [nbformat.v4.new_code_cell("import os\nprint(os.getpid())")]
+  before = {c.pid for c in psutil.Process().children(recursive=True)}
+  _build_module().execute(nb, quick=True, cwd=str(tmp_path), timeout=120)
+  pid = int(nb.cells[0].outputs[0]["text"].strip())
+  assert pid not in before
+  try:
+    psutil.Process(pid).wait(timeout=30)
+  except psutil.NoSuchProcess:
+    pass
+  assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, \
+      f"kernel {pid} still running after execute() returned"
