@@ -12,6 +12,11 @@ beside this file and are imported as usual.
   scratch_root           a directory for the sandbox's scratch, checked empty afterwards.
   unharmed_test_process  the sandbox tests' after-check: no child of ours left behind, and we
                          can still start processes (test_sandbox*.py use it via pytestmark).
+  free_compiled_programs (autouse, module scope) drops JAX's in-memory caches of compiled
+                         programs after each module: `.ci/run` runs the whole suite in one
+                         process, and XLA:CPU keeps every executable's code mapped, so thousands
+                         of them approach the kernel's per-process map limit (vm.max_map_count
+                         65530); the suite segfaulted inside XLA's compiler at ~85% before this.
 
 Imports of the code under test sit inside the fixtures, so collecting a module that uses none
 of these loads nothing more than it did.
@@ -45,6 +50,16 @@ SLOW_MODULES = frozenset({
     "test_midtrain_init_from", "test_moe_mesh", "test_multihost_train", "test_notebooks",
     "test_parallel", "test_parity", "test_ra3_job", "test_recipe", "test_rl_loop",
     "test_validation", "test_watchdog"})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def free_compiled_programs():
+  yield
+  import sys
+  if "jax" in sys.modules:  # only a module that used JAX has anything to free
+    import gc
+    sys.modules["jax"].clear_caches()
+    gc.collect()
 
 
 def pytest_configure(config):
