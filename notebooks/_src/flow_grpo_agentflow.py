@@ -27,8 +27,10 @@ QUICK = os.environ.get("NOTEBOOK_QUICK") == "1"  # reduced mode: CI (tests/test_
 ARMS = {"Flow-GRPO paper": ("flow_grpo", "paper"),
         "Flow-GRPO code": ("flow_grpo", "code")}  # name -> (config.rl.loss, config.rl.preset)
 SEEDS = (0,) if QUICK else (0, 1, 2)  # config.seed of the RL stage (rollout sampling, task pool)
-MT_STEPS = 20 if QUICK else 3000  # mid-training steps (the recipe's default: 3,000), run once
-RL_STEPS = 2 if QUICK else 6  # RL steps per run (the recipe runs 30); TODO calibrate to 10 min
+# mid-training steps, run once (the recipe's default is 3,000: ~390 s here at 0.128 s/step, which
+# leaves too little of the 10 minutes for six RL runs; 2,000 steps take ~260 s)
+MT_STEPS = 20 if QUICK else 2000
+RL_STEPS = 2 if QUICK else 6  # RL steps per run (the recipe runs 30); ~40 s per run with its evals
 EVAL_EVERY = 1 if QUICK else 3  # held-out evaluation every k RL steps (and before / after)
 EVAL_TASKS = 4 if QUICK else 32  # held-out calculator tasks (the recipe evaluates on 64)
 EVAL_SAMPLES = 2  # sampled episodes per held-out task at temperature 1 (the recipe: 4), + 1 greedy
@@ -44,10 +46,12 @@ print(f"QUICK={QUICK} seeds={SEEDS} mid-training steps={MT_STEPS} RL steps={RL_S
 # `recipe.write_data` writes the 8,000 scripted calculator episodes of the plain recipe plus one
 # planner sample per action (the planner's whole context — query, analysis, memory, step count —
 # with only the plan as target), and `agentic_jax.train.loop.run` mid-trains the tiny LongCat-Flash
-# on them as the recipe sets it (4x384-token rows, assistant-only loss, `midtrain.seed` 0). This one
-# model is the start of every RL run: the seeds below vary the RL stage only. (The README's
-# agentflow recipe run measured this planner at 0.016 sampled success before and after 30
-# Flow-GRPO steps: well-formed plans with wrong operands, so expect little reward to learn from.)
+# on them as the recipe sets it (4x384-token rows, assistant-only loss, `midtrain.seed` 0) except
+# for the length: `MT_STEPS` = 2,000 steps instead of the recipe's 3,000, which alone would take
+# two thirds of the 10-minute budget on a 2-core CPU. This one model is the start of every RL run:
+# the seeds below vary the RL stage only. (The README's agentflow recipe run, 3,000 steps, measured
+# its planner at 0.016 sampled success before and after 30 Flow-GRPO steps: well-formed plans with
+# wrong operands, so expect little reward to learn from.)
 
 # %%
 import contextlib, copy, io, json, pathlib, platform, shutil, subprocess, urllib.request, warnings
@@ -103,17 +107,19 @@ print(f"{data_report['episodes']} episodes; mid-training {MT_STEPS} steps of "
       f"{mt_summary['first_loss']:.3f} -> {mt_summary['final_loss']:.3f} in {T_MIDTRAIN:.0f} s")
 
 # %% [markdown]
-# ## RL: three objectives from the same start
+# ## RL: two presets from the same start
 #
 # Each run is `agentic_jax.rl.loop.run` on the recipe's RL stage (`recipe.rl_stage_config`:
 # `init_from` = the mid-training workdir, its model and tokenizer) with `rl.loss`, `rl.preset`
-# and the loss's registered row layout (`rl.batch_mode`: `turn` for Flow-GRPO, `trajectory` for
-# GRPO) set, `RL_STEPS` steps of 8 tasks x 8 rollouts (up to 4 policy turns of 32 tokens), lr
-# 3e-4, and `rl.eval_every`. The loop evaluates before the first step, every `EVAL_EVERY` steps
+# and the loss's registered row layout (`rl.batch_mode` = `turn`: one row per planner turn) set,
+# `RL_STEPS` steps of 4 tasks x 8 rollouts (up to 4 planner turns of up to 64 tokens, each with
+# its own context of up to 320 tokens), lr 3e-4, and `rl.eval_every`. The loop evaluates before the first step, every `EVAL_EVERY` steps
 # and after the last; the evaluations in between record the sampled success rate only
 # (`eval_success_rate` in metrics.jsonl), the ones before and after also greedy decoding. The
 # seed sets the training tasks' order, the rollouts' random numbers and the held-out tasks, the
-# same for the three arms of a seed (paired).
+# same for both arms of a seed (paired). Also recorded from the first step's rollouts (the
+# mid-trained planner, before any update): how many episodes ended with a proposed answer and
+# how many plan or tool errors an episode had, i.e. whether the plans are well-formed.
 
 # %%
 from agentic_jax.objectives import rl_registry
@@ -159,6 +165,11 @@ def run_arm(arm, seed):
             "train success": [r["success_rate"] for r in recs],
             "kl": [r["kl"] for r in recs], "curve": curve,
             "rows": recs[0].get("forward_rows"), "options": s["objective_options"],
+            # steps whose rollouts had a success: the only ones with a nonzero advantage
+            "steps with reward": sum(r["success_rate"] > 0 for r in recs),
+            "answered at step 1": recs[0].get("stop/answer", 0) / sum(
+                v for k, v in recs[0].items() if k.startswith("stop/")),
+            "errors at step 1": recs[0]["tool_errors_per_episode"],
             "seconds": time.perf_counter() - t0, "rollout_s": s["seconds"]["rollout"],
             "train_s": s["seconds"]["train"]}
 
@@ -174,7 +185,10 @@ for seed in SEEDS:
         print(f"{arm:18s} seed {seed}: held-out sampled {r['sampled before']:.3f} -> "
               f"{r['sampled after']:.3f}, greedy {r['greedy before']:.3f} -> {r['greedy after']:.3f}"
               f" | rollouts' success step 1 {r['train success'][0]:.3f}, step {RL_STEPS} "
-              f"{r['train success'][-1]:.3f} | {r['seconds']:.0f} s (rollout {r['rollout_s']:.0f} s,"
+              f"{r['train success'][-1]:.3f}, steps with a success {r['steps with reward']} of "
+              f"{RL_STEPS} | step 1: {r['answered at step 1']:.2f} of episodes answered, "
+              f"{r['errors at step 1']:.2f} plan/tool errors per episode "
+              f"| {r['seconds']:.0f} s (rollout {r['rollout_s']:.0f} s,"
               f" update {r['train_s']:.0f} s)", flush=True)
 print(f"all RL runs: {time.perf_counter() - t_runs:.0f} s")
 if QUICK and not os.environ.get("FLOW_GRPO_AF_WORKDIR"):  # CI leaves nothing behind; a full run
@@ -186,7 +200,7 @@ if QUICK and not os.environ.get("FLOW_GRPO_AF_WORKDIR"):  # CI leaves nothing be
 # Left: held-out success (sampled, `EVAL_SAMPLES` episodes per task at temperature 1 with the
 # evaluation's fixed seed) at step 0, every `EVAL_EVERY` steps and after the last step; the hollow markers are
 # greedy decoding before and after RL. Middle: the rollouts' own success rate at every RL step
-# (the training tasks, 64 episodes per step). Right: KL to the mid-trained reference. Thin lines:
+# (the training tasks, 32 episodes per step). Right: KL to the mid-trained reference. Thin lines:
 # seeds; thick: the mean over seeds.
 
 # %%
@@ -229,8 +243,10 @@ plt.show()
 # ## Results
 #
 # Mean ± standard deviation over the RL seeds (sample sd, n − 1), then every run. "Before" is
-# the mid-trained model, the same for the three arms of a seed (same model, tasks and evaluation
-# seed); "rollouts, last 3" is the rollouts' success over the last three RL steps.
+# the mid-trained model, the same for both arms of a seed (same model, tasks and evaluation
+# seed); "rollouts' success, last 3 steps" is the rollouts' success over the last three RL steps;
+# "steps with a success" counts the RL steps whose 32 rollouts held at least one success (a step
+# without one has every advantage 0: only the KL term trains).
 
 # %%
 from IPython.display import Markdown, display
@@ -240,7 +256,8 @@ for r in ROWS:
 COLUMNS = [("sampled before", "held-out sampled, before"), ("sampled after", "sampled, after ↑"),
            ("greedy before", "greedy, before"), ("greedy after", "greedy, after ↑"),
            ("sampled gain", "sampled gain"), ("greedy gain", "greedy gain"),
-           ("rollouts last 3", "rollouts' success, last 3 steps")]
+           ("rollouts last 3", "rollouts' success, last 3 steps"),
+           ("steps with reward", "steps with a success")]
 
 
 def values(arm, key):
@@ -268,7 +285,7 @@ display(Markdown(f"**{len(SEEDS)} RL seed(s) x {RL_STEPS} steps of {2 if QUICK e
                  + "\n".join(table) + "\n\n" + "\n".join(runs)))
 
 # %% [markdown]
-# ## Did broadcasting the outcome to every turn help at this scale?
+# ## Did the paper's objective and the released code's train the planner alike?
 #
 # Paired by seed (same start, same tasks, same evaluation): each comparison's mean difference ±
 # its standard error over seeds. "Helped" / "hurt" needs a paired t-test at the 5% level
