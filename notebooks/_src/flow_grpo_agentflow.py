@@ -350,5 +350,29 @@ print(f"\nrun: {time.strftime('%Y-%m-%d')}, commit {commit}, {platform.machine()
 # %% [markdown]
 # ## What this shows
 #
-# *Not run yet: calibrate MT_STEPS / RL_STEPS to the 10-minute budget, run the full mode
-# (`python notebooks/_build.py flow_grpo_agentflow --execute`) and write this cell from its numbers.*
+# *Latest full run: 3 RL seeds x 2 presets x 6 RL steps after one 2,000-step planner
+# mid-training, 2026-12-05 at commit 205e8bd on the 2-core CPU (another job started on the cores
+# in its last minute), 8 min 26 s (mid-training 258 s, the six RL runs 245 s; the tables above).*
+#
+# The mid-trained planner writes well-formed plans: in the first step's rollouts 91–100% of the
+# episodes ended with a proposed answer and an episode had 0–0.12 plan or tool errors. But the
+# answers are wrong: before RL it solved 0.026 ± 0.009 of the held-out tasks sampled (1 or 2 of
+# 64 episodes per seed) and none greedily, the floor the README's 3,000-step agentflow recipe also
+# sits on (0.016 sampled; there: well-formed plans with wrong operands). So RL had
+# almost nothing to learn from: the rollouts' success was at most 4 of 32 episodes in any step,
+# only 1 to 5 of a run's 6 steps held any success at all (every advantage is 0 in the others), and
+# the KL to the reference stayed below 0.06. After 6 steps held-out success was sampled 0.021 ±
+# 0.018 (paper) and 0.026 ± 0.009 (code), greedy 0.021 ± 0.018 and 0.010 ± 0.018: the gains over
+# the start are within one held-out task either way (paper sampled −0.005 ± 0.024, greedy +0.021
+# ± 0.018; code 0.000 ± 0.016, +0.010 ± 0.018). Paired, paper − code is −0.005 ± 0.005 sampled,
+# +0.010 ± 0.010 greedy and −0.000 ± 0.006 on the rollouts' last three steps, no clear difference
+# by the t-test. The mid-training is 2,000 steps, not the recipe's 3,000, to fit the budget; the
+# README's 3,000-step planner is no better (0.016 → 0.016 after 30 RL steps). Trajectory-level
+# GRPO, the comparison the AgentFlow paper makes, cannot be run in this mode: the config check
+# rejects it (above).
+#
+# **At this scale the claim could not be tested: the paper's and the released code's Flow-GRPO
+# presets ended the same (paired differences ≤ 0.010, one held-out task, no clear difference on 3
+# RL seeds), but only because a planner that solves ~3% of the tasks gives either objective
+# almost no reward to learn from — neither preset improved it — so this is no evidence that the
+# two train the planner alike.**
