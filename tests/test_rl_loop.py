@@ -94,6 +94,53 @@ def test_outputs_and_metrics_of_a_run(uninterrupted):
   assert all("reward" in t and "turn 0 (policy)" in t and "```" in t for _, t in texts)
 
 
+def test_each_steps_episodes_are_saved_for_inspection(uninterrupted):
+  config, workdir, _ = uninterrupted
+  from agentic_jax.rl import rollout_log  # pylint: disable=import-outside-toplevel
+  recs = _records(workdir)
+  rows = config.rl.tasks_per_step * config.rl.group_size
+  assert sorted(os.listdir(os.path.join(workdir, "rollouts"))) == [
+      f"step_{s:06d}.jsonl" for s in (1, 2, 3, 4)]
+  for rec in recs:
+    eps = rollout_log.read_step(workdir, rec["step"])
+    assert len(eps) == min(rows, config.rl.save_rollouts_episodes)
+    # the file's episodes are the ones the step's metrics were computed from
+    assert np.isclose(np.mean([e["reward"] for e in eps]), rec["reward_mean"])
+    assert np.isclose(np.mean([e["success"] for e in eps]), rec["success_rate"])
+    assert np.isclose(np.mean([len(e["turns"]) for e in eps]), rec["turns_per_episode"])
+    assert [(e["group_id"], e["traj_id"]) for e in eps] == [
+        (q, g) for q in range(config.rl.tasks_per_step) for g in range(config.rl.group_size)]
+    for e in eps:
+      assert e["step"] == rec["step"] and e["prompt"]
+      assert e["stop_reason"] in ("answer", "env_step_limit", "eos", "max_turns", "token_budget")
+      for t in e["turns"]:
+        assert t["role"] == "policy" and t["context_tokens"] > 0 and isinstance(t["text"], str)
+        # a turn with a tool call got an observation from the environment
+        assert t["tool_call"] is None or t["observation"] or e["stop_reason"] == "eos"
+
+
+def test_rollout_saving_rate_and_limit(tmp_path):
+  from agentic_jax.rl import rollout_log  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl.rollout import Episode, TurnRecord  # pylint: disable=import-outside-toplevel
+  from agentic_jax.data.tokenizer import ByteTokenizer  # pylint: disable=import-outside-toplevel
+  tok = ByteTokenizer()
+  ctx = np.asarray([tok.bos_id] + tok.encode("what is 2+2?"), np.int32)
+  resp = np.asarray(tok.encode("4"), np.int32)
+  eps = [Episode(f"t{i}", i, 0, [TurnRecord(ctx, resp, np.zeros(len(resp), np.float32), True,
+                                            False, "4", "ok")], float(i), i % 2 == 1, "answer",
+                 None, {"tool_errors": 0, "final_info": {"value": np.int64(4)}})
+         for i in range(5)]
+  path = rollout_log.write_step(str(tmp_path), 7, eps, tok, limit=3)
+  assert path.endswith("rollouts/step_000007.jsonl")
+  got = rollout_log.read_step(str(tmp_path), 7)
+  assert [e["task_id"] for e in got] == ["t0", "t1", "t2"]
+  assert got[1]["reward"] == 1.0 and got[1]["success"] is True
+  assert got[0]["final_info"] == {"value": 4} and "what is 2+2?" in got[0]["prompt"]
+  assert len(rollout_log.read_step(str(tmp_path), 7)) == 3
+  rollout_log.write_step(str(tmp_path), 7, eps, tok, limit=0)  # a re-run step: rewritten
+  assert len(rollout_log.read_step(str(tmp_path), 7)) == 5
+
+
 def test_sigterm_saves_a_checkpoint_and_a_rerun_finishes(tokenizer_path, tmp_path, monkeypatch):
   config = small_rl_config(tokenizer_path, **{"train.num_steps": 2, "rl.eval_tasks": 0})
   real = loop._episodes

@@ -14,7 +14,8 @@ This package imports `agentic_jax.models`, never the reverse.
 """
 
 from agentic_jax.parallel.distributed import (
-    DataShard, any_process, barrier, data_shard, host_local_batch_to_global, initialize_distributed)
+    DataShard, allgather_objects, any_process, barrier, data_shard, fetch, global_from_host,
+    host_local_batch_to_global, initialize_distributed, process_share, replicated_array)
 from agentic_jax.parallel.mesh import MESH_AXES, abstract_mesh, make_mesh, mesh_sizes, parse_mesh_spec
 from agentic_jax.parallel.rules import (
     DEFAULT_RULES, REPLICATED_RULES, Rules, ShardingRuleError, activation_names, check_model_rules,
@@ -25,7 +26,8 @@ from agentic_jax.parallel.sharding import (
     shardings_like_params, specs_like_params, variable_shardings, variable_specs)
 
 __all__ = [
-    "DataShard", "any_process", "barrier", "data_shard",
+    "DataShard", "allgather_objects", "any_process", "barrier", "data_shard", "fetch",
+    "global_from_host", "process_share", "replicated_array",
     "DEFAULT_RULES", "MESH_AXES", "REPLICATED_RULES", "Rules", "ShardingRuleError", "abstract_mesh",
     "activation_names", "addressable_bytes", "axis_sizes", "batch_sharding", "batch_shards",
     "batch_spec", "check_model_rules", "check_rules", "flax_rules", "get_rules",

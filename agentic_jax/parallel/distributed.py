@@ -172,3 +172,61 @@ def barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     multihost_utils.sync_global_devices(name)
+
+
+def process_share(n: int, index: Optional[int] = None, count: Optional[int] = None
+                  ) -> tuple[int, int]:
+  """[start, stop) of this process's contiguous share of n items (RL tasks): process i of P
+  takes items [i*n//P, (i+1)*n//P), so the shares concatenated in process order are the items
+  in their order, whatever n (a share may be empty)."""
+  index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
+  return index * n // count, (index + 1) * n // count
+
+
+def allgather_objects(obj: Any) -> list:
+  """Every process's `obj` (any picklable value: host-side episodes, contexts), as a list in
+  process order; a collective every process must call at the same point. One process:
+  [obj], no communication. Pickled to bytes, padded to the longest and gathered with
+  multihost_utils.process_allgather (JAX's own runtime, no side channel)."""
+  if jax.process_count() == 1:
+    return [obj]
+  import pickle  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  data = np.frombuffer(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+  sizes = multihost_utils.process_allgather(np.asarray([data.size], np.int64)).reshape(-1)
+  buf = np.zeros((int(np.max(sizes)),), np.uint8)
+  buf[:data.size] = data
+  parts = multihost_utils.process_allgather(buf)  # [P, longest]
+  return [pickle.loads(parts[i, :int(sizes[i])].tobytes())
+          for i in range(jax.process_count())]
+
+
+def replicated_array(x: Any, mesh: Any) -> jax.Array:
+  """Host array `x` (the same value on every process) as one jax.Array replicated over
+  `mesh` (jax.make_array_from_callback: valid across processes, where device_put of a host
+  array onto devices of other processes is not)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  x = np.asarray(x)
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def global_from_host(x: Any, sharding: Any) -> jax.Array:
+  """The full host array `x` (the same value on every process) as a global jax.Array laid
+  out by `sharding`: each process fills only its addressable shards from it."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def fetch(x: jax.Array) -> Any:
+  """A (possibly non-fully-addressable) jax.Array as a host numpy array on every process
+  (a collective when it spans processes)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1 or getattr(x, "is_fully_addressable", True) \
+      or getattr(x, "is_fully_replicated", False):
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

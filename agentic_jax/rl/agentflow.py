@@ -115,7 +115,7 @@ from agentic_jax.rl.agentflow_modules import (  # noqa: F401
     first_turn, format_plan, missing_argument, parse_plan, scripted_analysis, scripted_command,
     step_text, turn_text, with_stop)
 from agentic_jax.rl.rollout import Episode, TurnRecord, tool_call_action
-from agentic_jax.rl.sampler import module_turn, policy_turn
+from agentic_jax.rl.sampler import any_rows, module_turn, policy_turn
 
 MODULES = ("scripted", "reference")
 
@@ -271,7 +271,8 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
                   executor: str = "scripted", verifier: str = "scripted",
                   generator: str = "scripted", analyzer: str = "scripted",
                   reference_variables=None, reference_sampler=None,
-                  max_context_tokens: Optional[int] = None) -> list[Episode]:
+                  max_context_tokens: Optional[int] = None, first_group: int = 0
+                  ) -> list[Episode]:
   """AgentFlow episodes, Q tasks x G trajectories ordered by task then trajectory (group_id =
   task index, traj_id = 0..G-1).
 
@@ -280,7 +281,8 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
   modules use reference_sampler (default: the planner's) with reference_variables.
   executor / verifier / generator / analyzer: "scripted" | "reference" (module doc).
   max_context_tokens: a planner prompt longer than this is not sampled. Deterministic given
-  seed. stop_reason: "answer", "verifier", "eos", "env_step_limit", "env_done", "max_turns",
+  seed. first_group: group_id of the first task (across processes each passes its share of the
+  step's tasks; every module call is then a collective, made by every process, rows or not). stop_reason: "answer", "verifier", "eos", "env_step_limit", "env_done", "max_turns",
   "token_budget" (module doc).
   """
   modules = {"executor": executor, "verifier": verifier, "generator": generator,
@@ -296,7 +298,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
       query = env.reset(task)
       head = ([tok.bos_id] + render_turn(Turn("system", env.system_prompt), tok)
               + render_turn(Turn("user", query), tok))
-      states.append(_State(task, q, g, env, query, head))
+      states.append(_State(task, first_group + q, g, env, query, head))
 
   # 0. query analysis (once per trajectory, before the loop)
   if analyzer == "reference":
@@ -321,7 +323,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
         else:
           contexts[id(s)] = ctx
     active = [s for s in states if s.stop_reason is None]
-    if not active:
+    if not any_rows(planner_turn, active):
       break
     # 1. planner: the only trainable module
     ctxs = [contexts[id(s)] for s in active]
@@ -337,7 +339,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
     # 2. executor: (sub-goal, tool) -> command, for the usable plans
     todo = [(s, p) for s, p in zip(active, plans) if p.error is None and s.stop_reason is None]
     commands: dict[int, Optional[str]] = {}
-    if executor == "reference" and todo:
+    if executor == "reference" and any_rows(ref_turn, todo):
       ctxs = [s.executor_context(p, tok) for s, p in todo]
       gens = _generate(ref_turn, reference_variables, ctxs, _derive_seed(seed, "executor", step),
                        tok)
@@ -354,7 +356,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
         _act(s, plan, commands.get(id(s)), tok)
     # 3. verifier
     pending = [s for s in active if s.stop_reason is None]
-    if verifier == "reference" and pending:
+    if verifier == "reference" and any_rows(ref_turn, pending):
       ctxs = [s.verifier_context(tok) for s in pending]
       gens = _generate(ref_turn, reference_variables, ctxs, _derive_seed(seed, "verifier", step),
                        tok)
@@ -379,7 +381,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
 
   # 4. generator (unless the environment already ended the episode)
   todo_states = [s for s in states if s.final is None]
-  if generator == "reference" and todo_states:
+  if generator == "reference" and any_rows(ref_turn, todo_states):
     ctxs = [s.generator_context(tok, prompt=True) for s in todo_states]
     # the generator writes a tool call: the plain policy's (tool-call) stop rule
     gens = with_stop(ref, policy_turn(tok)).generate(

@@ -178,6 +178,10 @@ def rl_config(loss: str, *, model: Optional[Any], tokenizer_vocab: Optional[int]
   r.eval_samples = 1  # episodes per task when sampled (a fixed seed, the same before and after)
   r.eval_every = 0  # also every k steps (0 = only before the first and after the last step)
   r.eval_max_turns = 4
+  # rollout inspection (rl/rollout_log.py): WORKDIR/rollouts/step_N.jsonl every k RL steps
+  # (0 = never) with at most this many episodes per step (0 = all)
+  r.save_rollouts_every = 1
+  r.save_rollouts_episodes = 64
 
   p = c.optim = ml_collections.ConfigDict()
   p.lr = 1e-4
@@ -218,7 +222,7 @@ RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_o
            "max_new_tokens", "max_context_tokens", "seq_len", "row_bucket", "sample_bucket",
            "temperature", "top_p", "ppo_epochs", "minibatches", "dapo_max_refill_rounds",
            "old_logp", "old_logp_tolerance", "eval_tasks", "eval_every", "eval_max_turns",
-           "eval_temperature", "eval_samples")
+           "eval_temperature", "eval_samples", "save_rollouts_every", "save_rollouts_episodes")
 
 
 def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> rl_obj.RLObjective:
@@ -248,7 +252,8 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> rl_obj
               "minibatches", "eval_max_turns", "eval_samples")
   for key in positive:
     config_lib.check_int(config, f"rl.{key}")
-  for key in ("eval_tasks", "eval_every", "dapo_max_refill_rounds"):  # 0 = off
+  for key in ("eval_tasks", "eval_every", "dapo_max_refill_rounds", "save_rollouts_every",
+              "save_rollouts_episodes"):  # 0 = off / all
     config_lib.check_int(config, f"rl.{key}", 0)
   config_lib.check_number(config, "rl.eval_temperature", 0.0)  # 0 = greedy
   config_lib.check_number(config, "rl.temperature", 0.0)

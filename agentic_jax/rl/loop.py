@@ -39,9 +39,22 @@ params fingerprint (the reference params are reloaded from there, not saved: the
 initial params). MoE router biases stay frozen (see step.py).
 
 WORKDIR: metrics.jsonl (one record per RL step), summary.json (success_rate_before /
-success_rate_after ...), tb/ (TensorBoard scalars, and each step's first sampled episodes as
-text: rollout_text), rl.png (reward / success / KL curves), checkpoints/, tokenizer.model
-(when trained here).
+success_rate_after ...), rollouts/step_N.jsonl (the step's sampled episodes: prompt, turns,
+tool calls, observations, rewards; rl/rollout_log.py, every config.rl.save_rollouts_every
+steps), tb/ (TensorBoard scalars, and each step's first sampled episodes as text:
+rollout_text), rl.png (reward / success / KL curves), checkpoints/, tokenizer.model (when
+trained here).
+
+Across processes (jax.distributed, config.mesh spanning them): every process runs this loop;
+each takes a contiguous share of the step's tasks (parallel.process_share), steps only its own
+rows' environments and decodes them in collective Sampler calls over the sharded policy (the
+global batch is the one a single process would decode: same padding, same random numbers); the
+episodes are then gathered (parallel.allgather_objects), so every process packs the same batch
+and feeds its own devices' rows of it to the sharded update. Decisions (refill, stop, save) are
+taken on identical data or exchanged (any_process), so the processes never diverge; only
+process 0 prints and writes files (metrics, rollouts, summary); checkpoints are orbax's
+collective save. The rollout random numbers are a function of (seed, step) for every process,
+so there is no per-process RNG state to save: a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ from agentic_jax import fs, models, parallel
 from agentic_jax.rl import config as rl_config_lib
 from agentic_jax.rl import refill as refill_lib
 from agentic_jax.rl import rollout as rollout_lib
+from agentic_jax.rl import rollout_log
 from agentic_jax.rl import step as step_lib
 from agentic_jax.train import checkpoint as ckpt_lib
 from agentic_jax.train import config as config_lib
@@ -73,7 +87,8 @@ PLOT_FILE = "rl.png"
 
 
 def _say(msg: str) -> None:
-  print(msg, flush=True)
+  if jax.process_index() == 0:  # every process runs the loop; one prints
+    print(msg, flush=True)
 
 
 def rollout_seed(seed: int, step: int, round_: int = 0) -> int:
@@ -108,36 +123,43 @@ def _tokenizer(config: Any, workdir: str):
   return tok, (f"trained -> {report['path']}" if report["trained"] else report["path"])
 
 
-def _fresh_variables(model_cfg, seed: int) -> dict:
-  """The params a fresh TrainState would hold (state.init_state's key schedule)."""
-  return jax.jit(lambda: models.init_variables(
-      model_cfg, jax.random.fold_in(jax.random.PRNGKey(seed), 0)))()
+def _fresh_variables(model_cfg, seed: int, shardings=None) -> dict:
+  """The params a fresh TrainState would hold (state.init_state's key schedule), created in
+  their final layout (`shardings`: the mesh's variable shardings; None = one device)."""
+  init = lambda: models.init_variables(  # noqa: E731
+      model_cfg, jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+  if shardings is None:
+    return jax.jit(init)()
+  out = {k: shardings[k] for k in jax.eval_shape(init)}
+  return jax.jit(init, out_shardings=out)()
 
 
 def _new_state(variables: dict, tx, seed: int, shardings=None) -> state_lib.TrainState:
-  state = state_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables["params"],
-      opt_state=tx.init(variables["params"]), router_state=variables.get("router_state", {}),
-      rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1), nan_skips=jnp.zeros((), jnp.int32))
-  # committed (to one device, or to the mesh layout) like a restored state, so both compile the
-  # step identically
+  """Step 0 on `variables`, committed (to one device, or to the mesh layout `shardings`) like
+  a restored state, so both compile the step identically. Built by one jit with those output
+  shardings: valid across processes, where device_put of host values is not."""
+  def build(params, router_state):
+    return state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        router_state=router_state, rng=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+        nan_skips=jnp.zeros((), jnp.int32))
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.device_put(state, shardings or one)
+  return jax.jit(build, out_shardings=shardings or one)(variables["params"],
+                                                        variables.get("router_state", {}))
 
 
 class _Placement:
-  """Where the state, variables and batches live: one device, or config.mesh (single process:
-  params / optimizer moments split by the logical-axis rules, batch rows over the data axes;
-  the rollout decoder runs on the same sharded params, colocated with training)."""
+  """Where the state, variables and batches live: one device, or config.mesh (params /
+  optimizer moments split by the logical-axis rules, batch rows over the data axes; the
+  rollout decoder runs on the same sharded params, colocated with training). The mesh may
+  span processes (jax.distributed): every process then holds the same host batch and fills
+  its own devices' shards from it."""
 
   def __init__(self, config, model_cfg, abstract):
     self.mesh = parallel.make_mesh(config.mesh)
     self.sharded = self.mesh.devices.size > 1
     if not self.sharded:
       return
-    if jax.process_count() > 1:
-      raise NotImplementedError("RL across processes is not implemented: rollouts and packing "
-                                "run on one host; use a single-process mesh (config.mesh)")
     shards = parallel.batch_shards(self.mesh)
     if config.rl.row_bucket % (shards * config.rl.minibatches):
       raise ValueError(f"config.rl.row_bucket={config.rl.row_bucket} must be a multiple of the "
@@ -150,12 +172,20 @@ class _Placement:
     return state_lib.with_shardings(abstract, self.state) if self.sharded else abstract
 
   def put_variables(self, variables):
+    """Host or one-device variables in the mesh layout (one process; the loop creates or
+    restores its variables in place instead, which also works across processes)."""
     if not self.sharded:
       return variables
     return jax.device_put(variables, {k: self.variables[k] for k in variables})
 
   def put_batch(self, packed):
-    return parallel.shard_batch(packed, self.mesh) if self.sharded else packed
+    if not self.sharded:
+      return packed
+    if jax.process_count() == 1:
+      return parallel.shard_batch(packed, self.mesh)
+    return {k: parallel.global_from_host(
+        v, parallel.batch_sharding(self.mesh, ndim=np.ndim(v), batch_size=np.shape(v)[0]))
+        for k, v in packed.items()}
 
   def jit(self, step_fn, ref_variables, packed):
     if not self.sharded:
@@ -168,19 +198,36 @@ class _Placement:
 
 # ------------------------------------------------------------------ episodes
 
-def _episodes(config, sampler, variables, ref_variables, make_env, tasks, tok, seed):
+def shared_episodes(run_share, tasks: list) -> list:
+  """`run_share(tasks_share, first_group) -> episodes` on this process's contiguous share of
+  `tasks` (parallel.process_share), then every process's episodes gathered in process order:
+  the list one process running all of `tasks` returns, on every process. Each process steps
+  only the environments of its own rows; the decoder calls inside are collectives over the
+  sharded policy (rl/sampler.py). One process: run_share(tasks, 0)."""
+  if jax.process_count() == 1:
+    return run_share(tasks, 0)
+  start, stop = parallel.process_share(len(tasks))
+  mine = run_share(tasks[start:stop], start)
+  return [e for part in parallel.allgather_objects(mine) for e in part]
+
+
+def _episodes(config, sampler, variables, ref_variables, make_env, tasks, tok, seed, *,
+              group_size=None, max_turns=None):
   rl = config.rl
+  group_size = rl.group_size if group_size is None else group_size
+  max_turns = rl.max_turns if max_turns is None else max_turns
   if rl.mode == "agentflow":
     from agentic_jax.rl import agentflow  # pylint: disable=import-outside-toplevel
     a = rl.agentflow
-    return agentflow.run_agentflow(
-        sampler, variables, make_env, tasks, tok, group_size=rl.group_size, seed=seed,
-        max_turns=rl.max_turns, executor=a.executor, verifier=a.verifier, generator=a.generator,
+    return shared_episodes(lambda share, first: agentflow.run_agentflow(
+        sampler, variables, make_env, share, tok, group_size=group_size, seed=seed,
+        max_turns=max_turns, executor=a.executor, verifier=a.verifier, generator=a.generator,
         analyzer=a.analyzer, reference_variables=ref_variables,
-        max_context_tokens=rl.max_context_tokens)
-  return rollout_lib.rollout(sampler, variables, make_env, tasks, tok, group_size=rl.group_size,
-                             seed=seed, max_turns=rl.max_turns,
-                             max_context_tokens=rl.max_context_tokens)
+        max_context_tokens=rl.max_context_tokens, first_group=first), list(tasks))
+  return shared_episodes(lambda share, first: rollout_lib.rollout(
+      sampler, variables, make_env, share, tok, group_size=group_size, seed=seed,
+      max_turns=max_turns, max_context_tokens=rl.max_context_tokens, first_group=first),
+      list(tasks))
 
 
 def make_batch(config, episodes, tokenizer=None) -> tuple[dict, dict]:
@@ -273,18 +320,9 @@ def _evaluate(config, sampler, variables, make_env, tasks, tok, ref_variables, *
     return {"success_rate": None, "reward_mean": None, "turns_mean": None, "tasks": 0}
   t0 = time.perf_counter()
   samples = 1 if greedy else rl.eval_samples
-  if rl.mode == "agentflow":
-    from agentic_jax.rl import agentflow  # pylint: disable=import-outside-toplevel
-    a = rl.agentflow
-    eps = agentflow.run_agentflow(
-        sampler, variables, make_env, tasks, tok, group_size=samples, seed=EVAL_SEED,
-        max_turns=rl.eval_max_turns, executor=a.executor, verifier=a.verifier,
-        generator=a.generator, analyzer=a.analyzer, reference_variables=ref_variables,
-        max_context_tokens=rl.max_context_tokens)
-  else:
-    eps = rollout_lib.rollout(sampler.greedy() if greedy else sampler, variables, make_env, tasks,
-                              tok, group_size=samples, seed=EVAL_SEED,
-                              max_turns=rl.eval_max_turns, max_context_tokens=rl.max_context_tokens)
+  eps = _episodes(config, sampler.greedy() if greedy and rl.mode == "plain" else sampler,
+                  variables, ref_variables, make_env, tasks, tok, EVAL_SEED, group_size=samples,
+                  max_turns=rl.eval_max_turns)
   n = max(len(eps), 1)
   return {"success_rate": sum(bool(e.success) for e in eps) / n,
           "reward_mean": sum(e.reward for e in eps) / n,
@@ -317,7 +355,15 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   with config_lib.config_errors("config.rl.env_options"):  # typed options, checked per env
     make_env, make_tasks = envs_lib.make_env_factory(rl.env, rl_config_lib.env_options(config))
 
-  tok, tok_source = _tokenizer(config, workdir)
+  primary = jax.process_index() == 0
+  if jax.process_count() > 1:  # one tokenizer for all: process 0 finds or trains it first
+    if primary:
+      tok, tok_source = _tokenizer(config, workdir)
+    parallel.barrier("agentic_jax-rl-tokenizer")
+    if not primary:
+      tok, tok_source = _tokenizer(config, workdir)
+  else:
+    tok, tok_source = _tokenizer(config, workdir)
   if tok.vocab_size > model_cfg.vocab_size:
     raise config_lib.ConfigError(f"config.model.vocab_size: {model_cfg.vocab_size} is smaller "
                                  f"than the tokenizer's {tok.vocab_size} ids ({tok_source})")
@@ -332,17 +378,18 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   if config.init_from:
     # the shared loader (train/init_from.py, also mid-training's): params and router biases of
     # the checkpoint this run started from (its step on a resume: the reference is reloaded)
-    init_vars, init_step, _ = init_from_lib.load(config.init_from, model_cfg,
-                                                 config.model.to_dict(), init.get("step"), say=_say)
+    init_vars, init_step, _ = init_from_lib.load(
+        config.init_from, model_cfg, config.model.to_dict(), init.get("step"), say=_say,
+        shardings=place.variables if place.sharded else None)
   else:
-    init_vars, init_step = _fresh_variables(model_cfg, config.seed), None
+    init_vars, init_step = _fresh_variables(
+        model_cfg, config.seed, place.variables if place.sharded else None), None
   fp = [int(x) for x in ckpt_lib.fingerprint(init_vars)]
   if init and init.get("fingerprint") != fp:
     raise ValueError(f"the reference params reloaded from {config.init_from or 'config.seed'} "
                      "differ from those this run started with (its checkpoint meta fingerprint)")
   init = {"from": config.init_from or f"seed {config.seed}", "step": init_step, "fingerprint": fp}
   # a copy: the state's params are donated to the step, the reference must survive
-  init_vars = place.put_variables(init_vars)
   ref_vars = jax.tree.map(jnp.copy, init_vars)
   if resumed is not None:
     state, start = resumed.state, resumed.step
@@ -357,7 +404,8 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   n_rows = rl.tasks_per_step * rl.group_size
   sampler = rollout_lib.Sampler(model_cfg, max_new_tokens=rl.max_new_tokens,
                                 temperature=rl.temperature, top_p=rl.top_p, batch_bucket=n_rows,
-                                stop=rollout_lib.policy_turn(tok))
+                                stop=rollout_lib.policy_turn(tok),
+                                mesh=place.mesh if place.sharded else None)
   n_eval = len(eval_tasks) * (1 if rl.eval_temperature == 0 else rl.eval_samples)
   eval_sampler = sampler.replace(temperature=rl.eval_temperature, batch_bucket=max(n_eval, 1))
   variables = lambda s: step_lib.variables_of(s.params, s.router_state)  # noqa: E731
@@ -370,18 +418,20 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
   extra = {"init": init, "eval_before": before}
 
   postfix = _progress_postfix(num_steps, config.train.log_every) if config.train.progress else None
-  writer = runner.MetricsWriter(workdir, start, stream=sys.stdout, progress=postfix,
-                                num_steps=num_steps, desc="rl", wandb=runner.wandb_settings(config))
+  writer = runner.MetricsWriter(workdir, start, write=primary, stream=sys.stdout,
+                                progress=postfix, num_steps=num_steps, desc="rl",
+                                wandb=runner.wandb_settings(config))
   run_ = runner.Run(start, num_steps, config.checkpoint.every, config.train.nan_policy,
                     stop_after_steps, tag="rl", say=_say)
   jitted = None  # compiled at the first batch (its key set fixes the batch shardings)
   totals = {"rollout_s": 0.0, "train_s": 0.0, "dropped_rows": 0, "dropped_trajectories": 0}
-  run_.stop_in_setup(stop.signal is not None, stop.signal)
+  run_.stop_in_setup(parallel.any_process(stop.signal is not None), stop.signal)
   # The update (the only part that waits on device collectives) is watched like a
   # mid-training step: stuck past train.step_timeout_s, the process ends naming it (exit 3).
   dog = watchdog_lib.Watchdog(
       float(config.train.get("step_timeout_s", 0) or 0),
-      f"mesh {dict(place.mesh.shape) if place.sharded else '(one device)'} over 1 process",
+      f"mesh {dict(place.mesh.shape) if place.sharded else '(one device)'} over "
+      f"{jax.process_count()} process(es) (this is process {jax.process_index()})",
       note=lambda: watchdog_lib.checkpoint_note(ckpt.directory))
   try:
     while run_.running():
@@ -426,15 +476,20 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
         rec["eval_success_rate"] = ev["success_rate"]
       writer.write(rec)
       writer.text("rollouts", rollout_text(first), step)  # what the policy sampled this step
+      if primary and rl.save_rollouts_every and step % rl.save_rollouts_every == 0:
+        rollout_log.write_step(workdir, step, first, tok, limit=rl.save_rollouts_episodes)
       # halt on any non-finite update; a step counts as skipped when it applied none (one
       # without tokens skips nothing)
       if run_.on_update(m["skipped"] > 0, no_update=m["skipped"] > 0 and m["updates"] == 0):
         break
-      stopping = run_.stop_status(stop.signal is not None)
+      # the same verdict on every process: a signal that reached any of them stops all
+      signalled = parallel.any_process(stop.signal is not None)
+      stopping = run_.stop_status(signalled)
       if run_.checkpoint_due(stopping):
         ckpt.save(state, None, config_json, extra)
       if stopping:
-        run_.stopped(stopping, stop.signal or "stop_after_steps")
+        run_.stopped(stopping, (stop.signal or "signal on another process") if signalled
+                     else "stop_after_steps")
   finally:
     writer.close()
     ckpt.close()
@@ -463,10 +518,11 @@ def _run(config, workdir, stop, t_start, stop_after_steps):
       train_reward_first=recs[0]["reward_mean"] if recs else None,
       train_reward_last=recs[-1]["reward_mean"] if recs else None,
       dropped_rows=totals["dropped_rows"], dropped_trajectories=totals["dropped_trajectories"])
-  summary["outputs"]["plot"] = runner.plot_metrics(
-      workdir, [("", ("reward_mean", "success_rate", "eval_success_rate")),
-                ("", ("kl", "entropy", "clip_frac"))], PLOT_FILE, xlabel="RL step")
-  summary["outputs"]["summary"] = runner.write_summary(workdir, summary)
+  if primary:  # every process computed the same summary; one writes it
+    summary["outputs"]["plot"] = runner.plot_metrics(
+        workdir, [("", ("reward_mean", "success_rate", "eval_success_rate")),
+                  ("", ("kl", "entropy", "clip_frac"))], PLOT_FILE, xlabel="RL step")
+    summary["outputs"]["summary"] = runner.write_summary(workdir, summary)
   _say(f"== {summary['status']}: RL steps {start}->{run_.step} of {num_steps} | success rate "
        f"{before['success_rate']} -> {summary['success_rate_after']} | rollout "
        f"{summary['seconds']['rollout']}s, train {summary['seconds']['train']}s, total "

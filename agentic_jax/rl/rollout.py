@@ -58,7 +58,7 @@ from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
 from agentic_jax.data.tokenizer import Tokenizer
 from agentic_jax.rl.sampler import (POLICY_TURN, Generation, Sampler, StopRule,  # noqa: F401
-                                    policy_turn, turn_end_ids)
+                                    any_rows, policy_turn, turn_end_ids)
 
 MODES = ("turn", "trajectory")
 ON_OVERLONG = ("error", "drop")
@@ -157,10 +157,13 @@ class _Slot:
 
 def rollout(sampler: Sampler, variables: dict, make_env: Callable[[], Any], tasks: Sequence[Any],
             tokenizer: Tokenizer, *, group_size: int, seed: int, max_turns: int,
-            max_context_tokens: int) -> list[Episode]:
+            max_context_tokens: int, first_group: int = 0) -> list[Episode]:
   """Q tasks x `group_size` episodes in lockstep (module doc). Episodes are ordered by task then
-  rollout; group_id = task index, traj_id = 0 .. group_size - 1. `sampler` is anything with
-  `generate(variables, contexts, seed) -> list[Generation]` (a `Sampler`; tests script one)."""
+  rollout; group_id = first_group + task index, traj_id = 0 .. group_size - 1. `sampler` is
+  anything with `generate(variables, contexts, seed) -> list[Generation]` (a `Sampler`; tests
+  script one). Across processes (a collective Sampler) each process passes its own share of
+  the tasks, starting at task `first_group` of the step's list: the rounds run until no
+  process has an unfinished episode."""
   group_size = _check_positive("group_size", group_size)
   max_turns = _check_positive("max_turns", max_turns)
   max_context_tokens = _check_positive("max_context_tokens", max_context_tokens)
@@ -170,14 +173,14 @@ def rollout(sampler: Sampler, variables: dict, make_env: Callable[[], Any], task
     for g in range(group_size):
       env = make_env()
       ctx = initial_context(tokenizer, env.system_prompt, env.reset(task))
-      slot = _Slot(env, str(getattr(task, "id", q)), q, g, ctx)
+      slot = _Slot(env, str(getattr(task, "id", first_group + q)), first_group + q, g, ctx)
       if len(ctx) > max_context_tokens:  # the prompt alone is over budget: no turn is taken
         slot.done, slot.stop_reason = True, "token_budget"
       slots.append(slot)
   base_key = jax.random.key(seed)
   for rnd in range(max_turns):
     active = [s for s in slots if not s.done]
-    if not active:
+    if not any_rows(sampler, active):  # across processes: until every process is done
       break
     gens = sampler.generate(variables, [s.context for s in active], jax.random.fold_in(base_key, rnd))
     if len(gens) != len(active):

@@ -14,6 +14,16 @@ A policy turn ends at the <|end_turn|> that closes a <|tool_call|> turn, at </s>
 the ids of the tokenizer in use: `policy_turn(tokenizer)` (a released checkpoint's tokenizer has
 its own ids). The defaults (`StopRule()`, `POLICY_TURN`, `END_TURN_ID`, `TOOL_CALL_ID`) are the
 fixed layout of our own tokenizers (`SentencePieceTokenizer`, `ByteTokenizer`), for tests.
+
+On a mesh (`Sampler(..., mesh=mesh)`: the RL loop's, whose sharded policy params the decoder
+runs on) the decoder's inputs are placed replicated over the mesh, so one process with 8
+devices and 2 processes x 4 devices compile the same program. Across processes
+(jax.process_count() > 1) `generate` is a collective: each process passes ITS OWN contexts
+(its share of the rows), the contexts of all processes are gathered in process order and
+decoded as one global batch (the same batch, padding and random numbers as one process with
+every row), and each process gets back the generations of its own rows. Every process must
+then make the same sequence of `generate` calls, with an empty list when it has no rows left:
+loops over rounds ask `any_rows(sampler, rows)` (true on every process when any has rows).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agentic_jax import sampling
+from agentic_jax import parallel, sampling
 from agentic_jax.data.tokenizer import EOS_ID, SPECIALS, Tokenizer
 from agentic_jax.models import ModelConfig
 
@@ -93,12 +103,13 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 class Sampler:
   """Sampler(model_cfg, *, max_new_tokens, temperature=1.0, top_p=1.0, stop=POLICY_TURN,
-  prompt_bucket=64, batch_bucket=8). temperature 0 = greedy. `stop` holds token ids: build it
-  from the tokenizer in use (`policy_turn(tokenizer)`); the default is our tokenizers' layout."""
+  prompt_bucket=64, batch_bucket=8, mesh=None). temperature 0 = greedy. `stop` holds token ids:
+  build it from the tokenizer in use (`policy_turn(tokenizer)`); the default is our tokenizers'
+  layout. `mesh`: the mesh the variables are sharded over (module doc; None = one device)."""
 
   def __init__(self, model_cfg: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, stop: StopRule = POLICY_TURN, prompt_bucket: int = 64,
-               batch_bucket: int = 8):
+               batch_bucket: int = 8, mesh: Optional[jax.sharding.Mesh] = None):
     if not isinstance(model_cfg, ModelConfig):
       raise TypeError(f"Sampler: model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
     if not isinstance(stop, StopRule):
@@ -114,11 +125,14 @@ class Sampler:
     self.stop = stop
     self.prompt_bucket = _check_int("prompt_bucket", prompt_bucket, 1)
     self.batch_bucket = _check_int("batch_bucket", batch_bucket, 1)
+    self.mesh = mesh
+    self.collective = jax.process_count() > 1  # generate() gathers every process's rows
     self.shapes_used: set[tuple[int, int]] = set()  # (batch, width) of every decoder call
 
   def replace(self, **changes) -> "Sampler":
     kw = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-              stop=self.stop, prompt_bucket=self.prompt_bucket, batch_bucket=self.batch_bucket)
+              stop=self.stop, prompt_bucket=self.prompt_bucket, batch_bucket=self.batch_bucket,
+              mesh=self.mesh)
     kw.update(changes)
     return Sampler(self.model_cfg, **kw)
 
@@ -133,8 +147,9 @@ class Sampler:
 
   def generate(self, variables: dict, contexts: Sequence[np.ndarray], seed: Seed) -> list[Generation]:
     """One Generation per context. Deterministic given `seed` (an int or a jax PRNG key) and the
-    contexts in their order: step i of the decode loop draws with fold_in(key, i)."""
-    if len(contexts) == 0:
+    contexts in their order: step i of the decode loop draws with fold_in(key, i). Across
+    processes a collective over this process's contexts (module doc)."""
+    if len(contexts) == 0 and not self.collective:
       return []
     rows = []
     for i, c in enumerate(contexts):
@@ -143,6 +158,22 @@ class Sampler:
         raise ValueError(f"Sampler.generate: contexts[{i}] must be a non-empty 1-D int array, got "
                          f"shape {c.shape} dtype {c.dtype}")
       rows.append(c.astype(np.int32))
+    if not self.collective:
+      return self._generate(variables, rows, seed)
+    # every process's rows, in process order: the batch one process would decode
+    parts = parallel.allgather_objects(rows)
+    start = sum(len(p) for p in parts[:jax.process_index()])
+    everyone = [c for p in parts for c in p]
+    if not everyone:
+      return []
+    return self._generate(variables, everyone, seed)[start:start + len(rows)]
+
+  def any_rows(self, count: int) -> bool:
+    """True when this process (count > 0) or, across processes, any process has rows: whether
+    a round of `generate` calls must run (a collective when collective)."""
+    return parallel.any_process(count > 0) if self.collective else count > 0
+
+  def _generate(self, variables: dict, rows: list, seed: Seed) -> list[Generation]:
     lengths = [len(c) for c in rows]
     batch, width = self.padded_shape(lengths)
     self.shapes_used.add((batch, width))
@@ -153,15 +184,32 @@ class Sampler:
       lens[i] = len(c)
     active = np.arange(batch) < len(rows)
     key = jax.random.key(int(seed)) if isinstance(seed, (int, np.integer)) else seed
+    if self.mesh is None:
+      args = (jnp.asarray(tokens), jnp.asarray(lens), key, jnp.asarray(active))
+    else:  # replicated over the mesh: a global array on every process (module doc)
+      put = lambda x: parallel.replicated_array(x, self.mesh)  # noqa: E731
+      if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(put(np.asarray(jax.random.key_data(key))),
+                                       impl=jax.random.key_impl(key))
+      else:  # a raw uint32 key (jax.random.PRNGKey)
+        key = put(np.asarray(key))
+      args = (put(tokens), put(lens), key, put(active))
     out, logp, num = sampling.generate_arrays(
-        self.model_cfg, variables, jnp.asarray(tokens), jnp.asarray(lens), key,
+        self.model_cfg, variables, args[0], args[1], args[2],
         max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
         eos_id=self.stop.eos_id, stop_ids=tuple(self.stop.stop_ids),
-        arm_ids=tuple(self.stop.arm_ids), active=jnp.asarray(active))
-    out, logp, num = np.asarray(out), np.asarray(logp), np.asarray(num)
+        arm_ids=tuple(self.stop.arm_ids), active=args[3])
+    out, logp, num = (parallel.fetch(x) for x in (out, logp, num))
     gens = []
     for i in range(len(rows)):
       toks = out[i, :num[i]].astype(np.int32)
       gens.append(Generation(toks, logp[i, :num[i]].astype(np.float32),
                              truncated=not self.stop.finished(toks)))
     return gens
+
+
+def any_rows(sampler, rows: Sequence) -> bool:
+  """Whether a round over `rows` must run: `sampler.any_rows(len(rows))` for a Sampler (a
+  collective across processes), else bool(rows) (scripted test samplers)."""
+  f = getattr(sampler, "any_rows", None)
+  return f(len(rows)) if f is not None else bool(rows)
