@@ -318,12 +318,10 @@ print(f"gain over the mid-trained model after {RL_STEPS} RL steps ({len(SEEDS)} 
 # there is no single transcript to put in one row: the library defines only turn rows there, and
 # its config check rejects trajectory-level GRPO in that mode (below, with the real check, before
 # anything is compiled). So in agentflow mode the comparison the claim asks for does not exist in
-# the library; what is defined is Flow-GRPO paper vs code (both turn rows). This notebook does not
-# run it: its own mid-training (the plain episodes plus one planner sample per action, 3,000 steps
-# of 4x384-token rows) would leave too little of the 10-minute budget for six RL runs, and the
-# README's `recipe.py:agentflow` run measured its planner at 0.016 sampled success before and after
-# 30 Flow-GRPO steps (greedy 0 -> 1 of 64 tasks): it writes well-formed plans with wrong operands,
-# so RL has almost no reward to learn from at this scale.
+# the library; what is defined is Flow-GRPO paper vs code (both turn rows). That comparison is the
+# notebook `flow_grpo_agentflow` (its own planner mid-training, then 3 RL seeds per preset): its
+# planner writes well-formed plans but solves ~3% of the tasks, so both presets ended the same
+# without either improving it (no power to tell them apart at this scale).
 
 # %%
 AF = load_config(f"{CONFIGS / 'recipe.py'}:agentflow")
