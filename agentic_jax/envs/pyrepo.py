@@ -77,7 +77,8 @@ class SandboxRunner:
     res = sandbox.run_command(["python", "-m", "unittest"], files=dict(files),
                               timeout_s=self.timeout_s, memory_mb=self.memory_mb,
                               allow_unisolated=self.allow_unisolated, max_output_bytes=1 << 16)
-    self.runs += 1
+    with self._lock:  # environments of several rows step at once (rl/env_pool.py)
+      self.runs += 1
     output = _normalise(res.stdout + res.stderr)
     if res.killed_reason == "timeout":
       output += f"\n[the test run was killed after {self.timeout_s:g} s]"  # as testrun says it

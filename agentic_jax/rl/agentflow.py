@@ -5,7 +5,10 @@ executor -> environment -> verifier, then the generator.
                              max_turns=3)                       # scripted modules
     batch = rollout.policy_batch(episodes, seq_len=256, mode="turn")   # one row per planner turn
 
-Per task, `group_size` trajectories run in lockstep (one batched call per module per step).
+Per task, `group_size` trajectories run in lockstep (one batched call per module per step; the
+commands of a step, and the final answers, run in their environments together: env_pool,
+at most `env_workers` at a time, results applied in row order, an environment's exception an
+error result).
   0. analyzer writes the query analysis once per trajectory. "scripted": the tools with their
      signatures, the answer tool(s) and the numbers the query states; "reference": the frozen
      reference model's reply to ANALYSIS_PROMPT.
@@ -109,6 +112,7 @@ from agentic_jax.data.builtin.protocol import (
     INFO_ERROR, INFO_TOOL, INVALID_TOOL, ActionError, StepResult, parse_action)
 from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
+from agentic_jax.rl import env_pool
 # ANALYSIS_PROMPT / ANSWER_PROMPT / VERIFY_PROMPT are re-exported: the prompts of this module
 from agentic_jax.rl.agentflow_modules import (  # noqa: F401
     ANALYSIS_HEADER, ANALYSIS_PROMPT, ANSWER_PROMPT, VERIFY_PROMPT, Plan, calls_tool,
@@ -271,8 +275,8 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
                   executor: str = "scripted", verifier: str = "scripted",
                   generator: str = "scripted", analyzer: str = "scripted",
                   reference_variables=None, reference_sampler=None,
-                  max_context_tokens: Optional[int] = None, first_group: int = 0
-                  ) -> list[Episode]:
+                  max_context_tokens: Optional[int] = None, first_group: int = 0,
+                  env_workers: int = env_pool.DEFAULT_WORKERS) -> list[Episode]:
   """AgentFlow episodes, Q tasks x G trajectories ordered by task then trajectory (group_id =
   task index, traj_id = 0..G-1).
 
@@ -280,14 +284,18 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
   rollout.Sampler, whose stop rule is set per module here; tests script one); the frozen
   modules use reference_sampler (default: the planner's) with reference_variables.
   executor / verifier / generator / analyzer: "scripted" | "reference" (module doc).
-  max_context_tokens: a planner prompt longer than this is not sampled. Deterministic given
-  seed. first_group: group_id of the first task (across processes each passes its share of the
-  step's tasks; every module call is then a collective, made by every process, rows or not). stop_reason: "answer", "verifier", "eos", "env_step_limit", "env_done", "max_turns",
-  "token_budget" (module doc).
+  max_context_tokens: a planner prompt longer than this is not sampled. first_group: group_id
+  of the first task (across processes each passes its share of the step's tasks; every module
+  call is then a collective, made by every process, rows or not). env_workers: the environment
+  steps of a step (and the final submissions) run at most this many at a time
+  (env_pool.step_all; 1 = one after the other); the episodes are the same for any value.
+  Deterministic given seed. stop_reason: "answer", "verifier", "eos", "env_step_limit",
+  "env_done", "max_turns", "token_budget" (module doc).
   """
   modules = {"executor": executor, "verifier": verifier, "generator": generator,
              "analyzer": analyzer}
   _check_args(modules, reference_variables, group_size, max_turns, max_context_tokens)
+  env_pool.check_workers(env_workers, "config.rl.env_workers")
   tok = tokenizer
   ref = reference_sampler if reference_sampler is not None else planner
   planner_turn, ref_turn = with_stop(planner, module_turn(tok)), with_stop(ref, module_turn(tok))
@@ -351,9 +359,16 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
         command = scripted_command(p.sub_goal, s.env.tools[p.tool])
         s.turns.append(_record("executor", s.executor_context(p, tok), tok, text=command or ""))
         commands[id(s)] = command
+    runs = []  # (state, plan, command) of the commands that run in the environment
     for s, plan in zip(active, plans):
       if s.stop_reason is None:
-        _act(s, plan, commands.get(id(s)), tok)
+        command = _act(s, plan, commands.get(id(s)), tok)
+        if command is not None:
+          runs.append((s, plan, command))
+    results = env_pool.step_all([s.env for s, _, _ in runs], [c for _, _, c in runs],
+                                workers=env_workers)  # together; applied in row order
+    for (s, plan, command), result in zip(runs, results):
+      _observe(s, plan, command, result, tok)
     # 3. verifier
     pending = [s for s in active if s.stop_reason is None]
     if verifier == "reference" and any_rows(ref_turn, pending):
@@ -380,6 +395,7 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
       s.stop_reason = "max_turns"
 
   # 4. generator (unless the environment already ended the episode)
+  submits: list = []  # (state, final call or None), submitted together below
   todo_states = [s for s in states if s.final is None]
   if generator == "reference" and any_rows(ref_turn, todo_states):
     ctxs = [s.generator_context(tok, prompt=True) for s in todo_states]
@@ -390,19 +406,21 @@ def run_agentflow(planner, planner_variables, make_env: Callable[[], Any], tasks
     for s, ctx, gen in zip(todo_states, ctxs, gens):
       s.turns.append(_record("generator", ctx, tok, gen=gen))
       call = tool_call_action(np.asarray(gen.tokens, np.int32), tok)
-      _submit(s, call if _is_answer(call, s.env) else None)
+      submits.append((s, call if _is_answer(call, s.env) else None))
   else:
     for s in todo_states:
       call = s.proposed if s.proposed is not None else _fallback_answer(s)
       s.turns.append(_record("generator", s.generator_context(tok, prompt=False), tok,
                              text=call or ""))
-      _submit(s, call)
+      submits.append((s, call))
+  _submit_all(submits, env_workers)
   return [_episode(s) for s in states]
 
 
-def _act(s: _State, plan: Plan, command: Optional[str], tok) -> None:
+def _act(s: _State, plan: Plan, command: Optional[str], tok) -> Optional[str]:
   """The environment side of one step: an unusable plan or command costs the step (its error
-  joins the memory); an answer command becomes the proposed answer; any other command runs.
+  joins the memory); an answer command becomes the proposed answer; any other command is
+  returned, to run in the environment (`_observe` then applies its result; None: nothing runs).
   The outcome is written to this step's last record (the executor's, or the planner's when no
   executor ran)."""
   rec = s.turns[-1]
@@ -417,28 +435,40 @@ def _act(s: _State, plan: Plan, command: Optional[str], tok) -> None:
                         command or "", result, True)
   elif _is_answer(command, s.env):
     s.proposed = command
-    return
+    return None
   else:
-    result = s.env.step(command)
-    s.env_steps += 1
-    entry = MemoryEntry(format_plan(plan.sub_goal, plan.tool), plan.sub_goal,
-                        result.info.get(INFO_TOOL) or INVALID_TOOL, command, result.observation,
-                        bool(result.info.get(INFO_ERROR)))
-    if result.done:
-      s.final = result
-      s.stop_reason = "env_step_limit" if result.info.get("step_limit") else "env_done"
+    return command
+  s.remember(entry, tok)
+  rec.observation = entry.result
+  return None
+
+
+def _observe(s: _State, plan: Plan, command: str, result: StepResult, tok) -> None:
+  """Applies the environment's `result` of the `command` that `_act` returned for this step."""
+  rec = s.turns[-1]
+  s.env_steps += 1
+  entry = MemoryEntry(format_plan(plan.sub_goal, plan.tool), plan.sub_goal,
+                      result.info.get(INFO_TOOL) or INVALID_TOOL, command, result.observation,
+                      bool(result.info.get(INFO_ERROR)))
+  if result.done:
+    s.final = result
+    s.stop_reason = "env_step_limit" if result.info.get("step_limit") else "env_done"
   s.remember(entry, tok)
   rec.observation = entry.result
 
 
-def _submit(s: _State, call: Optional[str]) -> None:
-  rec = s.turns[-1]
-  if call is None:
-    rec.observation = "no final answer"
-    return
-  s.final = s.env.step(call)
-  s.env_steps += 1
-  rec.observation = s.final.observation
+def _submit_all(submits: list, workers: int) -> None:
+  """The final answers [(state, call or None)] run in their environments together (env_pool);
+  each result is written to that state's last record (the generator's)."""
+  for s, call in submits:
+    if call is None:
+      s.turns[-1].observation = "no final answer"
+  run = [(s, call) for s, call in submits if call is not None]
+  results = env_pool.step_all([s.env for s, _ in run], [c for _, c in run], workers=workers)
+  for (s, _), result in zip(run, results):
+    s.final = result
+    s.env_steps += 1
+    s.turns[-1].observation = result.observation
 
 
 def _episode(s: _State) -> Episode:

@@ -18,7 +18,8 @@ Sections (the locked ConfigDict rejects a misspelt key, e.g. config.rl.group_sis
              starting values), rl.loss_options (every option of every registered loss as a typed
              placeholder: None = the loss/preset default), rl.env one of the registered
              environments (agentic_jax/envs/), rl.env_options (every option of every
-             registered env as a typed placeholder: None = the env's default), rl.agentflow
+             registered env as a typed placeholder: None = the env's default), rl.env_workers
+             (environment steps of a round run this many at a time, rl/env_pool.py), rl.agentflow
   optim      AdamW + schedule as mid-training (train/optim.py); schedule counts RL steps
   train      num_steps (RL steps), log_every, nan_policy, progress
   checkpoint every, keep, async_save;   mesh  data/fsdp/tensor/expert
@@ -38,6 +39,7 @@ from ml_collections import config_dict
 
 from agentic_jax.objectives import rl as rl_obj
 from agentic_jax.objectives import rl_registry
+from agentic_jax.rl import env_pool
 from agentic_jax.train import config as config_lib
 
 MODES = ("plain", "agentflow")
@@ -148,6 +150,9 @@ def rl_config(loss: str, *, model: Optional[Any], tokenizer_vocab: Optional[int]
   # (an option the chosen env does not have must stay None), e.g. calculator level "basic";
   # allow_unisolated None = False: never run model-written code without the sandbox unless set
   r.env_options = env_options_section()
+  # environment steps (tool calls, sandboxed code runs) of a round's rows run at most this many
+  # at a time in a thread pool (rl/env_pool.py; 1 = one after the other); episodes are the same
+  r.env_workers = env_pool.DEFAULT_WORKERS
   a = r.agentflow = ml_collections.ConfigDict()
   a.analyzer = "scripted"  # query analysis once per trajectory: "scripted" | "reference"
   a.executor = "scripted"  # "scripted" | "reference" (the frozen reference model)
@@ -218,7 +223,7 @@ def rl_config(loss: str, *, model: Optional[Any], tokenizer_vocab: Optional[int]
 
 
 RL_KEYS = ("loss", "preset", "loss_options", "mode", "batch_mode", "env", "env_options",
-           "agentflow", "group_size", "tasks_per_step", "train_tasks", "max_turns",
+           "agentflow", "env_workers", "group_size", "tasks_per_step", "train_tasks", "max_turns",
            "max_new_tokens", "max_context_tokens", "seq_len", "row_bucket", "sample_bucket",
            "temperature", "top_p", "ppo_epochs", "minibatches", "dapo_max_refill_rounds",
            "old_logp", "old_logp_tolerance", "eval_tasks", "eval_every", "eval_max_turns",
@@ -247,7 +252,8 @@ def check_rl_config(config: Any, *, num_devices: Optional[int] = None) -> rl_obj
   env_options(config)  # config.rl.env and every set config.rl.env_options value
   for key in ("analyzer", "executor", "verifier", "generator"):
     config_lib.check_choice(config, f"rl.agentflow.{key}", agentflow.MODULES)
-  positive = ("group_size", "tasks_per_step", "train_tasks", "max_turns", "max_new_tokens",
+  positive = ("env_workers",
+              "group_size", "tasks_per_step", "train_tasks", "max_turns", "max_new_tokens",
               "max_context_tokens", "seq_len", "row_bucket", "sample_bucket", "ppo_epochs",
               "minibatches", "eval_max_turns", "eval_samples")
   for key in positive:

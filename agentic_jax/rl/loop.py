@@ -223,11 +223,12 @@ def _episodes(config, sampler, variables, ref_variables, make_env, tasks, tok, s
         sampler, variables, make_env, share, tok, group_size=group_size, seed=seed,
         max_turns=max_turns, executor=a.executor, verifier=a.verifier, generator=a.generator,
         analyzer=a.analyzer, reference_variables=ref_variables,
-        max_context_tokens=rl.max_context_tokens, first_group=first), list(tasks))
+        max_context_tokens=rl.max_context_tokens, first_group=first,
+        env_workers=rl.env_workers), list(tasks))
   return shared_episodes(lambda share, first: rollout_lib.rollout(
       sampler, variables, make_env, share, tok, group_size=group_size, seed=seed,
-      max_turns=max_turns, max_context_tokens=rl.max_context_tokens, first_group=first),
-      list(tasks))
+      max_turns=max_turns, max_context_tokens=rl.max_context_tokens, first_group=first,
+      env_workers=rl.env_workers), list(tasks))
 
 
 def make_batch(config, episodes, tokenizer=None) -> tuple[dict, dict]:

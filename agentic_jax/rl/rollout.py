@@ -7,10 +7,14 @@ Text format = `data/render.py`'s, so a mid-trained model sees in RL what it saw 
   env answer   <|observation|>NAME\\nOBSERVATION<|end_turn|>                        (rendered)
 
 `rollout` runs Q tasks x G rollouts in lockstep: each round, one batched `Sampler.generate` over
-the contexts of the unfinished episodes, then each environment is stepped with the turn's tool
-call and context <- context + response + rendered observation. Generated tokens are kept exactly
-as sampled (never re-tokenized). Each round re-prefills the whole context (no cache is kept
-between turns): simpler, still one batched call per round, and cheap at these context lengths.
+the contexts of the unfinished episodes, then every row's turn is recorded, the rows'
+environments are stepped with their turns' tool calls together (`env_pool.step_all`: at most
+`env_workers` at a time, so a round of sandboxed code actions costs about its slowest one), and
+in row order context <- context + response + rendered observation. An environment that raises
+gives the error observation of a failed tool call (env_pool), never a crash. Generated tokens
+are kept exactly as sampled (never re-tokenized). Each round re-prefills the whole context (no
+cache is kept between turns): simpler, still one batched call per round, and cheap at these
+context lengths.
 
 The action given to the environment is the text after <|tool_call|> (without the closing
 <|end_turn|>), minus its first line (the NAME line); a turn with no <|tool_call|> gives the
@@ -23,7 +27,8 @@ action "" and the environment answers with an explanatory error. An episode stop
   "token_budget"    the next context would exceed `max_context_tokens`
 
 Determinism: round r samples with fold_in(PRNGKey(seed), r); rows are ordered by (task, rollout),
-so the same seed, variables and tasks give identical episodes.
+so the same seed, variables and tasks give identical episodes, for any env_workers (each row's
+environment sees only its own actions; results are applied in row order).
 
 Training rows: `policy_batch(episodes, seq_len=..., mode=...)`:
   mode "turn"        one row per trainable turn (Flow-GRPO / AgentFlow): the sequence is that turn's
@@ -57,6 +62,7 @@ from agentic_jax.data.builtin.protocol import INFO_ERROR, INFO_TOOL, INVALID_TOO
 from agentic_jax.data.render import render_turn
 from agentic_jax.data.schema import Turn
 from agentic_jax.data.tokenizer import Tokenizer
+from agentic_jax.rl import env_pool
 from agentic_jax.rl.sampler import (POLICY_TURN, Generation, Sampler, StopRule,  # noqa: F401
                                     any_rows, policy_turn, turn_end_ids)
 
@@ -157,16 +163,19 @@ class _Slot:
 
 def rollout(sampler: Sampler, variables: dict, make_env: Callable[[], Any], tasks: Sequence[Any],
             tokenizer: Tokenizer, *, group_size: int, seed: int, max_turns: int,
-            max_context_tokens: int, first_group: int = 0) -> list[Episode]:
+            max_context_tokens: int, first_group: int = 0,
+            env_workers: int = env_pool.DEFAULT_WORKERS) -> list[Episode]:
   """Q tasks x `group_size` episodes in lockstep (module doc). Episodes are ordered by task then
   rollout; group_id = first_group + task index, traj_id = 0 .. group_size - 1. `sampler` is
   anything with `generate(variables, contexts, seed) -> list[Generation]` (a `Sampler`; tests
   script one). Across processes (a collective Sampler) each process passes its own share of
   the tasks, starting at task `first_group` of the step's list: the rounds run until no
-  process has an unfinished episode."""
+  process has an unfinished episode. env_workers: environment steps of a round run at most this
+  many at a time (1 = one after the other; the episodes are the same either way)."""
   group_size = _check_positive("group_size", group_size)
   max_turns = _check_positive("max_turns", max_turns)
   max_context_tokens = _check_positive("max_context_tokens", max_context_tokens)
+  env_workers = _check_positive("env_workers", env_workers)
   check_stop_rule(sampler, tokenizer)
   slots = []
   for q, task in enumerate(tasks):
@@ -186,17 +195,25 @@ def rollout(sampler: Sampler, variables: dict, make_env: Callable[[], Any], task
     if len(gens) != len(active):
       raise RuntimeError(f"rollout: the sampler returned {len(gens)} generations for "
                          f"{len(active)} contexts")
+    # every row's turn first, then the rows' environment steps together, applied in row order
+    stepped = []
     for slot, gen in zip(active, gens):
-      _advance(slot, gen, tokenizer, last_round=rnd == max_turns - 1,
-               max_context_tokens=max_context_tokens)
+      action = _record_turn(slot, gen, tokenizer)
+      if action is not None:  # None: the policy ended the episode (</s>)
+        stepped.append((slot, action))
+    results = env_pool.step_all([s.env for s, _ in stepped], [a for _, a in stepped],
+                                workers=env_workers)
+    for (slot, _), result in zip(stepped, results):
+      _apply_result(slot, result, tokenizer, last_round=rnd == max_turns - 1,
+                    max_context_tokens=max_context_tokens)
   return [Episode(s.task_id, s.group_id, s.traj_id, s.turns, s.reward, s.success, s.stop_reason,
                   _transcript(s), {"tool_errors": s.tool_errors, "final_info": s.final_info})
           for s in slots]
 
 
-def _advance(slot: _Slot, gen: Generation, tokenizer: Tokenizer, *, last_round: bool,
-             max_context_tokens: int) -> None:
-  """Records one policy turn of `slot` and steps its environment."""
+def _record_turn(slot: _Slot, gen: Generation, tokenizer: Tokenizer) -> Optional[str]:
+  """Records one policy turn of `slot`; returns the action for its environment ("" for a turn
+  without a tool call), or None when the turn ended the episode (</s>)."""
   response = np.asarray(gen.tokens, np.int32)
   action = tool_call_action(response, tokenizer)
   ended_by_eos = not gen.truncated and response.size > 0 and int(response[-1]) == tokenizer.eos_id
@@ -207,8 +224,15 @@ def _advance(slot: _Slot, gen: Generation, tokenizer: Tokenizer, *, last_round: 
     # </s> ends a sample in the training format: the policy ended the episode without an answer
     # (a tool call cannot precede it: the row would have stopped at the call's <|end_turn|>)
     slot.done, slot.stop_reason = True, "eos"
-    return
-  result = slot.env.step(action if action is not None else "")
+    return None
+  return action if action is not None else ""
+
+
+def _apply_result(slot: _Slot, result: StepResult, tokenizer: Tokenizer, *, last_round: bool,
+                  max_context_tokens: int) -> None:
+  """Applies the environment's answer to `slot`'s last turn (recorded by _record_turn)."""
+  turn = slot.turns[-1]
+  response = turn.response
   turn.observation = result.observation
   slot.tool_errors += int(bool(result.info.get(INFO_ERROR)))
   slot.final_info = dict(result.info)
@@ -235,12 +259,13 @@ def _transcript(slot: _Slot) -> np.ndarray:
 
 def evaluate(sampler: Sampler, variables: dict, make_env: Callable[[], Any], tasks: Sequence[Any],
              tokenizer: Tokenizer, *, max_turns: int, max_context_tokens: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, env_workers: int = env_pool.DEFAULT_WORKERS) -> dict:
   """Greedy rollouts (the sampler's settings with temperature 0), one per task:
   {"success_rate", "reward_mean", "turns_mean", "episodes"}."""
   greedy = sampler.greedy() if isinstance(sampler, Sampler) else sampler
   episodes = rollout(greedy, variables, make_env, tasks, tokenizer, group_size=1, seed=seed,
-                     max_turns=max_turns, max_context_tokens=max_context_tokens)
+                     max_turns=max_turns, max_context_tokens=max_context_tokens,
+                     env_workers=env_workers)
   n = max(len(episodes), 1)
   return {"success_rate": sum(e.success for e in episodes) / n,
           "reward_mean": sum(e.reward for e in episodes) / n,
