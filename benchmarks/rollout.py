@@ -3,6 +3,7 @@ step spent in rollout vs training (CPU).
 
     python benchmarks/rollout.py            # 16 prompts x 64 new tokens, 5 repeats
     python benchmarks/rollout.py --quick    # 2 repeats, smaller RL step
+    python benchmarks/rollout.py --env_only # only the environment steps (updates that JSON key)
 
 Model: configs/midtrain.py:tiny's model (LongCat-Flash ScMoE, vocab 1024, d 128, 2 layers,
 8 FFN + 4 zero experts, top-2, dropless/blocked), random init (seed 0), float32. The same weights
@@ -29,7 +30,20 @@ minibatches); both timed after a warm-up of the same shapes, taking turns, media
 --rl_reps (3). --torch_device=cuda runs transformers on the GPU (JAX takes its default device).
 A random-init policy never stops early, so every turn runs to max_new_tokens and every episode
 to max_turns or the token budget: the rollout share is the upper end of what a trained policy sees.
-Writes benchmarks/results/rollout.json.
+
+Environment steps: the time `rl.env_pool.step_all` takes to step a batch of --env_actions (16)
+"pycode" environments (agentic_jax.envs.code.CodeEnv, every one on the built-in task `add`, whose
+docstring has one example, so the body runs once per action) with one sandboxed `run()` action
+each (bubblewrap + the system python, the RL sandbox's defaults), whose body either sleeps
+--env_seconds (0.2) or computes for about as long (a Python loop, its length calibrated in the
+sandbox first). Rows: env_workers = 1 (one action after the other, as rollouts ran before the
+pool) and the pool at --env_workers (8, config.rl.env_workers's default) and at one worker per
+action; environments reset before each batch, one warm-up batch, median of --env_reps (5), the
+worker counts taking turns. Every action's observation is checked ("1 of 1 examples pass").
+The sleeping actions wait (the GIL is free, no core is busy): their batch costs about
+ceil(actions / workers) actions. The computing ones need a core each: on this 2-core machine
+their pool can be at most ~2x faster than one after the other.
+Writes benchmarks/results/rollout.json (--env_only: only its "env_step" key, the rest kept).
 """
 
 from __future__ import annotations
@@ -235,6 +249,78 @@ def rl_share(cfg, variables, args) -> dict:
   return out
 
 
+def _loop_iterations(seconds: float) -> int:
+  """Iterations of the `x += i` loop that take about `seconds` in the sandbox's interpreter (the
+  fastest of 3 timings: other processes' load only ever slows one down)."""
+  from agentic_jax import sandbox  # pylint: disable=import-outside-toplevel
+  n = 2_000_000
+  best = float("inf")
+  for _ in range(3):
+    # inside a function, as in the actions (locals: about twice as fast as module globals)
+    res = sandbox.run_python(f"import time\ndef f():\n    x = 0\n    for i in range({n}):\n"
+                             f"        x += i\nt = time.perf_counter()\nf()\n"
+                             f"print(time.perf_counter() - t)", timeout_s=30.0)
+    if not res.ok:
+      raise RuntimeError(f"calibration run failed: {res.killed_reason} {res.stderr[-500:]}")
+    best = min(best, float(res.stdout))
+  return max(1, int(n * seconds / best))
+
+
+def env_bench(args) -> dict:
+  """Environment-step time of a batch of sandboxed code actions, one after the other against
+  `env_pool.step_all` (module doc)."""
+  from agentic_jax import envs  # pylint: disable=import-outside-toplevel
+  from agentic_jax.envs import code as code_env  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import env_pool  # pylint: disable=import-outside-toplevel
+  make_env, _ = envs.make_env_factory("pycode")  # checks the sandbox first
+  task = next(t for t in code_env.builtin_tasks() if t.entry_point == "add")
+  n, secs = args.env_actions, args.env_seconds
+  iters = _loop_iterations(secs)
+  bodies = {"sleep": f"import time\n    time.sleep({secs})\n    return a + b",
+            "compute": f"x = 0\n    for i in range({iters}):\n        x += i\n    return a + b"}
+  pool = [make_env() for _ in range(n)]
+  workers = sorted({1, args.env_workers, n})
+
+  def batch(kind: str, w: int) -> float:
+    for e in pool:
+      e.reset(task)
+    t0 = time.perf_counter()
+    out = env_pool.step_all(pool, [f"run()\n    {bodies[kind]}"] * n, workers=w)
+    dt = time.perf_counter() - t0
+    bad = [r.observation for r in out if not r.observation.endswith("1 of 1 examples pass")]
+    if bad:
+      raise RuntimeError(f"{len(bad)} of {n} {kind} actions did not run as expected: {bad[0]!r}")
+    return dt
+
+  for kind in bodies:  # warm-up (the sandbox's one-time probes)
+    batch(kind, args.env_workers)
+  times = {(k, w): [] for k in bodies for w in workers}
+  for _ in range(args.env_reps):
+    for kind in bodies:
+      for w in workers:
+        times[(kind, w)].append(batch(kind, w))
+  rows = []
+  for kind in bodies:
+    seq = statistics.median(times[(kind, 1)])
+    for w in workers:
+      med = statistics.median(times[(kind, w)])
+      rows.append({"action": kind, "env_workers": w, "median_s": round(med, 3),
+                   "min_s": round(min(times[(kind, w)]), 3),
+                   "per_action_s": round(med / n, 3), "speedup": round(seq / med, 2)})
+  return {"actions": n, "action_seconds": secs, "compute_loop_iterations": iters,
+          "reps": args.env_reps, "task": task.id, "rows": rows}
+
+
+def print_env(env: dict) -> None:
+  print(f"\nEnvironment steps: a batch of {env['actions']} sandboxed pycode run() actions that "
+        f"each sleep or compute ~{env['action_seconds']:g} s, median of {env['reps']}")
+  print("| action | env_workers | batch s | per action s | vs one after the other |")
+  print("|---|---|---|---|---|")
+  for r in env["rows"]:
+    print(f"| {r['action']} | {r['env_workers']} | {r['median_s']:.2f} | {r['per_action_s']:.3f} | "
+          f"{r['speedup']:.2f}x |")
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
@@ -244,12 +330,34 @@ def main():
   ap.add_argument("--reps", type=int, default=None)
   ap.add_argument("--rl_reps", type=int, default=None)
   ap.add_argument("--skip_rl", action="store_true")
+  ap.add_argument("--skip_env", action="store_true", help="no environment-step benchmark")
+  ap.add_argument("--env_only", action="store_true",
+                  help="only the environment steps; updates the JSON's env_step key")
+  ap.add_argument("--env_actions", type=int, default=16)
+  ap.add_argument("--env_seconds", type=float, default=0.2)
+  ap.add_argument("--env_workers", type=int, default=8)
+  ap.add_argument("--env_reps", type=int, default=None)
   ap.add_argument("--torch_device", default="cpu", help="transformers' device (cpu | cuda)")
   ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/rollout.json"))
   args = ap.parse_args()
   args.reps = args.reps or (2 if args.quick else 5)
   args.rl_reps = args.rl_reps or (1 if args.quick else 3)
+  args.env_reps = args.env_reps or (2 if args.quick else 5)
   load_start = load()
+  if args.env_only:
+    env = env_bench(args)
+    print_env(env)
+    env.update(load_start=load_start, load_end=load(), date=time.strftime("%Y-%m-%d %H:%M"),
+               cpus=os.cpu_count(), host=platform.node())
+    old = {}
+    if os.path.exists(args.out):
+      with open(args.out) as f:
+        old = json.load(f)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump({**old, "env_step": env}, f, indent=1)
+    print(f"\nload (1/5 min) at end {env['load_end']}\nwrote {args.out} (env_step)")
+    return
   config = config_lib.load_config(os.path.join(ROOT, "configs/midtrain.py") + ":tiny")
   cfg = config_lib.model_config(config.model)
   variables = models.init_variables(cfg, jax.random.key(0))
@@ -278,11 +386,21 @@ def main():
     print(f"| rollout ({share['rollout_tokens_per_s']:,.0f} tok/s) | {share['rollout_s']:.2f} | "
           f"{share['rollout_share']:.0%} |")
     print(f"| {share['train_kind']} | {share['train_s']:.2f} | {1 - share['rollout_share']:.0%} |")
+  env = None
+  if not args.skip_env:
+    from agentic_jax import sandbox  # pylint: disable=import-outside-toplevel
+    try:
+      env = env_bench(args)
+      print_env(env)
+    except sandbox.SandboxUnavailable as e:  # e.g. a GPU image without bubblewrap
+      env = {"skipped": str(e)}
+      print(f"\nEnvironment steps skipped: {e}")
   load_end = load()
   print(f"\nload (1/5 min) at end {load_end}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"decode": rows, "decode_info": info, "rl_step": share, "batch": args.batch,
+    json.dump({"decode": rows, "decode_info": info, "rl_step": share, "env_step": env,
+               "batch": args.batch,
                "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps,
                "load_start": load_start, "load_end": load_end, "host": platform.node(),
                "cpus": os.cpu_count(), "jax": jax.__version__,
