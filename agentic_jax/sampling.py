@@ -15,18 +15,24 @@ stop the row, the one closing the tool call does. The finishing token is include
 `prefill` and `decode_step` are the two halves of that loop, jitted on their own, for callers
 that need each token as it is produced (streaming, text-level stop checks): a Python loop over
 them computes what `generate_arrays` does (agentic_jax/inference/generate.py).
+
+On a device mesh with an expert axis (params sharded for training, e.g. the RL policy), a
+model with moe_dispatch="expert_parallel" decodes with the all-to-all expert exchange at a
+capacity that drops nothing, equal to `dropless` on one device (`decode_config`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Optional, Sequence
+import math
+from typing import Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agentic_jax.models import KVCache, ModelConfig, build, init_cache
+from agentic_jax.models import KVCache, ModelConfig, build, init_cache, moe_expert_parallel
 
 Array = jax.Array
 
@@ -56,31 +62,103 @@ def sample_logits(logits: Array, key: Array, temperature: float, top_p: float) -
   return tokens.astype(jnp.int32), chosen
 
 
-def decode_config(cfg: ModelConfig) -> ModelConfig:
-  """The config decoding runs with.
+def decode_mesh(variables: object = None) -> jax.sharding.AbstractMesh:
+  """The device mesh a decode traced now runs on: the mesh in force (`jax.set_mesh(mesh)`,
+  `jax.sharding.use_abstract_mesh`), else the mesh of the first array of `variables` placed
+  with a NamedSharding over more than one device (e.g. the RL state's sharded params, or
+  params put on `NamedSharding(mesh, P())`), else the empty mesh (one device). Works on
+  concrete arrays and on jit tracers (their abstract value carries the sharding's mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty:
+    return mesh
+  for leaf in jax.tree.leaves(variables):
+    try:
+      found = jax.typeof(leaf).sharding.mesh
+    except (AttributeError, TypeError):
+      continue
+    if not found.empty and math.prod(found.shape.values()) > 1:
+      return found
+  return mesh
 
-  `capacity`: buffers sized for a few tokens per step would drop slots, so decoding switches
-  to the exact `dropless` dispatch. `expert_parallel`: decoding runs on one device (rollouts
-  are batched per host; a decode step has a handful of token rows, which neither split over
-  the expert axis nor amortise an all-to-all), so it also uses `dropless`, which computes the
-  same function as the exchange whenever the exchange drops nothing."""
+
+def _expert_shards(cfg: ModelConfig, mesh: Optional[jax.sharding.AbstractMesh]) -> int:
+  """Size of cfg.expert_axis in `mesh` (None: the mesh in force); 1 without one."""
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  return 1 if mesh.empty else int(dict(mesh.shape).get(cfg.expert_axis, 1))
+
+
+def decode_config(cfg: ModelConfig,
+                  mesh: Optional[jax.sharding.AbstractMesh] = None) -> ModelConfig:
+  """The config decoding runs with on `mesh` (default: the abstract mesh in force; the
+  decoders here pass `decode_mesh(variables)`).
+
+  `expert_parallel` on a mesh whose `cfg.expert_axis` has size ep > 1 (the rollout decoder
+  jitted over the RL policy's expert-sharded params): prefill and per-token steps keep the
+  all-to-all exchange (models/moe_expert_parallel.py), so each device runs only its own
+  experts and expert weights are never gathered, with `capacity_factor = ep`. The exchange's
+  buffer per (source, destination) device pair is C = min(m*K, ceil(capacity_factor*m*K/ep))
+  rows, K = top-k, m = ceil(B*S / S_tok) token rows per device for a forward over B rows of
+  S tokens (a step: S = 1; prefill: S = P) split over the S_tok devices of the mesh's
+  ep_token_axes; so C = m*K: all FFN slots of a device's rows fit in the block of one
+  destination even if every one of them goes there, and no slot can be dropped. The result
+  is then the dropless one (the same function, up to float reduction order). Cost: ep*m*K
+  rows of d per device per MoE layer each way, plus one all-gather of the [B*S, d] output
+  rows (decoder activations are replicated; `on_mesh`). Off such a mesh (one device, or no
+  expert axis > 1) it switches to `dropless`, as below, exactly as before.
+
+  `capacity`, and `expert_parallel` off an expert mesh: buffers sized for a few tokens per
+  step would drop slots, so decoding switches to the exact `dropless` dispatch (on one
+  device; under a mesh in force, per token shard).
+
+  The decoders here (`generate_arrays`, `prefill`, `decode_step`) find the mesh either way:
+  from `jax.set_mesh(mesh)` when called inside it, else from the variables' NamedShardings
+  (params sharded by parallel.variable_shardings or placed NamedSharding(mesh, P())); they
+  need neither the context nor replicated inputs. A caller building its own decoder from
+  `decode_config(cfg)` (sampling_speculative, rl/ra3_annotate) gets the exchange only under
+  `jax.set_mesh(mesh)` (it must apply the module in that same context; its exchange's output
+  leaves split over the token axes, resharded by GSPMD), else dropless."""
+  if cfg.is_moe and cfg.moe_dispatch == "expert_parallel":
+    ep = _expert_shards(cfg, mesh)
+    if ep > 1:
+      return cfg.replace(capacity_factor=float(ep))
   if cfg.is_moe and cfg.moe_dispatch in ("capacity", "expert_parallel"):
     return cfg.replace(moe_dispatch="dropless")
   return cfg
 
 
-def step_config(cfg: ModelConfig, tokens_per_step: int) -> ModelConfig:
-  """The config of one decode step over `tokens_per_step` tokens: `decode_config`, with the
-  blocked dropless dispatch's block shrunk to the expected rows per expert (a power of two,
-  >= 8): a decode step routes only tokens_per_step * top_k slots, and full-size blocks would
-  pad each used expert to dropless_block_size rows (16 x 64 new tokens on the tiny LongCat:
-  ~1.4x faster at block 8 than at 128). Block size changes no result, only the padding."""
-  dc = decode_config(cfg)
-  if not (dc.is_moe and dc.dispatch_kernel == "dropless_blocked"):
+def step_config(cfg: ModelConfig, tokens_per_step: int,
+                mesh: Optional[jax.sharding.AbstractMesh] = None) -> ModelConfig:
+  """The config of one decode step over `tokens_per_step` tokens on `mesh` (as in
+  `decode_config`): `decode_config`, with the blocked kernel's block (dropless, and the local
+  kernel of the expert-parallel exchange) shrunk to the expected rows per expert (a power of
+  two, >= 8): a decode step routes only tokens_per_step * top_k slots, and full-size blocks
+  would pad each used expert to dropless_block_size rows (16 x 64 new tokens on the tiny
+  LongCat: ~1.4x faster at block 8 than at 128). Block size changes no result, only the
+  padding."""
+  dc = decode_config(cfg, mesh)
+  if not (dc.is_moe and dc.dispatch_kernel in ("dropless_blocked", "expert_parallel")):
     return dc
   per_expert = -(-tokens_per_step * dc.num_experts_per_tok // dc.n_routed_experts)
   block = max(8, 1 << max(per_expert - 1, 0).bit_length())
   return dc.replace(dropless_block_size=block) if block < dc.dropless_block_size else dc
+
+
+@contextlib.contextmanager
+def on_mesh(cfg: ModelConfig, mesh: jax.sharding.AbstractMesh) -> Iterator[None]:
+  """Context in which to apply a decoder built from `decode_config(cfg, mesh)` (mesh from
+  `decode_mesh`). When that config runs the expert-parallel exchange: `mesh` made the mesh in
+  force if none is (the MoE layers' exchange reads it; jit tracers carry the variables' mesh,
+  not a context), and the exchange's output rows gathered to every device
+  (moe_expert_parallel.gathered_rows). Otherwise nothing, so every other decode traces as
+  before."""
+  if not (cfg.is_moe and cfg.moe_dispatch == "expert_parallel" and _expert_shards(cfg, mesh) > 1):
+    yield
+    return
+  with contextlib.ExitStack() as stack:
+    if jax.sharding.get_abstract_mesh().empty:
+      stack.enter_context(jax.sharding.use_abstract_mesh(mesh))
+    stack.enter_context(moe_expert_parallel.gathered_rows())
+    yield
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -117,13 +195,16 @@ def _prefill(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array,
   """Left-padded prompts [B, P] with true `lengths` [B] into a fresh cache of `cache_len`
   slots: (the logits after each prompt's last token [B, V], the cache)."""
   batch, width = tokens.shape
-  module = build(decode_config(cfg))  # prefill: batch * width tokens
+  mesh = decode_mesh(variables)
+  module = build(decode_config(cfg, mesh))  # prefill: batch * width tokens
   pad = width - lengths
   col = jnp.arange(width, dtype=jnp.int32)[None, :]
   segment = (col >= pad[:, None]).astype(jnp.int32)
   positions = jnp.maximum(col - pad[:, None], 0)
   cache = init_cache(cfg, batch, cache_len)
-  logits, cache = module.apply(variables, tokens, segment_ids=segment, positions=positions, cache=cache)
+  with on_mesh(cfg, mesh):
+    logits, cache = module.apply(variables, tokens, segment_ids=segment, positions=positions,
+                                 cache=cache)
   return logits[:, -1], cache
 
 
@@ -131,10 +212,13 @@ def _step(cfg: ModelConfig, variables: dict, tok: Array, positions: Array,
           cache: KVCache) -> tuple[Array, KVCache]:
   """One token per row (`tok` [B] at `positions` [B]) into the next cache slot: (logits [B, V],
   the cache)."""
-  step_module = build(step_config(cfg, tok.shape[0]))  # the same parameters, smaller MoE blocks
+  mesh = decode_mesh(variables)
+  # the same parameters, smaller MoE blocks
+  step_module = build(step_config(cfg, tok.shape[0], mesh))
   pos = positions[:, None]
-  logits, cache = step_module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
-                                    positions=pos, cache=cache)
+  with on_mesh(cfg, mesh):
+    logits, cache = step_module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
+                                      positions=pos, cache=cache)
   return logits[:, -1], cache
 
 

@@ -25,14 +25,23 @@ matmul). Without an expert axis of size > 1 the same function runs the exact blo
 on all rows without a mesh (single device, decoding outside a mesh), else per token shard
 (moe_mesh.per_shard), as the dropless path would.
 
+Decoding (sampling.py) traces the exchange inside `gathered_rows()`: its output rows are
+then all-gathered over the token axes inside the shard_map and leave it replicated
+(out_specs P()), since a decoder's activations are not laid out by the training rules and
+GSPMD would otherwise move the split rows to whatever layout it picked for the next op by
+replicating them the slow way ("Involuntary full rematerialization"). Same values, one
+all-gather of [M, d] per MoE layer instead.
+
 This module names mesh axes only through the config; it never imports agentic_jax.parallel.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +55,18 @@ if TYPE_CHECKING:
 
 Array = jax.Array
 F32 = jnp.float32
+_GATHER_ROWS = contextvars.ContextVar("expert_parallel_gather_rows", default=False)
+
+
+@contextlib.contextmanager
+def gathered_rows() -> Iterator[None]:
+  """Exchanges traced inside return their output rows replicated over the mesh (module
+  docstring: for decoders); outside, split over the token axes as they came in."""
+  token = _GATHER_ROWS.set(True)
+  try:
+    yield
+  finally:
+    _GATHER_ROWS.reset(token)
 
 
 def send_capacity(num_tokens: int, top_k: int, ep: int, capacity_factor: float) -> int:
@@ -54,7 +75,7 @@ def send_capacity(num_tokens: int, top_k: int, ep: int, capacity_factor: float) 
 
 
 def _local_exchange(x, idx, gates, wg, wu, wd, *, axis: str, ep: int, capacity_factor: float,
-                    block: int, reduce_axes: tuple[str, ...]):
+                    block: int, reduce_axes: tuple[str, ...], gather: bool = False):
   """shard_map body: one device's tokens x [m, d], idx/gates [m, K]; its experts [N/ep, ...]."""
   m, k = idx.shape
   d = x.shape[1]
@@ -84,6 +105,8 @@ def _local_exchange(x, idx, gates, wg, wu, wd, *, axis: str, ep: int, capacity_f
   dropped = jnp.sum(is_ffn & ~kept).astype(jnp.int32)
   stats = {"dropped_slots": jax.lax.psum(dropped, reduce_axes),
            "expert_rows": jax.lax.psum(local_stats["expert_rows"], reduce_axes)}
+  if gather:  # every device's rows, in the order P(reduce_axes) splits them
+    y = jax.lax.all_gather(y, reduce_axes, axis=0, tiled=True)
   return y, stats
 
 
@@ -109,10 +132,13 @@ def expert_parallel_dispatch(cfg: "ModelConfig", x: Array, idx: Array, gates: Ar
   x, idx, gates = md.pad_token_rows(x, idx, gates, splits, n)
   rows = P(token_axes, None)
   experts = P(axis, None, None)
+  gather = _GATHER_ROWS.get()
   body = lambda *a: _local_exchange(*a, axis=axis, ep=ep, capacity_factor=cfg.capacity_factor,
-                                    block=cfg.dropless_block_size, reduce_axes=token_axes)
+                                    block=cfg.dropless_block_size, reduce_axes=token_axes,
+                                    gather=gather)
   # check_vma=False: the blocked kernel's custom VJP and while loops carry no VMA types.
   y, stats = jax.shard_map(body, mesh=mesh, in_specs=(rows, rows, rows, experts, experts, experts),
-                           out_specs=(rows, {"dropped_slots": P(), "expert_rows": P()}),
+                           out_specs=(P(None, None) if gather else rows,
+                                      {"dropped_slots": P(), "expert_rows": P()}),
                            check_vma=False)(x, idx, gates, wg, wu, wd)
   return y[:m], stats
