@@ -85,8 +85,9 @@ def _assert_equal_runs(two, one):
   for a, b in zip(two, one):
     for key in SAME:
       assert a[key] == b[key], (a["step"], key, a[key], b[key])
-    for key in CLOSE:
-      assert rel(a[key], b[key]) <= 1e-5, (a["step"], key, a[key], b[key])
+    for key in CLOSE:  # (a loss of ~1e-8, no advantage left, is compared absolutely)
+      assert rel(a[key], b[key]) <= 1e-5 or abs(a[key] - b[key]) <= 1e-9, (
+          a["step"], key, a[key], b[key])
 
 
 @pytest.fixture(scope="module")
