@@ -87,7 +87,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 PKG_ROOT = pathlib.Path(agentic_jax.__file__).resolve().parent.parent
 CONFIGS = PKG_ROOT / "configs"
 if not (CONFIGS / "midtrain.py").exists():
-    CONFIGS = pathlib.Path(WORKDIR) / "configs"
+    # not inside WORKDIR: the quick mode deletes WORKDIR before the last cells read configs
+    CONFIGS = pathlib.Path(tempfile.mkdtemp(prefix="agentic_jax_configs_"))
     CONFIGS.mkdir(exist_ok=True)
     urllib.request.urlretrieve(f"{RAW}/configs/midtrain.py", CONFIGS / "midtrain.py")
 

@@ -79,7 +79,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 PKG_ROOT = pathlib.Path(agentic_jax.__file__).resolve().parent.parent
 CONFIGS = PKG_ROOT / "configs"
 if not (CONFIGS / "recipe.py").exists():
-    CONFIGS = pathlib.Path(WORKDIR) / "configs"
+    # not inside WORKDIR: the quick mode deletes WORKDIR before the last cells read configs
+    CONFIGS = pathlib.Path(tempfile.mkdtemp(prefix="agentic_jax_configs_"))
     CONFIGS.mkdir(exist_ok=True)
     for name in ("recipe.py", "midtrain.py"):  # recipe.py loads midtrain.py from its folder
         urllib.request.urlretrieve(

@@ -71,7 +71,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 PKG_ROOT = pathlib.Path(agentic_jax.__file__).resolve().parent.parent
 CONFIG = PKG_ROOT / "configs" / "midtrain.py"
 if not CONFIG.exists():
-    CONFIG = pathlib.Path(WORKDIR) / "midtrain.py"
+    CONFIG = pathlib.Path(tempfile.mkdtemp(prefix="agentic_jax_configs_")) / "midtrain.py"
     urllib.request.urlretrieve(f"{RAW}/configs/midtrain.py", CONFIG)
 
 
