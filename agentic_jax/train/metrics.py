@@ -6,8 +6,10 @@ per-expert lists such as `moe/expert_load` also as TensorBoard histograms). Valu
 are over the steps since the previous record (the "window"): `loss`, `accuracy`,
 `grad_norm` and the MoE statistics are means over the window's non-skipped steps;
 `loss/kind/<k>` and `loss/source/<s>` are weight-summed over the window (kinds or sources
-without weight in the window are left out); `tokens_per_s` and `mfu` are window tokens and
-model FLOPs over the window's wall time (compilation is timed separately and excluded);
+without weight in the window are left out), and so is a model's MTP cross-entropy
+(`mtp_loss/depth_<k>` per depth, `mtp_loss` their mean; only with model.num_mtp_layers > 0);
+`tokens_per_s` and `mfu` are window tokens and model FLOPs over the window's wall time
+(compilation is timed separately and excluded);
 `lr` is the last step's; `skipped` counts skipped steps in the window and `nan_skips` the
 run total. Non-finite values are written as null (JSON has no NaN). Held-out evaluation
 results (`eval_loss`, `eval_accuracy`, `eval_loss/kind/<k>`, `eval_loss/source/<s>`, ...;
@@ -124,6 +126,13 @@ class MetricsLogger:
         unassigned = sum(float(m[f"{prefix}_unassigned_weight"]) for m in good)
         if unassigned:
           rec[f"{prefix}_unassigned_weight"] = unassigned
+    if good and "mtp_ce_sum" in good[0]:  # the MTP module's per-depth cross-entropy
+      num = np.sum([np.asarray(m["mtp_ce_sum"], np.float64) for m in good], axis=0).reshape(-1)
+      den = np.sum([np.asarray(m["mtp_weight"], np.float64) for m in good], axis=0).reshape(-1)
+      depth = num / np.where(den > 0, den, 1.0)
+      rec["mtp_loss"] = float(depth.mean())
+      for k, value in enumerate(depth, start=1):
+        rec[f"mtp_loss/depth_{k}"] = float(value)
     moe_keys = sorted(k for k in (good[0] if good else {}) if k.startswith("moe/"))
     for k in moe_keys:
       vals = np.asarray([np.asarray(m[k], np.float64) for m in good])
