@@ -4,6 +4,7 @@ conversion both ways (state dicts and checkpoint directories)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -168,7 +169,7 @@ def test_param_counts_with_and_without_mtp():
 # ----------------------------------------------------------------------------- conversion
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 from agentic_jax import convert  # noqa: E402
 from agentic_jax.convert import hf as hf_convert  # noqa: E402
@@ -237,6 +238,34 @@ def test_mtp_weights_convert_both_ways(family):
     hf_convert.from_hf_state_dict(model.config, tensors)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_num_mtp_layers_round_trips_through_the_hf_config(preset):
+  """config_to_hf writes num_mtp_layers as `num_nextn_predict_layers` (DeepSeek-V3's released
+  config and transformers' DeepseekV3Config; vLLM reads the same name for LongCat-Flash);
+  transformers' config class built from that config.json, then config_from_hf, gives the same
+  config back. A converted checkpoint's config.json (`base`) keeps its value when our model has
+  no MTP module (its MTP tensors were carried through); the importers build the module only
+  when asked."""
+  for depth in (0, 1, 2):
+    cfg = models.presets.get(preset, num_mtp_layers=depth, moe_dispatch="dropless")
+    hf = convert.config_to_hf(cfg)
+    assert hf["num_nextn_predict_layers"] == depth and "num_mtp_layers" not in hf
+    kwargs = {k: v for k, v in hf.items() if k != "model_type"}
+    hf_cfg = transformers.AutoConfig.for_model(hf["model_type"], **kwargs)
+    assert convert.config_from_hf(hf_cfg) == cfg
+  base = {"num_nextn_predict_layers": 1, "bos_token_id": 0}
+  assert convert.config_to_hf(cfg.replace(num_mtp_layers=0), base=base)[
+      "num_nextn_predict_layers"] == 1
+  assert convert.config_to_hf(cfg.replace(num_mtp_layers=2), base=base)[
+      "num_nextn_predict_layers"] == 2
+  # a transformers model whose config announces an MTP layer holds no MTP tensors
+  family = "deepseek" if preset.startswith("deepseek") else "longcat"
+  model = H.build(family).float()
+  model.config.num_nextn_predict_layers = 1
+  assert convert.config_from_hf(model.config).num_mtp_layers == 1
+  assert convert.from_hf(model)[0].num_mtp_layers == 0
+
+
 def test_mtp_through_checkpoint_directories(tmp_path):
   """save_pretrained + the released layer-L tensors (per-expert, as the release stores them)
   -> convert.hf_to_checkpoint(num_mtp_layers=1) -> the MTP is a module of the checkpoint's
@@ -267,6 +296,10 @@ def test_mtp_through_checkpoint_directories(tmp_path):
   written = load_file(os.path.join(out, "model.safetensors"))
   for name, t in mtp.items():
     np.testing.assert_array_equal(written[name], t, err_msg=name)
+  # its config.json announces the module (the source's said 0), and reads back with it
+  with open(os.path.join(out, "config.json")) as f:
+    assert json.load(f)["num_nextn_predict_layers"] == 1
+  assert convert.checkpoint.read_hf_config(out)[0].num_mtp_layers == 1
 
 
 def test_mid_training_step_trains_the_mtp_module():

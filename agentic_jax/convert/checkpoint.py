@@ -27,7 +27,9 @@ released checkpoints and transformers' save_pretrained hold) or the fused in-mem
 config.json's quantization_config.weight_block_size, default 128x128) are dequantised:
 w = fp8 * scale_inv broadcast over its block. MTP tensors (LongCat `model.mtp.*`, DeepSeek's
 `model.layers.{num_hidden_layers}.*`) are kept bit for bit under `hf_extra` and written back on
-export: our models have no MTP head yet (issue 17), so nothing is dropped silently. LongCat's
+export, so nothing is dropped silently; `hf_to_checkpoint(..., num_mtp_layers=D)` loads them into
+the model's MTP module instead (convert/mtp_mapping.py), whatever config.json's
+`num_nextn_predict_layers` says. LongCat's
 dead zero-expert rows (`experts.{j}` for j >= N, never read by transformers) are skipped on
 import and written as zeros on export.
 """
@@ -275,6 +277,9 @@ def hf_to_checkpoint(hf_dir: str, ckpt_dir: str, *, param_dtype: str = "float32"
   device shards, so a restore onto that mesh reads each device's blocks and nothing else."""
   from orbax.checkpoint.experimental.v1 import partial  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
+  # the MTP tensors load into the module only when asked (num_mtp_layers=D), whatever
+  # config.json's num_nextn_predict_layers says; else they are carried under hf_extra
+  overrides.setdefault("num_mtp_layers", 0)
   cfg, raw = read_hf_config(hf_dir, param_dtype=param_dtype, **overrides)
   cfg = cfg.replace(scan_layers=False)
   st = st_io.SafetensorsDir(hf_dir)

@@ -47,7 +47,10 @@ def _fmt_names(names) -> str:
 
 def from_hf_state_dict(hf_config: Any, state_dict: Mapping[str, Any], *, scan_layers: bool = False,
                        **overrides: Any) -> tuple[ModelConfig, dict]:
-  """Like `from_hf`, from a transformers config and a state dict (torch tensors or arrays)."""
+  """Like `from_hf`, from a transformers config and a state dict (torch tensors or arrays).
+  The MTP module only with num_mtp_layers=D in `overrides` (its tensors then in the state
+  dict): transformers never builds it, whatever the config's num_nextn_predict_layers says."""
+  overrides.setdefault("num_mtp_layers", 0)
   cfg = config_from_hf(hf_config, **overrides).replace(scan_layers=False)
   tensors = {name: _to_numpy(t) for name, t in state_dict.items()}
   flat: dict[str, np.ndarray] = {}

@@ -115,6 +115,18 @@ def _mla_fields(c: Any) -> dict:
   return fields
 
 
+def _mtp_layers(c: Any) -> int:
+  """`num_nextn_predict_layers`: the MTP depths a DeepSeek-V3 config announces (transformers'
+  DeepseekV3Config holds it as num_mtp_layers, default 1, and writes it under this name); vLLM
+  reads the same field for LongCat-Flash, whose transformers config has none (absent: 0)."""
+  n = _attr(c, "num_nextn_predict_layers")
+  if n is None:
+    return 0
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise _unsupported("num_nextn_predict_layers", n, "expected an int >= 0")
+  return n
+
+
 def _longcat(c: Any) -> dict:
   if _attr(c, "q_lora_rank") is None:
     raise _unsupported("q_lora_rank", None, "LongCat's MLA always uses a query LoRA")
@@ -133,6 +145,7 @@ def _longcat(c: Any) -> dict:
       scoring_func="softmax", norm_topk_prob=False, n_group=1, topk_group=1, n_shared_experts=0,
       # transformers applies both LoRA scales and interleaved RoPE unconditionally.
       mla_scale_q_lora=True, mla_scale_kv_lora=True, rope_interleave=True,
+      num_mtp_layers=_mtp_layers(c),
   )
 
 
@@ -150,7 +163,7 @@ def _deepseek(c: Any) -> dict:
       norm_topk_prob=bool(_attr(c, "norm_topk_prob", False)),
       first_k_dense_replace=int(_attr(c, "first_k_dense_replace") or 0),
       routed_scaling_factor=float(_attr(c, "routed_scaling_factor", 1.0)),
-      scoring_func="sigmoid", zero_expert_num=0,
+      scoring_func="sigmoid", zero_expert_num=0, num_mtp_layers=_mtp_layers(c),
   )
 
 
@@ -205,6 +218,10 @@ def config_from_hf(hf_config: Any, **overrides: Any) -> ModelConfig:
   """ModelConfig for a transformers LongcatFlash/DeepseekV3/Youtu config.
 
   `overrides` (e.g. moe_dispatch, attention_impl, dtype, scan_layers) replace any field.
+  num_mtp_layers is the config's `num_nextn_predict_layers` (DeepSeek-V3, LongCat-Flash): the
+  model the config describes. The weight importers (hf.from_hf_state_dict,
+  checkpoint.hf_to_checkpoint) build the MTP module only when given num_mtp_layers: a
+  transformers model never holds its tensors, and a checkpoint directory carries them as stored.
   Raises ValueError for an unsupported model_type or an HF setting our model can't express.
   """
   model_type = _attr(hf_config, "model_type")
@@ -235,9 +252,13 @@ def config_to_hf(cfg: ModelConfig, *, base: Optional[dict] = None) -> dict:
   """config.json (a dict) of the transformers model that computes what `cfg` computes: the
   inverse of `config_from_hf` (config_from_hf(config_to_hf(cfg)) == cfg up to the fields
   transformers has no say in: dispatch, dtype, scan). `base`, the config.json a converted
-  checkpoint came with, supplies every field we do not own (token ids, chat fields, MTP
-  layers, quantization) and is otherwise overwritten. ValueError for a config transformers
-  cannot express (LongCat without its LoRA scales, for instance)."""
+  checkpoint came with, supplies every field we do not own (token ids, chat fields,
+  quantization) and is otherwise overwritten. `num_nextn_predict_layers` (DeepSeek-V3 and
+  LongCat-Flash: transformers' DeepseekV3Config and vLLM's name) is cfg.num_mtp_layers; with no
+  MTP module here, `base`'s value stays (its MTP tensors were carried through the conversion,
+  convert/checkpoint.py), else 0 (transformers' DeepseekV3Config would default to 1).
+  ValueError for a config transformers cannot express (LongCat without its LoRA scales, for
+  instance)."""
   if cfg.layer_type == "llama":
     return _iquest_to_hf(cfg, base)
   if cfg.scmoe_moe_input != "shortcut":
@@ -264,6 +285,10 @@ def config_to_hf(cfg: ModelConfig, *, base: Optional[dict] = None) -> dict:
       rope_parameters=_rope_to_hf(cfg), hidden_act="silu", initializer_range=cfg.initializer_range,
       model_type=_MODEL_TYPE[cfg.layer_type], architectures=[_ARCH[cfg.layer_type]])
   out.update(mla)
+  if cfg.layer_type in ("scmoe", "deepseek"):
+    carried = out.pop("num_mtp_layers", None)  # transformers' alias: written under one name
+    carried = out.get("num_nextn_predict_layers", carried)
+    out["num_nextn_predict_layers"] = cfg.num_mtp_layers or int(carried or 0)
   out.pop("rope_theta", None)  # rope_parameters is the one source (transformers >= 5)
   out.pop("rope_scaling", None)
   if cfg.layer_type == "scmoe":
