@@ -106,7 +106,11 @@ _IQUEST_TINY = dict(layer_type="llama", vocab_size=128, hidden_size=64, num_laye
 
 
 def iquest_coder_7b() -> ModelConfig:
-  """IQuest-Coder-V1-7B: 14 layers of the 40B's shape (model card); 7.61B params (untied)."""
+  """IQuest-Coder-V1-7B: 14 layers of the 40B's shape (model card); 7.61B params (untied).
+
+  Assumption: the FFN width 27648 (and d 5120, 40 / 8 heads) is the 40B's. model-spec §5
+  states 27648 for the 40B-Loop config only, and transformers' IQuestCoderConfig defaults are
+  the 40B's; no source here gives the 7B's own config.json, so its width is unverified."""
   return ModelConfig(**_IQUEST_FULL, num_layers=14)
 
 
