@@ -47,9 +47,9 @@ SLOW_MODULES = frozenset({
     "test_checkpoint", "test_configs", "test_convert", "test_distributed", "test_eval",
     "test_expert_mesh_train", "test_expert_parallel", "test_generate_eval", "test_hf_checkpoint",
     "test_hf_start", "test_launch_scripts", "test_loop",
-    "test_midtrain_init_from", "test_moe_mesh", "test_multihost_train", "test_notebooks",
-    "test_parallel", "test_parity", "test_ra3_job", "test_recipe", "test_rl_loop",
-    "test_validation", "test_watchdog"})
+    "test_midtrain_init_from", "test_moe_mesh", "test_multihost_rl", "test_multihost_train",
+    "test_notebooks", "test_parallel", "test_parity", "test_presets_in_jobs", "test_ra3_job",
+    "test_recipe", "test_rl_loop", "test_speculative", "test_validation", "test_watchdog"})
 
 
 @pytest.fixture(autouse=True, scope="module")

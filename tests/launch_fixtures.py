@@ -51,3 +51,21 @@ def records(workdir: str) -> list[dict]:
 
 def rel(a: float, b: float) -> float:
   return abs(a - b) / max(abs(b), 1e-30)
+
+
+def launch(script: str, args: Sequence[str], workdir: str, *, processes: int = 1,
+           devices: int = 8, cwd: str = ".") -> list[subprocess.Popen]:
+  """`script` (launch/train.py) with `args` in `workdir`: one process with `devices` fake CPU
+  devices, or `processes` processes with devices / processes each, joined by jax.distributed
+  on a free localhost port. Returns the started processes (process 0 first)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  base = [sys.executable, script, *args, f"--workdir={workdir}"]
+  if processes == 1:
+    cmds = [base]
+  else:
+    port = free_port()
+    cmds = [base + [f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
+                    f"--process_id={i}"] for i in range(processes)]
+  return [subprocess.Popen(c, cwd=cwd, env=cpu_env(devices // processes), text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for c in cmds]
+

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.launch_fixtures import cpu_env, free_port, records, rel, wait_all
+from tests.launch_fixtures import cpu_env, launch, records, rel, wait_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch", "train.py")
@@ -61,18 +61,11 @@ def _tokenizer(tmp) -> str:
 
 
 def _two_process(workdir, *extra):
-  port = free_port()
-  return [subprocess.Popen(
-      [sys.executable, LAUNCH, *ARGS, *extra, f"--workdir={workdir}",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=cpu_env(4), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-      for i in range(2)]
+  return launch(LAUNCH, [*ARGS, *extra], workdir, processes=2, cwd=ROOT)
 
 
 def _one_process(workdir, *extra):
-  return subprocess.Popen([sys.executable, LAUNCH, *ARGS, *extra, f"--workdir={workdir}"],
-                          cwd=ROOT, env=cpu_env(8), text=True, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
+  return launch(LAUNCH, [*ARGS, *extra], workdir, cwd=ROOT)[0]
 
 
 def _summary(workdir) -> dict:

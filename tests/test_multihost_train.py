@@ -11,13 +11,11 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.launch_fixtures import cpu_env, free_port, records, rel, wait_all
+from tests.launch_fixtures import launch, records, rel, wait_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, "launch", "train.py")
@@ -43,12 +41,7 @@ ARGS = [
 
 
 def _two_process(workdir, *extra):
-  port = free_port()
-  return [subprocess.Popen(
-      [sys.executable, LAUNCH, *ARGS, *extra, f"--workdir={workdir}",
-       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=ROOT, env=cpu_env(4), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-      for i in range(2)]
+  return launch(LAUNCH, [*ARGS, *extra], workdir, processes=2, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +49,7 @@ def runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("multihost")
   two_dir, one_dir = str(tmp / "two"), str(tmp / "one")
   two = _two_process(two_dir)
-  one = subprocess.Popen([sys.executable, LAUNCH, *ARGS, f"--workdir={one_dir}"], cwd=ROOT,
-                         env=cpu_env(8), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  one, = launch(LAUNCH, ARGS, one_dir, cwd=ROOT)
   logs = wait_all([("process 0", two[0]), ("process 1", two[1]), ("single", one)])
   first = (records(two_dir), records(one_dir))
   # The same two-process command with one more step: resumes from the step-3 checkpoint.
