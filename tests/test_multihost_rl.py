@@ -88,7 +88,9 @@ def tokenizer(tmp_path_factory):
   return _tokenizer(tmp_path_factory.mktemp("rl_tok"))
 
 
-@pytest.mark.parametrize("mesh", sorted(MESHES))
+# fsdp 4 x tensor 2 is compared in the stop-and-resume test below (its uninterrupted twin is
+# the one-process run), so each mesh costs one set of runs in CI
+@pytest.mark.parametrize("mesh", ["fsdp2_expert4"])
 def test_two_process_rl_equals_one_process(mesh, tokenizer, tmp_path):
   extra = [*MESHES[mesh], f"--config.tokenizer.path={tokenizer}"]
   two_dir, one_dir = str(tmp_path / "two"), str(tmp_path / "one")
@@ -130,5 +132,8 @@ def test_two_process_rl_resumes_exactly_after_sigterm(tokenizer, tmp_path):
   wait_all(list(zip(("resumed 0", "resumed 1"), _two_process(two_dir, *extra))), timeout=600)
   wait_all([("single", one)], timeout=600)
   _assert_equal_runs(records(two_dir), records(one_dir))
-  resumed = _summary(two_dir)
+  resumed, single = _summary(two_dir), _summary(one_dir)
   assert resumed["status"] == "completed" and resumed["start_step"] == ran
+  for key in ("success_rate_before", "success_rate_after"):
+    assert resumed[key] == single[key], (key, resumed[key], single[key])
+  assert "[rl]" not in outs[1][0]  # process 1 prints nothing of the loop
