@@ -15,6 +15,21 @@ reserve. Nothing is allocated: it runs for the 560B LongCat-Flash on a laptop in
 Defaults come from --config when given (model, mesh, data.batch_size, data.seq_len,
 optim.grad_accum); --model picks a preset instead. --batch is the GLOBAL batch (rows per
 optimizer step); the per-device micro-batch is batch / (grad_accum * data * fsdp * expert).
+--accelerator=NAME takes the device memory from parallel/memory.py's table (h100 80 GiB,
+v5p 95 GiB, ...) instead of --device_memory_gib.
+
+An RL config (configs/flow_grpo.py, grpo.py, dapo.py, dr_grpo.py: config.job == "rl") is
+planned as the RL job runs it (memory.plan_rl_memory): params, the frozen reference copy and
+AdamW state throughout, then the rollout (decode cache and prefill of tasks_per_step x
+group_size rows, or the eval batch if larger, at max_context_tokens rounded up to the
+sampler's prompt bucket + max_new_tokens slots), the reference forward over the step's packed
+rows, and the update of one minibatch; the total counts the largest of the three. Rollout
+rows are replicated on every device, as rl/sampler.py places them (--rollout_split=batch plans
+them split over the batch shards instead). Rows and lengths come from config.rl (override
+them with --config.rl.KEY=...); the config must pass check_rl_config on the mesh.
+
+    python launch/plan.py --config=configs/flow_grpo.py:longcat_flash --accelerator=v5p
+
 Exit status 0 (fits or no device memory given), 1 (does not fit), 2 (bad arguments).
 """
 
@@ -46,6 +61,14 @@ _SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Tokens per row (default: confi
 _GRAD_ACCUM = flags.DEFINE_integer("grad_accum", None, "Micro-batches per step (default: config or 1).")
 _DEVICE_GIB = flags.DEFINE_float("device_memory_gib", 80.0, "Memory of one device in GiB; 0 = skip "
                                  "the fit check.")
+_ACCELERATOR = flags.DEFINE_string("accelerator", None, "Device kind whose memory to plan for "
+                                   "(parallel/memory.py ACCELERATORS: a100, h100, h200, h800, "
+                                   "v4, v5e, v5p, v6e); instead of --device_memory_gib.")
+_ROLLOUT_SPLIT = flags.DEFINE_enum(
+    "rollout_split", "replicated", ["replicated", "batch"],
+    "RL configs: how the rollout rows lie on the mesh. replicated: every device decodes every "
+    "row (rl/sampler.py places the decoder's inputs replicated); batch: rows split over the "
+    "batch shards, what a batch-sharded decoder would hold.")
 _RESERVE = flags.DEFINE_float("reserve", 0.1, "Share of device memory kept free for XLA "
                               "temporaries, collectives and fragmentation.")
 _RULES = flags.DEFINE_string("rules", "default", "Logical-axis rules table (parallel.rules).")
@@ -74,6 +97,16 @@ def main(argv: list[str]) -> int:
   from agentic_jax.parallel import memory, mesh as mesh_lib, rules as rules_lib  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
+  device_gib = _DEVICE_GIB.value
+  if _ACCELERATOR.value is not None:
+    if _DEVICE_GIB.present:
+      raise app.UsageError("give --accelerator or --device_memory_gib, not both")
+    if _ACCELERATOR.value not in memory.ACCELERATORS:
+      raise app.UsageError(f"--accelerator={_ACCELERATOR.value}: unknown; known: "
+                           f"{sorted(memory.ACCELERATORS)} (or give --device_memory_gib)")
+    device_gib = memory.ACCELERATORS[_ACCELERATOR.value]
+  if config is not None and config.get("job") == "rl":
+    return _plan_rl(config, device_gib)
   if config is not None and "model" not in config:
     # jobs of several stages keep the training stage's config in a section: the RA3 job's
     # M-phases (config.mstep), the recipe's mid-training (config.midtrain)
@@ -131,7 +164,7 @@ def main(argv: list[str]) -> int:
             f"--per_device_batch=1 instead (pass --batch or --per_device_batch to choose)")
 
   plan = memory.plan_memory(cfg, sizes, rules, batch_per_device=per_device, seq_len=seq_len,
-                            grad_accum=grad_accum, device_memory_gib=_DEVICE_GIB.value or None,
+                            grad_accum=grad_accum, device_memory_gib=device_gib or None,
                             reserve=_RESERVE.value, cache_len=_CACHE_LEN.value)
   if _JSON.value:
     print(json.dumps({"mesh": sizes, "per_device_batch": per_device, "seq_len": seq_len,
@@ -141,6 +174,95 @@ def main(argv: list[str]) -> int:
     print(f"model: {_MODEL.value or config.model.get('preset', '?')} "
           f"({models.count_params(cfg):,} params); per device: {per_device} rows x "
           f"{seq_len} tokens, grad_accum {grad_accum}")
+    print(plan.table())
+  return 1 if plan.fits is False else 0
+
+
+def _mesh_of(config) -> tuple[dict[str, int], int]:
+  """(the mesh sizes, the device count) from --mesh / --num_devices or config.mesh."""
+  from agentic_jax.parallel import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  if _MESH.value is not None:
+    mesh_cfg, prefix = mesh_lib.parse_mesh_spec(_MESH.value), "--mesh"
+  else:
+    mesh_cfg, prefix = config.mesh.to_dict(), "config.mesh"
+  if -1 in mesh_cfg.values() and _NUM_DEVICES.value is None:
+    raise app.UsageError(f"{prefix} has a -1 (fill) axis: give --num_devices")
+  num_devices = _NUM_DEVICES.value
+  if num_devices is None:
+    num_devices = 1
+    for v in mesh_cfg.values():
+      num_devices *= v
+  return mesh_lib.mesh_sizes(mesh_cfg, num_devices, prefix=prefix), num_devices
+
+
+def rl_shapes(config) -> dict[str, int]:
+  """The global row counts and lengths an RL step runs with (see memory.plan_rl_memory):
+  step_rows (packed forward rows when every episode fills a row of its own: one transcript
+  per episode in plain mode, one per planner turn in agentflow mode, padded as step.pack_batch
+  pads them), minibatches, seq_len, rollout_rows (training batch or eval batch, the larger),
+  prompt_len (max_context_tokens rounded up to the sampler's prompt bucket), cache_len."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import config as rl_config_lib  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import sampler as sampler_lib  # pylint: disable=import-outside-toplevel
+  rl = config.rl
+  objective = rl_config_lib.objective(config)
+  q, g, mb = rl.tasks_per_step, rl.group_size, rl.minibatches
+  per_group = g * (rl.max_turns if rl.mode == "agentflow" else 1)
+  if objective.options.minibatch_split == "groups" and mb > 1:
+    # whole groups in each of mb equal blocks (pack_batch(whole_groups=True))
+    unit = rl.row_bucket // mb
+    step_rows = mb * (-(-(-(-q // mb) * per_group) // unit) * unit)
+  else:
+    step_rows = -(-(q * per_group) // rl.row_bucket) * rl.row_bucket
+  n = q * g
+  sampled_eval = rl.eval_tasks * rl.eval_samples if rl.eval_temperature > 0 else 0
+  rollout_rows = max(n, -(-sampled_eval // n) * n, rl.eval_tasks)
+  bucket = inspect.signature(sampler_lib.Sampler).parameters["prompt_bucket"].default
+  prompt_len = -(-rl.max_context_tokens // bucket) * bucket
+  return {"step_rows": step_rows, "minibatches": mb, "seq_len": rl.seq_len,
+          "rollout_rows": rollout_rows, "prompt_len": prompt_len,
+          "cache_len": prompt_len + rl.max_new_tokens}
+
+
+def _plan_rl(config, device_gib) -> int:
+  from agentic_jax import models  # pylint: disable=import-outside-toplevel
+  from agentic_jax.parallel import memory, rules as rules_lib  # pylint: disable=import-outside-toplevel
+  from agentic_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import config as rl_config_lib  # pylint: disable=import-outside-toplevel
+  for name, flag in (("--batch", _BATCH), ("--per_device_batch", _PER_DEVICE),
+                     ("--seq_len", _SEQ_LEN), ("--grad_accum", _GRAD_ACCUM),
+                     ("--cache_len", _CACHE_LEN), ("--model", _MODEL)):
+    if flag.value is not None:
+      raise app.UsageError(f"{name} does not apply to an RL config: its rows and lengths are "
+                           "config.rl's (override them with --config.rl.KEY=...)")
+  sizes, num_devices = _mesh_of(config)
+  if _MESH.value is not None:  # the run would use this mesh: check the config with it
+    config = config.copy_and_resolve_references()
+    for axis, size in sizes.items():
+      config.mesh[axis] = size
+  rl_config_lib.check_rl_config(config, num_devices=num_devices)
+  rules = rules_lib.get_rules(_RULES.value)
+  section = dict(config.model.to_dict())
+  preset = section.pop("preset", "?")
+  cfg = models.ModelConfig(**section)
+  shapes = rl_shapes(config)
+  shards = sharding.batch_shards(sizes, rules)
+  plan = memory.plan_rl_memory(
+      cfg, sizes, rules, **shapes, device_memory_gib=device_gib or None, reserve=_RESERVE.value,
+      rollout_shards=shards if _ROLLOUT_SPLIT.value == "batch" else 1)
+  rl = config.rl
+  if _JSON.value:
+    print(json.dumps({"mesh": sizes, "batch_shards": shards, **shapes,
+                      "rollout_split": _ROLLOUT_SPLIT.value,
+                      "bytes": {n: b for n, b, _ in plan.rows}, "phases": plan.phase_bytes(),
+                      "peak_phase": plan.peak_phase, "total": plan.total,
+                      "device_bytes": plan.device_bytes, "fits": plan.fits}, indent=1))
+  else:
+    print(f"model: {preset} ({models.count_params(cfg):,} params); RL {rl.loss}/{rl.preset} "
+          f"({rl.mode}): {rl.tasks_per_step} tasks x {rl.group_size} rollouts per step, "
+          f"contexts up to {rl.max_context_tokens} + {rl.max_new_tokens} new tokens; update: "
+          f"{shapes['step_rows']} rows x {rl.seq_len} tokens at most, {rl.minibatches} "
+          f"minibatches, over {shards} batch shards; rollout rows {_ROLLOUT_SPLIT.value}")
     print(plan.table())
   return 1 if plan.fits is False else 0
 

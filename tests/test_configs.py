@@ -1,6 +1,8 @@
 """configs/midtrain.py: required keys, locking, and a one-step smoke run of every variant
 (tiny for real on the built-in data; the full-size ones through jax.eval_shape only, so
-nothing of their 2B-671B parameters is allocated)."""
+nothing of their 2B-671B parameters is allocated). The RL configs (flow_grpo, grpo, dapo,
+dr_grpo): every variant loads and passes check_rl_config without compiling anything; the
+planner's verdict on their pods is tests/test_planner.py's."""
 
 from __future__ import annotations
 
@@ -99,3 +101,73 @@ def test_tiny_one_step_on_builtin_data(tmp_path):
   assert rec["loss/kind/observation"] > 0 and rec["loss/kind/tool_call"] > 0
   assert result["data"]["tokenizer"]["trained"] and result["pipeline"]["batches"] >= 1
   np.testing.assert_allclose(sum(rec["moe/expert_load"]), 1.0, rtol=1e-4)
+
+
+# ----------------------------------------------- RL configs (issue 18 item 4: full sizes)
+
+RL_FILES = {"flow_grpo": "flow_grpo", "grpo": "grpo", "dapo": "dapo", "dr_grpo": "dr_grpo"}
+RL_FULL = ("youtu_llm", "longcat_flash")
+RL_CASES = [(f, v) for f in RL_FILES for v in ("tiny",) + RL_FULL] + [("flow_grpo", "tiny_code")]
+
+
+def _rl_config(name, variant):
+  import os  # pylint: disable=import-outside-toplevel
+  return config_lib.load_config(os.path.join(os.path.dirname(MIDTRAIN), f"{name}.py:{variant}"))
+
+
+@pytest.mark.parametrize("name,variant", RL_CASES)
+def test_rl_config_loads_and_passes_the_rl_check(name, variant):
+  """Every RL config name loads and passes check_rl_config on the device count its mesh names
+  (the full-size meshes have no -1 axis), from shapes and values only: nothing compiles."""
+  from agentic_jax.rl import config as rl_config_lib  # pylint: disable=import-outside-toplevel
+  config = _rl_config(name, variant)
+  assert config.job == "rl" and config.rl.loss == RL_FILES[name] and config.variant == variant
+  mesh = {a: config.mesh[a] for a in ("data", "fsdp", "tensor", "expert")}
+  num_devices = math.prod(v for v in mesh.values() if v > 0)
+  objective = rl_config_lib.check_rl_config(config, num_devices=num_devices)
+  assert objective.name == RL_FILES[name]
+  if variant not in RL_FULL:
+    return
+  assert -1 not in mesh.values()
+  # the real presets, not shrunk, and the mid-training variant's model section (so its
+  # WORKDIR restores into the RL run)
+  model_cfg = config_lib.model_config(config.model)
+  compute = {k: getattr(model_cfg, k) for k in config_lib.COMPUTE_FIELDS}
+  assert model_cfg == models.presets.get(variant, **compute)
+  shapes = lambda m: {k: v for k, v in m.to_dict().items() if k not in compute}  # noqa: E731
+  assert shapes(config.model) == shapes(config_lib.load_config(f"{MIDTRAIN}:{variant}").model)
+  assert config.tokenizer.vocab_size == model_cfg.vocab_size and config.init_from == ""
+  assert config.optim.lr == 1e-6
+  r = config.rl
+  assert r.seq_len >= r.max_context_tokens + r.max_new_tokens
+  # the rows an RL step packs split evenly: one per device per minibatch at least
+  shards = mesh["data"] * mesh["fsdp"] * mesh["expert"]
+  assert r.row_bucket % (shards * r.minibatches) == 0
+  if model_cfg.is_moe:  # expert parallelism for the 560B MoE, dropping no slot (as decoding)
+    assert mesh["expert"] > 1 and model_cfg.moe_dispatch == "expert_parallel"
+    assert model_cfg.capacity_factor >= mesh["expert"]
+
+
+@pytest.mark.parametrize("variant", RL_FULL)
+def test_rl_full_variants_share_flow_grpos_pod(variant):
+  """grpo / dapo / dr_grpo take flow_grpo's pod (mesh, batch, lengths, optim, schedule) and keep
+  their own loss, preset, batch mode and loss options."""
+  flow = _rl_config("flow_grpo", variant)
+  for name in ("grpo", "dapo", "dr_grpo"):
+    c = _rl_config(name, variant)
+    for section in ("model", "mesh", "optim", "train", "checkpoint", "tokenizer"):
+      assert c[section].to_dict() == flow[section].to_dict(), (name, section)
+    own = ("loss", "preset", "loss_options", "batch_mode", "dapo_max_refill_rounds")
+    assert ({k: v for k, v in c.rl.to_dict().items() if k not in own}
+            == {k: v for k, v in flow.rl.to_dict().items() if k not in own}), name
+    assert c.rl.loss == name and c.rl.batch_mode == "trajectory"
+  dapo = _rl_config("dapo", variant).rl
+  assert dapo.loss_options.overlong_max_len == dapo.max_turns * dapo.max_new_tokens
+  assert dapo.dapo_max_refill_rounds == 3
+  dr = _rl_config("dr_grpo", variant).rl
+  assert dr.loss_options.norm_constant == dr.max_turns * dr.max_new_tokens
+
+
+def test_rl_config_unknown_variant():
+  with pytest.raises(ValueError, match="unknown variant 'huge'"):
+    _rl_config("grpo", "huge")

@@ -38,6 +38,18 @@ recomputed during the backward pass. Added once: embeddings n*d*c and logits
 2 * n * V/tp * 4 bytes (f32 logits and their gradient). Not modelled: XLA temporaries and
 fusion buffers, collective buffers, fragmentation, the data pipeline: hence `reserve`.
 
+RL jobs (`plan_rl_memory`, launch/plan.py for an RL config): params, the frozen reference copy,
+AdamW state and the largest fsdp-gathered module live throughout; three phases run one after
+another, and the plan counts the largest: the rollout (decode cache + prefill forward of every
+rollout row on every device, as rl/sampler.py replicates the decoder's inputs), the reference
+log-probs (ONE forward over all the step's rows, as rl/step.py runs it) and the update
+(gradients + one minibatch's activations), each with its expert-parallel exchange buffers
+(`exchange_bytes`). Forward passes without gradient (`forward_bytes`) keep one layer's set,
+attention scores over one key block with chunked attention, and f32 logits of every position.
+Not checked on an accelerator; XLA:CPU's compile of LongCat-Flash's decode (1 layer, 8 fake
+devices) reports 28-307 GiB of temporaries per device whatever the batch, so the MoE rollout
+terms are the formula's, not a measurement's.
+
 Decoding cache (`decode_cache_bytes`, exact: the arrays models.init_cache allocates): the MLA
 cache holds A * B * S * (kv_lora_rank + qk_rope_head_dim) elements; the GQA cache 2 L B S KV D,
 plus for the IQuest Loop 2 (loop_num - 1) L B W KV D for the window rings (only the last W
@@ -52,12 +64,21 @@ from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from agentic_jax import models
 from agentic_jax.parallel.rules import DEFAULT_RULES, Rules
 from agentic_jax.parallel.sharding import (
     axis_sizes, batch_shards, per_device_bytes, specs_like_params, variable_specs)
+
+# Memory of one device in GiB for `launch/plan.py --accelerator=NAME`: the vendors' HBM
+# figures (NVIDIA's 80 GB parts; the H200's 141 GB taken as 140 GiB; Cloud TPU chips). What the
+# runtime keeps for itself (CUDA context, ~1 GiB) comes out of the plan's reserve.
+ACCELERATORS: dict[str, float] = {
+    "a100": 80.0, "h100": 80.0, "h800": 80.0, "h200": 140.0,
+    "v4": 32.0, "v5e": 16.0, "v5p": 95.0, "v6e": 32.0,
+}
 
 GIB = 1024 ** 3
 
@@ -68,10 +89,24 @@ class MemoryPlan:
   device_bytes: Optional[int]
   reserve: float
   mesh: dict[str, int]
+  # phase -> names of the rows alive only during it (phases run one after another: the RL
+  # plan's rollout, reference forward and update); rows in no phase are alive throughout.
+  # total = the rows in no phase + the largest phase. Empty: every row counts (a train step).
+  phases: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+  def phase_bytes(self) -> dict[str, int]:
+    return {p: sum(self.bytes_of(n) for n in names) for p, names in self.phases.items()}
+
+  @property
+  def peak_phase(self) -> Optional[str]:
+    sizes = self.phase_bytes()
+    return max(sizes, key=sizes.get) if sizes else None
 
   @property
   def total(self) -> int:
-    return sum(b for _, b, _ in self.rows)
+    in_phase = {n for names in self.phases.values() for n in names}
+    always = sum(b for n, b, _ in self.rows if n not in in_phase)
+    return always + max(self.phase_bytes().values(), default=0)
 
   def bytes_of(self, name: str) -> int:
     for n, b, _ in self.rows:
@@ -93,7 +128,15 @@ class MemoryPlan:
                        if self.total >= s or u == "KiB")
     lines = [f"mesh: {mesh} ({math.prod(self.mesh.values())} devices); bytes per device",
              f"{'component':<14}{unit:>12}  note"]
-    lines += [f"{n:<14}{b / scale:>12.3f}  {note}" for n, b, note in self.rows]
+    phase_of = {n: p for p, names in self.phases.items() for n in names}
+    lines += [f"{n:<14}{b / scale:>12.3f}  " + (f"[{phase_of[n]}] " if n in phase_of else "")
+              + note for n, b, note in self.rows]
+    if self.phases:
+      sizes = self.phase_bytes()
+      lines.append("phases run one after another; the total counts the rows without a phase "
+                   "and the largest phase: " + ", ".join(
+                       f"{p} {b / scale:.3f}" for p, b in sizes.items())
+                   + f" {unit} (peak: {self.peak_phase})")
     lines.append(f"{'total':<14}{self.total / scale:>12.3f}")
     if self.device_bytes is not None:
       verdict = "FITS" if self.fits else "DOES NOT FIT"
@@ -242,6 +285,162 @@ def plan_memory(cfg: models.ModelConfig, mesh: Mapping[str, int], rules: Rules =
                  f"{batch_per_device} x {cache_len} slots{window}, {cfg.dtype}"))
   device_bytes = None if device_memory_gib is None else int(device_memory_gib * GIB)
   return MemoryPlan(rows, device_bytes, reserve, sizes)
+
+
+# ----------------------------------------------------------------- RL step
+
+
+def forward_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int], *, batch_per_device: int,
+                  seq_len: int, logit_bytes: int = 4) -> int:
+  """Peak of one forward pass without gradient over batch_per_device rows of seq_len tokens
+  (see the module doc): the residual stream and the embedding output, ONE layer's full set
+  (with attention_impl "chunked" its scores span one key block, not the row), and the logits
+  of every position: `logit_bytes` per vocabulary entry and token (4: one f32 [tokens, vocab]
+  buffer. XLA:CPU's buffer assignment for a 2-layer Youtu-LLM at 2 x 1024 and 2 x 2048 tokens,
+  bf16 and f32 compute, held exactly that for rl/step.token_logp, whose log-softmax fuses
+  into the target gather, and for sampling's prefill, which slices the last position only
+  after the output head)."""
+  sizes = axis_sizes(mesh)
+  tp = sizes["tensor"]
+  c = jnp.dtype(cfg.dtype).itemsize
+  keys = (min(cfg.attention_chunk_size, seq_len) if cfg.attention_impl == "chunked" else seq_len)
+  # _per_token_terms counts the scores as 2 * H/tp * T * 4 bytes per token: over one key block
+  layer = max(sum(t.values()) for t in _per_token_terms(cfg, keys, tp).values())
+  vocab_split = cfg.vocab_size / tp if cfg.vocab_size % tp == 0 else cfg.vocab_size
+  n = batch_per_device * seq_len
+  return int(n * (layer + 2 * c * cfg.hidden_size + vocab_split * logit_bytes))
+
+
+def gathered_module_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int],
+                          rules: Rules = DEFAULT_RULES) -> int:
+  """Bytes of the largest module one device holds while it is all-gathered over the fsdp
+  axis (FSDP): one layer of a scanned layer stack (its arrays lead with the "layers" axis) or
+  a top-level module (embedding, output head), split only by the mesh axes other than fsdp;
+  arrays the gather leaves alone (not split over fsdp) are not counted. The routed experts' weights are gathered over the expert axis too unless
+  cfg.moe_dispatch is "expert_parallel": the other dispatches run per token shard with every
+  expert's weights whole on each device (models/moe_mesh.py)."""
+  sizes = axis_sizes(mesh)
+  gathers_experts = cfg.is_moe and cfg.moe_dispatch != "expert_parallel" and sizes["expert"] > 1
+  if sizes["fsdp"] == 1 and not gathers_experts:
+    return 0
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from agentic_jax.parallel.sharding import spec_split  # pylint: disable=import-outside-toplevel
+  boxed = models.abstract_variables(cfg, boxed=True)
+  logical = nn.get_partition_spec(boxed)["params"]
+  shapes = nn.meta.unbox(boxed)["params"]
+  specs = variable_specs(cfg, sizes, rules)["params"]
+  no_fsdp = {**sizes, "fsdp": 1}
+  no_fsdp_expert = {**no_fsdp, "expert": 1} if gathers_experts else no_fsdp
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+  groups: dict[str, int] = {}
+  for (path, x), lg, spec in zip(jax.tree_util.tree_flatten_with_path(shapes)[0],
+                                 jax.tree_util.tree_leaves(logical, is_leaf=is_spec),
+                                 jax.tree_util.tree_leaves(specs, is_leaf=is_spec)):
+    keep = no_fsdp_expert if "expert" in lg else no_fsdp
+    if spec_split(spec, keep) == spec_split(spec, sizes):
+      continue  # not split by the gathered axes: held whole already, no extra copy
+    nbytes = int(np.prod(x.shape, dtype=np.int64)) * jnp.dtype(x.dtype).itemsize
+    per = nbytes // spec_split(spec, keep)
+    if len(lg) and lg[0] == "layers":
+      per //= x.shape[0]
+    key = str(getattr(path[0], "key", path[0]))
+    groups[key] = groups.get(key, 0) + per
+  return max(groups.values(), default=0)
+
+
+def exchange_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int], tokens: int,
+                   capacity_factor: Optional[float] = None) -> int:
+  """Send + receive buffers of ONE expert-parallel MoE exchange (models/moe_expert_parallel.py)
+  on a device holding `tokens` token rows: ep destinations x C = min(m K, ceil(capacity_factor
+  m K / ep)) slots of d values each way, compute dtype. 0 unless cfg.moe_dispatch is
+  "expert_parallel" on an expert axis > 1."""
+  ep = axis_sizes(mesh)[cfg.expert_axis]
+  if not cfg.is_moe or cfg.moe_dispatch != "expert_parallel" or ep == 1:
+    return 0
+  cf = cfg.capacity_factor if capacity_factor is None else capacity_factor
+  mk = tokens * cfg.num_experts_per_tok
+  c = min(mk, math.ceil(cf * mk / ep))
+  return 2 * ep * c * cfg.hidden_size * jnp.dtype(cfg.dtype).itemsize
+
+
+def plan_rl_memory(cfg: models.ModelConfig, mesh: Mapping[str, int],
+                   rules: Rules = DEFAULT_RULES, *, step_rows: int, minibatches: int,
+                   seq_len: int, rollout_rows: int, prompt_len: int, cache_len: int,
+                   rollout_shards: int = 1, device_memory_gib: Optional[float] = None,
+                   reserve: float = 0.1) -> MemoryPlan:
+  """Per-device plan of an RL job (rl/loop.py + rl/step.py) on `mesh`, in three phases that
+  run one after another, beside the state that lives throughout:
+    always     params, the frozen reference variables (a copy of the initial params and router
+               state, laid out like them), AdamW state, and the largest module all-gathered
+               over fsdp, counted twice throughout (the update holds its weights and its
+               gradient before the reduce-scatter)
+    rollout    the decode cache of ceil(rollout_rows / rollout_shards) rows x cache_len slots
+               and the prefill: a forward of those rows x prompt_len tokens. rollout_shards
+               = 1: rl/sampler.py places the decoder's inputs replicated over the mesh, so
+               every device runs every row; the tensor axis still splits heads and vocabulary
+               (XLA:CPU, Youtu-LLM with 2 layers, 8 x 1024 prompt tokens on 8 devices: 8.0 GiB
+               of temporaries per device on fsdp 8, 6.0 on one device, 0.8 on tensor 8). The
+               cache is counted whole (XLA:CPU split its latent dimension over fsdp).
+    reference  the reference log-probs, ONE forward over all step_rows / batch shards rows
+               of seq_len tokens (rl/step.py runs it on the whole packed batch before the
+               updates; old_logp="recompute" runs a second one after it, same size)
+    update     gradients + the activations of one minibatch of
+               step_rows / (batch shards x minibatches) rows (activation_bytes)
+  step_rows: the packed forward rows F of one RL step (a multiple of batch shards x
+  minibatches); rollout_rows: the sequences the decoder runs at once (tasks_per_step x
+  group_size, or the eval batch if larger). Batch shards = data x fsdp x expert (the rules'
+  activation_batch)."""
+  sizes = axis_sizes(mesh)
+  shards = batch_shards(sizes, rules)
+  if step_rows % (shards * minibatches):
+    raise ValueError(f"{step_rows} forward rows do not split into {minibatches} minibatches over "
+                     f"{shards} batch shards (data x fsdp x expert)")
+  per_mb = step_rows // (shards * minibatches)
+  per_step = step_rows // shards
+  per_roll = -(-rollout_rows // rollout_shards)
+  state = state_bytes(cfg, sizes, rules)
+  act = activation_bytes(cfg, sizes, batch_per_device=per_mb, seq_len=seq_len)
+  gather = gathered_module_bytes(cfg, sizes, rules)
+  rows = [
+      ("params", state["params"], f"{cfg.param_dtype}; incl. MoE router state"),
+      ("reference", state["params"], "frozen copy of the initial params + router state"),
+      ("optimizer", state["optimizer"], "AdamW: mu + nu (2 x param dtype) + count"),
+      ("fsdp gather", 2 * gather, "largest module gathered (fsdp"
+       + ("" if cfg.moe_dispatch == "expert_parallel" or not cfg.is_moe else ", experts: expert")
+       + "): weights + gradient"),
+      ("decode cache", decode_cache_bytes(cfg, per_roll, cache_len),
+       f"{per_roll} rows x {cache_len} slots, {cfg.dtype}"),
+      ("prefill", forward_bytes(cfg, sizes, batch_per_device=per_roll, seq_len=prompt_len),
+       f"forward of {per_roll} x {prompt_len} prompt tokens, f32 logits of every position"),
+      ("ref forward", forward_bytes(cfg, sizes, batch_per_device=per_step, seq_len=seq_len),
+       f"{per_step} rows x {seq_len} tokens (all minibatches), f32 logits"),
+      ("gradients", state["gradients"], f"{cfg.param_dtype}, laid out like the params"),
+      ("act saved", act["saved"], f"remat={cfg.remat_policy}, {cfg.num_layers} layers, "
+                                  f"{per_mb} x {seq_len} tokens per minibatch, {cfg.dtype}"),
+      ("act peak", act["recompute peak"], "one layer recomputed in the backward pass"),
+      ("logits+embed", act["logits+embed"], "f32 logits and their gradient"),
+  ]
+  phases = {"rollout": ("decode cache", "prefill"), "reference": ("ref forward",),
+            "update": ("gradients", "act saved", "act peak", "logits+embed")}
+  ep = sizes[cfg.expert_axis]
+  if cfg.is_moe and cfg.moe_dispatch == "expert_parallel" and ep > 1:
+    # the exchange splits its token rows over cfg.ep_token_axes even when the decoder's
+    # inputs are replicated; the decoder runs it with capacity_factor = ep (sampling.py)
+    token_shards = math.prod(sizes[a] for a in cfg.ep_token_axes)
+    exchanges = [
+        ("a2a rollout", exchange_bytes(cfg, sizes, -(-per_roll * prompt_len // token_shards),
+                                       capacity_factor=float(ep)), "rollout",
+         f"one MoE all-to-all of the prefill, capacity factor {ep}"),
+        ("a2a reference", exchange_bytes(cfg, sizes, per_step * seq_len), "reference",
+         f"one MoE all-to-all, capacity factor {cfg.capacity_factor:g}"),
+        ("a2a update", 2 * exchange_bytes(cfg, sizes, per_mb * seq_len), "update",
+         "one MoE all-to-all forward + its backward"),
+    ]
+    for name, nbytes, phase, note in exchanges:
+      rows.append((name, nbytes, note))
+      phases[phase] += (name,)
+  device_bytes = None if device_memory_gib is None else int(device_memory_gib * GIB)
+  return MemoryPlan(rows, device_bytes, reserve, sizes, phases)
 
 
 def per_device_batch(global_batch: int, mesh: Mapping[str, int], grad_accum: int = 1,
