@@ -24,7 +24,10 @@ Layout (agentic_jax/rl/ra3.py runs it; WORKDIR/summary.json holds the comparison
   ra3        the EM knobs: c, p_keep, proposals, boundaries, max_rationale_len, rounds,
              estep_steps, temperature, train_rationale, prior_vocab_size, segment, arms
   estep      the E-step's RL update (rl/step.py): rl.loss (the registry's; loss_options.std_norm
-             = the group std knob), ppo_epochs, minibatches, old_logp, temperature, optim
+             = the group std knob), ppo_epochs, minibatches, old_logp, temperature, optim;
+             mesh: the device mesh of the E-phases and the evaluation (data/fsdp/tensor/expert,
+             -1 = the remaining devices; may span processes). rl.row_bucket must be a multiple
+             of its batch shards (data x fsdp x expert) x rl.minibatches
   eval       held-out evaluation: pass@1 greedy and sampled in the sandbox, HumanEval pass@1
 """
 
@@ -71,7 +74,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   d.num_programs = 768  # mid-training corpus, split over the rounds
   d.num_base_programs = 2048
   d.base_rationale_rate = 0.3  # share of the base corpus' blocks preceded by a rationale
-  d.num_heldout = 64  # held-out programs (eval split compositions) for action NLL
+  d.num_heldout = 64  # held-out programs (eval split compositions) for action NLL (0: none)
   d.min_ops = 2
   d.max_ops = 3
   # the tokenizer the job trains on the programs' lines (the synthetic programs' text supports
@@ -113,6 +116,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # AdamW + schedule as the RL jobs (rl/config.py): constant lr, no decay, b2 0.99
   e.optim = rl_config("grpo", model=None).optim
   e.optim.lr = 3e-4
+  # the E-phases' and the evaluation's mesh (the M-phases use config.mstep.mesh): the same
+  # defaults as the M-phases' (set both to move the whole job to another layout)
+  e.mesh = ml_collections.ConfigDict(c.mstep.mesh.to_dict())
 
   v = c.eval = ml_collections.ConfigDict()
   v.tasks = 64  # held-out macro tasks (unseen op compositions), checked in the sandbox
@@ -149,7 +155,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     r.proposals = 8
     e.rl.seq_len = c.mstep.data.seq_len
     e.rl.minibatches = 8
-    e.rl.row_bucket = 64
+    # 1,000 programs x 8 proposals = 8,000 rows per E-step: padded to 8,192, which splits into
+    # 8 minibatches over up to 1,024 batch shards (config.estep.mesh is fsdp=-1, as mstep's)
+    e.rl.row_bucket = 8192
     v.max_new_tokens = 512
   if init_from:
     c.init_from = init_from

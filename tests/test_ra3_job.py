@@ -141,10 +141,21 @@ def test_infinite_cost_is_next_token_training(full_run, tmp_path):
     ("mstep.optim.lr", -1.0, "config.mstep.optim.lr"),
     ("ra3_data.num_programs", 2, "config.ra3_data.num_programs"),
     ("init_from", "/nonexistent", "config.init_from"),
+    ("estep.mesh.fsdp", 3, "config.estep.mesh"),  # 3 does not divide the devices
 ])
 def test_bad_config_is_named(key, value, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")):
     jobs.validate(small_ra3(**{key: value}))
+
+
+def test_estep_rows_must_split_over_the_estep_mesh():
+  """On 8 devices as fsdp 4 x tensor 2 (4 batch shards) x 2 minibatches, the E-step's 4-row
+  bucket cannot be split; 8 rows can."""
+  mesh = {"estep.mesh.data": 1, "estep.mesh.fsdp": 4, "estep.mesh.tensor": 2}
+  with pytest.raises(config_lib.ConfigError, match=r"config\.estep\.rl\.row_bucket: 4 must be a "
+                     r"multiple of the 4 batch shards of config\.estep\.mesh"):
+    ra3.validate_ra3(small_ra3(**mesh), num_devices=8)
+  ra3.validate_ra3(small_ra3(**mesh, **{"estep.rl.row_bucket": 8}), num_devices=8)
 
 
 @pytest.mark.parametrize("variant,devices", [("youtu_llm", 256), ("longcat_flash", 1024)])

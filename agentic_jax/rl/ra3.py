@@ -8,7 +8,8 @@ Stages (each in its own directory; a completed one, per its summary.json, is not
             base model's pretraining programs: a share `base_rationale_rate` of their blocks
             preceded by a rationale <|think|>PHRASE<|end_think|> naming the operation, so the
             base model knows what a rationale looks like, as an LLM knows comments; the same
-            base for both arms), heldout.jsonl (programs of held-out op compositions), all in
+            base for both arms), heldout.jsonl (programs of held-out op compositions; none with
+            ra3_data.num_heldout = 0), all in
             our schema (a user turn with the task's prompt, an assistant turn with the body);
             WORKDIR/tokenizer.model trained on their LINES (each line one sentence, so no
             piece spans a line break and every line start is a token boundary).
@@ -31,12 +32,34 @@ Stages (each in its own directory; a completed one, per its summary.json, is not
   eval      per arm and for the base model (rl/ra3_eval.py): action NLL on the held-out
             programs (the model writes its own rationales, greedy) and without rationales;
             pass@1 on held-out macro tasks (greedy, and sampled) in the sandbox; HumanEval
-            pass@1 on the problems whose prompt fits the context (config.eval.humaneval).
+            pass@1 on the problems whose prompt fits the context (config.eval.humaneval). With
+            nothing to evaluate (ra3_data.num_heldout = eval.tasks = 0, humaneval off) the stage
+            is skipped and the summary holds the training side only.
 
 Resume: each M-phase resumes exactly from its own checkpoints (train/loop.py); an E-phase is
 atomic (its outputs are written last; an interrupted one is redone from its inputs with the
 same seeds, so it gives the same result). `stop_after_steps` counts training steps (E and M)
 of this invocation across phases (tests).
+
+Devices and processes: the base and M-phases are mid-training runs (train/loop.py) on their own
+sections' meshes (config.base.mesh, config.mstep.mesh). The E-phases and the evaluation run on
+config.estep.mesh (data/fsdp/tensor/expert, -1 = the remaining devices; it may span processes,
+jax.distributed): the E-phase's TrainState is created in the sharded layout by one jit with
+output shardings and the scorer is loaded in the variables' layout (train/init_from.py), the
+annotate / score decoders take global arrays (rl/ra3_annotate.py) and the RL update is the RL
+loop's sharded step (rl/loop.py's placement: state and batch shardings), so the results are
+those of one device up to float reassociation. Across processes every process runs the whole
+job (SPMD): the E-step's host work (boundaries, rewards, packing) is the same on every process
+from the same programs and seeds, only the device work is split over the mesh, so no share of
+programs is needed. Evaluation runs on every process too: the action NLL's decoders are SPMD,
+pass@1 decodes in collective Sampler calls and runs the model-written code once, each process
+its share, with the verdicts gathered (rl/ra3_eval.py), so every process holds the same results
+(simpler and more correct than evaluating on process 0 alone, which could not hold a sharded
+model). Process 0 alone writes files (the data stage, tokenizer, data.jsonl, E-phase metrics
+and summaries, eval caches, the job summary) and prints; the others wait at a barrier
+(parallel.barrier) before they read what it wrote, and decisions read from files (a cached
+evaluation) are process 0's, broadcast. Checkpoints are orbax's collective saves, written by
+every process.
 
 WORKDIR/summary.json: status, and per arm {"action_nll", "action_nll_plain", "pass_at_1",
 "pass_at_1_sampled", "humaneval_pass_at_1", "think_rate", "train_tokens", ...}, the base
@@ -64,8 +87,28 @@ SEGMENT_MODES = ("lines", "blocks")
 ANNOTATIONS = ("best",)
 
 
+def _primary() -> bool:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.process_index() == 0
+
+
 def _say(msg: str) -> None:
-  print(msg, flush=True)
+  if _primary():  # every process runs the job; one prints
+    print(msg, flush=True)
+
+
+def _barrier(name: str) -> None:
+  """Every process waits here (no-op on one): process 0's writes are visible after it."""
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  parallel.barrier(f"agentic_jax-ra3-{name}")
+
+
+def _agreed(value: Any) -> Any:
+  """Process 0's `value` on every process (a collective; one process: `value`), for decisions
+  read from files, so that every process takes the same branch."""
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  return value if jax.process_count() == 1 else parallel.allgather_objects(value)[0]
 
 
 def _read_summary(workdir: str) -> Optional[dict]:
@@ -110,21 +153,25 @@ def stage_config(section: Any, *, data_path: str, tokenizer_path: str, init_from
 
 
 def estep_config(config: Any) -> Any:
-  """The view rl/step.py's factories read: rl, optim, train.num_steps (E-steps per phase)."""
+  """The view rl/step.py's factories and rl/loop.py's placement read: rl, optim, mesh,
+  train.num_steps (E-steps per phase)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
   c = ml_collections.ConfigDict()
   c.rl = copy.deepcopy(config.estep.rl)
   c.optim = copy.deepcopy(config.estep.optim)
+  c.mesh = copy.deepcopy(config.estep.mesh)
   c.train = ml_collections.ConfigDict({"num_steps": int(config.ra3.estep_steps)})
   return c
 
 
-def validate_ra3(config: Any, workdir: str = "WORKDIR") -> None:
-  """Every value of an RA3 config before anything runs; ConfigError naming the key."""
+def validate_ra3(config: Any, workdir: str = "WORKDIR", *,
+                 num_devices: Optional[int] = None) -> None:
+  """Every value of an RA3 config before anything runs; ConfigError naming the key.
+  `num_devices` (default: all devices) is what config.estep.mesh must fill."""
   from agentic_jax.rl import config as rl_config  # pylint: disable=import-outside-toplevel
   ConfigError = config_lib.ConfigError  # pylint: disable=invalid-name
   for key, low in (("ra3_data.seed", 0), ("ra3_data.num_programs", 1),
-                   ("ra3_data.num_base_programs", 0), ("ra3_data.num_heldout", 1),
+                   ("ra3_data.num_base_programs", 0), ("ra3_data.num_heldout", 0),
                    ("ra3_data.min_ops", 1), ("ra3_data.max_ops", 1), ("ra3_data.vocab_size", 300),
                    ("ra3.proposals", 1), ("ra3.boundaries", 0), ("ra3.max_rationale_len", 1),
                    ("ra3.rounds", 1), ("ra3.estep_steps", 1), ("eval.tasks", 0),
@@ -161,6 +208,14 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR") -> None:
     raise ConfigError(f"config.init_from: expected a path or '', got {config.init_from!r}")
   if config.init_from and not fs.isdir(fs.join(config.init_from, "checkpoints")):
     raise ConfigError(f"config.init_from: {config.init_from!r} has no checkpoints/ directory")
+  if "mesh" not in config.estep:
+    raise ConfigError("config.estep.mesh: required section is missing")
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  if num_devices is None:
+    import jax  # pylint: disable=import-outside-toplevel
+    num_devices = jax.device_count()
+  with config_lib.config_errors("config.estep.mesh"):
+    sizes = parallel.mesh_sizes(config.estep.mesh, num_devices, prefix="config.estep.mesh")
   if config.estep.rl.temperature != config.ra3.temperature:
     raise ConfigError(f"config.estep.rl.temperature: must equal config.ra3.temperature "
                       f"({config.ra3.temperature}): the sampler's log-probs are at that "
@@ -179,6 +234,11 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR") -> None:
   if config.estep.rl.row_bucket % config.estep.rl.minibatches:
     raise ConfigError("config.estep.rl.row_bucket: must be a multiple of "
                       "config.estep.rl.minibatches")
+  shards = parallel.batch_shards(sizes)
+  if config.estep.rl.row_bucket % (shards * config.estep.rl.minibatches):
+    raise ConfigError(f"config.estep.rl.row_bucket: {config.estep.rl.row_bucket} must be a "
+                      f"multiple of the {shards} batch shards of config.estep.mesh (data x fsdp "
+                      f"x expert) x config.estep.rl.minibatches={config.estep.rl.minibatches}")
   for name in ("base", "mstep"):
     if name not in config:
       raise ConfigError(f"config.{name}: required section is missing")
@@ -197,9 +257,24 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR") -> None:
 
 # ------------------------------------------------------------------ phases
 
-def _load(path: str, model_cfg: Any, model_section: dict) -> dict:
+def _load(path: str, model_cfg: Any, model_section: dict, shardings: Optional[dict] = None
+          ) -> dict:
+  """The params and router_state of the latest checkpoint in WORKDIR `path`, in the layout
+  `shardings` (config.estep.mesh's variable shardings; None: one device). Across processes a
+  collective restore."""
   from agentic_jax.train import init_from  # pylint: disable=import-outside-toplevel
-  return init_from.load(path, model_cfg, model_section, say=lambda _: None)[0]
+  return init_from.load(path, model_cfg, model_section, shardings=shardings,
+                        say=lambda _: None)[0]
+
+
+def _mesh(config: Any, model_cfg: Any) -> tuple[Any, Optional[dict]]:
+  """(config.estep.mesh as a Mesh, the variables' shardings on it), or (None, None) when it
+  has one device (the unsharded path)."""
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  mesh = parallel.make_mesh(config.estep.mesh, prefix="config.estep.mesh")
+  if mesh.devices.size == 1:
+    return None, None
+  return mesh, parallel.variable_shardings(model_cfg, mesh)
 
 
 def settings_of(config: Any):
@@ -215,10 +290,12 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
                     budget: Optional[int] = None) -> tuple[Optional[dict], int]:
   """One E-phase (module docstring) -> (its summary, or None when `budget` E-steps ran out
   first; the E-steps it ran). Atomic: data.jsonl, the checkpoint and summary.json are written
-  after the last step."""
+  after the last step. On config.estep.mesh; across processes a collective that every process
+  runs with the same arguments (module docstring)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from agentic_jax.rl import config as rl_config  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import loop as rl_loop  # pylint: disable=import-outside-toplevel
   from agentic_jax.rl import ra3_estep  # pylint: disable=import-outside-toplevel
   from agentic_jax.rl import step as step_lib  # pylint: disable=import-outside-toplevel
   from agentic_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
@@ -228,17 +305,35 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
   if done is not None and done.get("status") == "completed":
     return done, 0
   model_section = config.mstep.model.to_dict()
-  scorer = _load(init_dir, model_cfg, model_section)
   ecfg = estep_config(config)
   rl = ecfg.rl
   objective = rl_config.objective(ecfg)
   tx = optim_lib.make_optimizer(ecfg.optim)
-  state = state_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=scorer["params"], opt_state=tx.init(scorer["params"]),
-      router_state=scorer.get("router_state", {}),
-      rng=jax.random.fold_in(jax.random.PRNGKey(int(config.seed) + phase), 1),
-      nan_skips=jnp.zeros((), jnp.int32))
-  step_fn = step_lib.jit_rl_step(step_lib.make_rl_step(model_cfg, ecfg, objective), donate=False)
+  # the RL loop's placement: one device, or config.estep.mesh (state split by the logical-axis
+  # rules, batch rows over the data axes; the decoders run on the same sharded params)
+  place = rl_loop._Placement(  # pylint: disable=protected-access
+      ecfg, model_cfg, state_lib.abstract_state(model_cfg, tx, int(config.seed)))
+  mesh = place.mesh if place.sharded else None
+  loaded = _load(init_dir, model_cfg, model_section,
+                 place.variables if place.sharded else None)
+  # step 0 built by one jit with the state's output shardings (valid across processes); the
+  # scorer is a copy, as the state's params are donated to the update
+  state = rl_loop._new_state(  # pylint: disable=protected-access
+      loaded, tx, int(config.seed) + phase, place.state if place.sharded else None)
+  scorer = jax.tree.map(jnp.copy, loaded)
+  del loaded
+  step_fn = step_lib.make_rl_step(model_cfg, ecfg, objective)
+  jitted = None  # compiled at the first batch (its key set fixes the batch shardings)
+
+  def rl_step(st, ref, packed):
+    nonlocal jitted
+    if jitted is None:
+      jitted = place.jit(step_fn, ref, packed)
+    return jitted(st, ref, place.put_batch(packed))
+
+  if place.sharded:
+    _say(f"[ra3] E-phase {phase} on mesh {dict(mesh.shape)} over {jax.process_count()} "
+         f"process(es)")
   s = settings_of(config)
   most = max(len(p.starts) if s.boundaries <= 0 else min(len(p.starts), s.boundaries)
              for p in programs)
@@ -250,8 +345,9 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
                                sample_bucket=int(rl.sample_bucket),
                                minibatches=int(rl.minibatches))[0]
 
+  primary = _primary()
   fs.makedirs(out_dir)
-  writer = runner.MetricsWriter(out_dir, 0, tensorboard=False)
+  writer = runner.MetricsWriter(out_dir, 0, write=primary, tensorboard=False)
   chunks = np.array_split(np.arange(len(programs)), int(config.ra3.estep_steps))
   chosen, records, ran = [], [], 0
   try:
@@ -261,8 +357,8 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
       t0 = time.perf_counter()
       state, ann, m = ra3_estep.estep_step(
           model_cfg, state, scorer, [programs[j] for j in idx], s, tokenizer=tokenizer,
-          seed=ra3_estep.batch_seed(config.seed, phase, i + 1), rl_step=step_fn,
-          seq_len=int(rl.seq_len), pack=pack)
+          seed=ra3_estep.batch_seed(config.seed, phase, i + 1), rl_step=rl_step,
+          seq_len=int(rl.seq_len), pack=pack, mesh=mesh)
       ran += 1
       m["seconds"] = time.perf_counter() - t0
       records.append(writer.write({"step": i + 1, **m}))
@@ -278,29 +374,35 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
     content, d = ra3_estep.annotated_content(p, a, tokenizer)
     dropped += d
     samples.append(data_lib.env_sample(p.id, "ra3_annotated", p.prompt_text, content))
-  data_lib.write_jsonl(fs.join(out_dir.rsplit("/", 1)[0], "data.jsonl"), samples)
+  if primary:
+    data_lib.write_jsonl(fs.join(out_dir.rsplit("/", 1)[0], "data.jsonl"), samples)
   ckpt = ckpt_lib.Checkpointer(fs.join(out_dir, "checkpoints"), keep=1, async_save=False)
-  ckpt.save(state, None, {"model": model_section})
+  ckpt.save(state, None, {"model": model_section})  # orbax: a collective save, every process
   ckpt.close()
   keys = [k for k in records[0] if k not in ("step", "seconds")] if records else []
   summary = {"status": "completed", "final_step": len(chunks), "num_steps": len(chunks),
              "programs": len(programs), "rationales_dropped": dropped,
              "mean": {k: float(np.mean([r[k] for r in records if r.get(k) is not None]))
                       for k in keys if any(r.get(k) is not None for r in records)}}
-  runner.write_summary(out_dir, summary)
+  if primary:
+    runner.write_summary(out_dir, summary)
+  _barrier("estep")  # data.jsonl and summary.json are there for every process
   return summary, ran
 
 
 def evaluate_model(config: Any, model_cfg: Any, variables: dict, tokenizer: Any,
                    heldout: list, tasks: list, humaneval: list,
-                   truth: Optional[list] = None) -> dict:
-  """The held-out metrics of one model (rl/ra3_eval.py)."""
+                   truth: Optional[list] = None, mesh: Any = None) -> dict:
+  """The held-out metrics of one model (rl/ra3_eval.py); `mesh`: the one the variables are
+  sharded over (None: one device). Across processes a collective with the same result on
+  every process (module docstring)."""
   from agentic_jax.rl import ra3_eval  # pylint: disable=import-outside-toplevel
   v = config.eval
   out = ra3_eval.action_nll(model_cfg, variables, heldout, tokenizer,
-                            max_rationale_len=int(config.ra3.max_rationale_len), truth=truth)
+                            max_rationale_len=int(config.ra3.max_rationale_len), truth=truth,
+                            mesh=mesh)
   kw = dict(max_new_tokens=int(v.max_new_tokens), timeout_s=float(v.timeout_s),
-            allow_unisolated=bool(v.allow_unisolated), seed=int(config.seed))
+            allow_unisolated=bool(v.allow_unisolated), seed=int(config.seed), mesh=mesh)
   if tasks:
     g = ra3_eval.pass_at_1(model_cfg, variables, tasks, tokenizer, temperature=0.0, samples=1,
                            **kw)
@@ -332,12 +434,21 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   if v.tasks or v.humaneval:  # fail before training, not after it
     code_env.check_sandbox(bool(v.allow_unisolated))
   workdir = fs.resolve(workdir)
-  fs.makedirs(workdir)
+  primary = _primary()
+  if primary:
+    fs.makedirs(workdir)
   seconds: dict[str, float] = {}
   t0 = time.perf_counter()
   data_dir = fs.join(workdir, "data")
-  data_report = data_lib.write_data(config, data_dir)
-  tokenizer, tok_path = data_lib.tokenizer_for(config, workdir, data_dir)
+  # process 0 writes the data and trains the tokenizer; the others then read both (the same
+  # calls find the stage's report and the tokenizer file)
+  if primary:
+    data_report = data_lib.write_data(config, data_dir)
+    tokenizer, tok_path = data_lib.tokenizer_for(config, workdir, data_dir)
+  _barrier("data")
+  if not primary:
+    data_report = data_lib.write_data(config, data_dir)
+    tokenizer, tok_path = data_lib.tokenizer_for(config, workdir, data_dir)
   model_cfg = config_lib.model_config(config.mstep.model)
   mode = config.ra3.segment
   corpus, missed = [], 0
@@ -370,6 +481,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
     _say(f"[ra3] {name} -> {wd}")
     t = time.perf_counter()
     res = mt_loop.run(cfg, wd, stop_after_steps=budget, handle_signals=handle_signals)
+    _barrier("midtrain")  # its metrics and summary (process 0's) are written for every process
     seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
     if budget is not None:
       budget -= int(res.get("final_step", 0)) - int(res.get("start_step", 0))
@@ -391,7 +503,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
     # beside its checkpoints, so that another run (a sweep of c, say) starts from this base
     # with --config.init_from=WORKDIR/base
     theirs = fs.join(base_dir, tok_path.rsplit("/", 1)[-1])
-    if not fs.exists(theirs):
+    if primary and not fs.exists(theirs):
       fs.copy(tok_path, theirs)
 
   slices = np.array_split(np.arange(len(corpus)), int(config.ra3.rounds))
@@ -423,11 +535,12 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
         info["estep"] = es.get("mean")
         start_from = edir
       else:
-        fs.makedirs(rdir)
         path = fs.join(rdir, "data.jsonl")
-        if not fs.exists(path):
+        if primary and not fs.exists(path):
+          fs.makedirs(rdir)
           data_lib.write_jsonl(path, [data_lib.env_sample(p.id, "macro", p.prompt_text,
                                                           p.content) for p in progs])
+        _barrier("ntp-data")  # the M-phase's data pipeline reads it on every process
       mcfg = stage_config(config.mstep, data_path=fs.join(rdir, "data.jsonl"),
                           tokenizer_path=tok_path, init_from=start_from,
                           rationale_weight=1.0 if config.ra3.train_rationale else 0.0,
@@ -447,19 +560,27 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
                             min_ops=int(config.ra3_data.min_ops),
                             max_ops=int(config.ra3_data.max_ops)) if v.tasks else [])
   humaneval = code_env.humaneval_tasks() if v.humaneval else []
-  results: dict[str, Any] = {}
-  for name, wd in [("base", base_dir)] + list(final_dirs.items()):
+  results: dict[str, Any] = {name: {} for name in ["base"] + list(final_dirs)}
+  # nothing to evaluate (ra3_data.num_heldout = eval.tasks = 0, no HumanEval): no eval stage
+  to_eval = ([("base", base_dir)] + list(final_dirs.items())
+             if heldout or tasks or humaneval else [])
+  # which evaluations are cached: process 0's view, so that every process evaluates the same
+  cached = _agreed([fs.exists(fs.join(workdir, f"eval_{name}.json")) for name, _ in to_eval])
+  mesh, shardings = _mesh(config, model_cfg)
+  for (name, wd), hit in zip(to_eval, cached):
     cache = fs.join(workdir, f"eval_{name}.json")
-    if fs.exists(cache):
+    if hit:
       results[name] = json.loads(fs.read_text(cache))
       continue
-    variables = _load(wd, model_cfg, config.mstep.model.to_dict())
+    variables = _load(wd, model_cfg, config.mstep.model.to_dict(), shardings)
     res = runner.clean(evaluate_model(config, model_cfg, variables, tokenizer, heldout, tasks,
-                                      humaneval, truth))
-    fs.write_text(cache, json.dumps(res))
+                                      humaneval, truth, mesh=mesh))
+    del variables
+    if primary:
+      fs.write_text(cache, json.dumps(res))
     results[name] = res
-    _say(f"[ra3] eval {name}: action NLL {res['action_nll']:.4f} (without rationales "
-         f"{res['action_nll_plain']:.4f}), think rate {res['think_rate']:.3f}, pass@1 "
+    _say(f"[ra3] eval {name}: action NLL {_fmt(res['action_nll'])} (without rationales "
+         f"{_fmt(res['action_nll_plain'])}), think rate {_fmt(res['think_rate'], '.3f')}, pass@1 "
          f"{res.get('pass_at_1')} (sampled {res.get('pass_at_1_sampled')}), HumanEval pass@1 "
          f"{res.get('humaneval_pass_at_1')} on {res.get('humaneval_tasks')} problems")
   seconds["eval"] = time.perf_counter() - t
@@ -472,16 +593,24 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
                                                      "estep_steps", "train_rationale")},
              "stages": stages, "data": data_report,
              "seconds": {k: round(x, 2) for k, x in seconds.items()}}
-  runner.write_summary(workdir, summary)
+  if primary:
+    runner.write_summary(workdir, summary)
+  _barrier("summary")
   _say("== ra3: " + " | ".join(
-      f"{arm}: action NLL {results[arm]['action_nll']:.4f}, pass@1 "
+      f"{arm}: action NLL {_fmt(results[arm].get('action_nll'))}, pass@1 "
       f"{results[arm].get('pass_at_1')}" for arm in ["base"] + list(final_dirs)))
   return summary
+
+
+def _fmt(x: Optional[float], spec: str = ".4f") -> str:
+  return "n/a" if x is None else format(x, spec)
 
 
 def _stopped(workdir: str, status: str, seconds: dict) -> dict:
   summary = {"status": status, "job": "ra3",
              "seconds": {k: round(x, 2) for k, x in seconds.items()}}
-  runner.write_summary(workdir, summary)
+  if _primary():
+    runner.write_summary(workdir, summary)
+  _barrier("stopped")
   _say(f"== ra3 {status}: rerun the same command to resume")
   return summary

@@ -36,6 +36,15 @@ next boundary (the last segment runs to the end, closing tokens included; tokens
 first boundary belong to no decision), whether z_k is new, and log q(z_k) (decision + rationale
 tokens). objectives/ra3.py turns them into rewards and the bound's terms.
 
+On a mesh (`mesh=`: the mesh the variables are sharded over, e.g. the E-phase's config.estep.mesh;
+None = one device) the decoders take global arrays: annotate's inputs replicated over the mesh
+(parallel.replicated_array, like rl/sampler.py's decoder), the scoring forward's rows split
+over the mesh's batch axes (parallel.global_from_host; the batch is padded to a multiple of the
+batch shards), and the outputs read back with parallel.fetch. Across processes every process
+passes the same full host inputs (SPMD: the device work is partitioned over the mesh, the host
+work is repeated) and gets the same outputs; one process with N devices and several processes
+with N devices in all compile the same program.
+
 `policy_rows` lays the annotations out as rl/rollout.policy_batch does (inputs/targets/...,
 mask = 1 on the decision and sampled rationale tokens), so the update is rl/step.py's, with the
 registry's loss. A "continue" decision's target is the negative id -(think + 1): token_logp
@@ -52,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agentic_jax import parallel
 from agentic_jax.models import ModelConfig, build, init_cache
 from agentic_jax.rl.step import log1mexp
 from agentic_jax.sampling import decode_config, step_config
@@ -191,14 +201,36 @@ def _bucket(n: int, b: int) -> int:
   return -(-max(n, 1) // b) * b
 
 
+def _replicated(x: np.ndarray, mesh: Optional[jax.sharding.Mesh]) -> Array:
+  """A host array on one device (mesh None) or replicated over `mesh` (a global array)."""
+  return jnp.asarray(x) if mesh is None else parallel.replicated_array(x, mesh)
+
+
+def _replicated_key(key: Array, mesh: Optional[jax.sharding.Mesh]) -> Array:
+  """A PRNG key (typed, or a raw uint32 PRNGKey) replicated over `mesh` (None: as it is)."""
+  if mesh is None:
+    return key
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(
+        parallel.replicated_array(np.asarray(jax.random.key_data(key)), mesh),
+        impl=jax.random.key_impl(key))
+  return parallel.replicated_array(np.asarray(key), mesh)
+
+
+def _host(x: Array) -> np.ndarray:
+  """A decoder output on every process (parallel.fetch: a collective when it spans them)."""
+  return np.asarray(parallel.fetch(x))
+
+
 def annotate(cfg: ModelConfig, variables: dict, prompts: Sequence[np.ndarray],
              experts: Sequence[np.ndarray], boundaries: Sequence[np.ndarray], key: Array, *,
              think_id: int, end_think_id: int, banned_ids: Sequence[int] = (),
              max_rationale_len: int = 8, temperature: float = 1.0, batch_bucket: int = 8,
-             width_bucket: int = 32) -> list[Annotation]:
+             width_bucket: int = 32, mesh: Optional[jax.sharding.Mesh] = None
+             ) -> list[Annotation]:
   """Annotations of the rows (module docstring); deterministic in `key` and the rows' order.
   Shapes are bucketed (batch to `batch_bucket`, prompt and expert widths to `width_bucket`)
-  so a few compilations serve a whole run."""
+  so a few compilations serve a whole run. `mesh`: the variables' mesh (module docstring)."""
   n = len(prompts)
   if not (n == len(experts) == len(boundaries)):
     raise ValueError(f"annotate: {n} prompts, {len(experts)} experts, {len(boundaries)} "
@@ -226,9 +258,10 @@ def annotate(cfg: ModelConfig, variables: dict, prompts: Sequence[np.ndarray],
     if bd.size and (bd.min() < 0 or bd.max() >= len(e)):
       raise ValueError(f"annotate: row {i}: boundaries must index its {len(e)} expert tokens")
     boundary[i, bd] = True
-  tok, logp, kind, src, num = jax.device_get(annotate_arrays(
-      cfg, variables, jnp.asarray(prompt), jnp.asarray(lengths), jnp.asarray(expert),
-      jnp.asarray(expert_len), jnp.asarray(boundary), key, max_new=int(max_new),
+  put = lambda x: _replicated(x, mesh)  # noqa: E731
+  tok, logp, kind, src, num = (_host(x) for x in annotate_arrays(
+      cfg, variables, put(prompt), put(lengths), put(expert), put(expert_len), put(boundary),
+      _replicated_key(key, mesh), max_new=int(max_new),
       max_rationale_len=int(max_rationale_len), temperature=float(temperature),
       think_id=int(think_id), end_think_id=int(end_think_id),
       banned_ids=tuple(sorted(int(x) for x in banned_ids))))
@@ -255,11 +288,16 @@ def _forward_logp(cfg: ModelConfig, variables: dict, inputs: Array, targets: Arr
 
 def token_logps(cfg: ModelConfig, variables: dict, sequences: Sequence[np.ndarray], *,
                 batch_bucket: int = 8, width_bucket: int = 32,
-                max_rows: Optional[int] = None) -> list[np.ndarray]:
+                max_rows: Optional[int] = None,
+                mesh: Optional[jax.sharding.Mesh] = None) -> list[np.ndarray]:
   """log p(seq[t] | seq[:t]) for t >= 1 of each sequence (teacher forcing, temperature 1), in
-  chunks of at most `max_rows` rows (default: all at once)."""
+  chunks of at most `max_rows` rows (default: all at once). `mesh`: the variables' mesh; the
+  rows are split over its batch axes (module docstring)."""
   out: list[np.ndarray] = []
   chunk = max_rows or max(len(sequences), 1)
+  if mesh is not None:  # padded rows split evenly over the batch shards
+    shards = parallel.batch_shards(mesh)
+    batch_bucket = batch_bucket * shards // np.gcd(batch_bucket, shards)
   for s in range(0, len(sequences), chunk):
     part = sequences[s:s + chunk]
     b = _bucket(len(part), batch_bucket)
@@ -271,8 +309,12 @@ def token_logps(cfg: ModelConfig, variables: dict, sequences: Sequence[np.ndarra
       arr["inputs"][i, :m], arr["targets"][i, :m] = x[:-1], x[1:]
       arr["segment_ids"][i, :m] = 1
       arr["positions"][i, :m] = np.arange(m)
-    lp = np.asarray(jax.device_get(_forward_logp(cfg, variables, **{
-        k: jnp.asarray(v) for k, v in arr.items()})))
+    if mesh is None:
+      put = jnp.asarray
+    else:
+      rows = parallel.batch_sharding(mesh, ndim=2, batch_size=b)
+      put = lambda x, rows=rows: parallel.global_from_host(x, rows)  # noqa: E731
+    lp = _host(_forward_logp(cfg, variables, **{k: put(v) for k, v in arr.items()}))
     out += [lp[i, :len(x) - 1].astype(np.float32) for i, x in enumerate(part)]
   return out
 

@@ -20,6 +20,16 @@ sandbox (envs.code.run_candidate; a pass needs the per-run token, so exiting ear
 pass). Greedy (temperature 0, one completion) or sampled (`samples` completions per task at
 `temperature`, pass@1 = their mean pass rate). Prompts that do not fit the model's context
 with max_new_tokens are skipped and counted (HumanEval's long prompts on the tiny model).
+
+On a mesh (`mesh=`: the mesh the variables are sharded over; None = one device) and across
+processes, every process runs both functions with the same arguments and gets the same result:
+action_nll's decoders are SPMD over the mesh (every process passes the full programs;
+rl/ra3_annotate.py); pass_at_1 decodes in collective Sampler calls (rl/sampler.py: each process
+passes its contiguous share of the prompts, parallel.process_share, and the global batch is
+the one a single process decodes, so the completions are the same), the completions are
+gathered (parallel.allgather_objects), each process runs its share of them in the sandbox and
+the verdicts are gathered: the model-written code runs once, split over the processes, and
+every process computes the same pass@1.
 """
 
 from __future__ import annotations
@@ -73,7 +83,8 @@ def oracle_sequence(program: estep_lib.Program, blocks: Sequence[Sequence[Any]],
 
 def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep_lib.Program],
                tokenizer: Any, *, max_rationale_len: int, batch_bucket: int = 8,
-               truth: Optional[Sequence[Optional[Sequence[Sequence[Any]]]]] = None) -> dict:
+               truth: Optional[Sequence[Optional[Sequence[Sequence[Any]]]]] = None,
+               mesh: Any = None) -> dict:
   """{"action_nll", "action_nll_plain", "think_rate", "rationale_len", "action_tokens",
   "programs_too_long"}, and with `truth` (per program [line, phrase] of each operation block,
   or None) the diagnostics: "action_nll_oracle" (the true phrase as the rationale before every
@@ -103,8 +114,8 @@ def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep
                             [p.expert for p in programs], bds, jax.random.key(0),
                             think_id=think, end_think_id=end, banned_ids=banned,
                             max_rationale_len=max_rationale_len, temperature=0.0,
-                            batch_bucket=batch_bucket)
-    scores = ann_lib.score(model_cfg, variables, anns, batch_bucket=batch_bucket)
+                            batch_bucket=batch_bucket, mesh=mesh)
+    scores = ann_lib.score(model_cfg, variables, anns, batch_bucket=batch_bucket, mesh=mesh)
     total, count = 0.0, 0
     for a, sc, n in zip(anns, scores, n_content):
       action = (a.src >= 0) & (a.src < n)
@@ -123,7 +134,7 @@ def action_nll(model_cfg: ModelConfig, variables: dict, programs: Sequence[estep
   if truth is not None and all(t is not None for t in truth):
     seqs = [oracle_sequence(p, t, tokenizer) for p, t in zip(programs, truth)]
     lps = ann_lib.token_logps(model_cfg, variables, [x for x, _ in seqs],
-                              batch_bucket=batch_bucket)
+                              batch_bucket=batch_bucket, mesh=mesh)
     total = sum(float(-lp[m[1:]].sum()) for lp, (_, m) in zip(lps, seqs))
     out["action_nll_oracle"] = total / max(sum(int(m.sum()) for _, m in seqs), 1)
   return out
@@ -161,9 +172,11 @@ def prompt_ids(tokenizer: Any, prompt: str) -> np.ndarray:
 def pass_at_1(model_cfg: ModelConfig, variables: dict, tasks: Sequence[Any], tokenizer: Any, *,
               temperature: float, samples: int, max_new_tokens: int, seed: int,
               timeout_s: float = 5.0, allow_unisolated: bool = False, workers: int = 2,
-              batch_bucket: int = 16) -> dict:
+              batch_bucket: int = 16, mesh: Any = None) -> dict:
   """{"pass_at_1", "tasks", "skipped_too_long", "completions", "examples"} (module docstring);
-  `examples`: the first 3 completions' code and outcome, for the summary."""
+  `examples`: the first 3 completions' code and outcome, for the summary. `mesh` and several
+  processes: module docstring (a collective: every process calls it with the same arguments)."""
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
   from agentic_jax.envs import code as code_env  # pylint: disable=import-outside-toplevel
   end_turn = tokenizer.special_id("<|end_turn|>")
   ctx, fit = [], []
@@ -178,20 +191,26 @@ def pass_at_1(model_cfg: ModelConfig, variables: dict, tasks: Sequence[Any], tok
   n = 1 if temperature == 0 else samples
   sampler = Sampler(model_cfg, max_new_tokens=max_new_tokens, temperature=temperature,
                     stop=StopRule(eos_id=tokenizer.eos_id, stop_ids=(end_turn,), arm_ids=()),
-                    prompt_bucket=32, batch_bucket=batch_bucket)
+                    prompt_bucket=32, batch_bucket=batch_bucket, mesh=mesh)
+  # this process's share of the prompts (all of them on one process); the Sampler gathers the
+  # shares into the one global batch (a collective across processes)
+  first, last = parallel.process_share(len(ctx))
   codes, owners = [], []
   for k in range(n):
-    gens = sampler.generate(variables, ctx, seed=seed + k)
-    for i, g in enumerate(gens):
-      codes.append(completion_code(tokenizer.decode([int(x) for x in g.tokens])))
-      owners.append(i)
+    gens = sampler.generate(variables, ctx[first:last], seed=seed + k)
+    mine = [completion_code(tokenizer.decode([int(x) for x in g.tokens])) for g in gens]
+    for part in parallel.allgather_objects(mine):  # every process's, in process order
+      codes += part
+    owners += list(range(len(ctx)))
 
   def check(j: int) -> bool:
     return code_env.run_candidate(fit[owners[j]], codes[j], hidden=True, timeout_s=timeout_s,
                                   allow_unisolated=allow_unisolated).passed
 
+  lo, hi = parallel.process_share(len(codes))  # this process runs its share of the code
   with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    passed = list(pool.map(check, range(len(codes))))
+    mine = list(pool.map(check, range(lo, hi)))
+  passed = [ok for part in parallel.allgather_objects(mine) for ok in part]
   per_task = np.zeros(len(fit))
   for j, ok in enumerate(passed):
     per_task[owners[j]] += ok / n
