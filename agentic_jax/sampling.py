@@ -28,6 +28,7 @@ import functools
 import math
 from typing import Iterator, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,20 +145,24 @@ def step_config(cfg: ModelConfig, tokens_per_step: int,
 
 
 @contextlib.contextmanager
-def on_mesh(cfg: ModelConfig, mesh: jax.sharding.AbstractMesh) -> Iterator[None]:
+def on_mesh(cfg: ModelConfig, mesh: jax.sharding.AbstractMesh, *,
+            rows_split: bool = False) -> Iterator[None]:
   """Context in which to apply a decoder built from `decode_config(cfg, mesh)` (mesh from
   `decode_mesh`). When that config runs the expert-parallel exchange: `mesh` made the mesh in
   force if none is (the MoE layers' exchange reads it; jit tracers carry the variables' mesh,
   not a context), and the exchange's output rows gathered to every device
-  (moe_expert_parallel.gathered_rows). Otherwise nothing, so every other decode traces as
-  before."""
+  (moe_expert_parallel.gathered_rows), unless `rows_split`: the decoder runs under logical-axis
+  rules that split its rows over the batch axes (generate_arrays' `logical_rules`), and the
+  exchange's output rows stay split like its input rows. Otherwise nothing, so every other
+  decode traces as before."""
   if not (cfg.is_moe and cfg.moe_dispatch == "expert_parallel" and _expert_shards(cfg, mesh) > 1):
     yield
     return
   with contextlib.ExitStack() as stack:
     if jax.sharding.get_abstract_mesh().empty:
       stack.enter_context(jax.sharding.use_abstract_mesh(mesh))
-    stack.enter_context(moe_expert_parallel.gathered_rows())
+    if not rows_split:
+      stack.enter_context(moe_expert_parallel.gathered_rows())
     yield
 
 
@@ -191,7 +196,7 @@ def _isin(tok: Array, ids: tuple[int, ...]) -> Array:
 
 
 def _prefill(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array,
-             cache_len: int) -> tuple[Array, KVCache]:
+             cache_len: int, rows_split: bool = False) -> tuple[Array, KVCache]:
   """Left-padded prompts [B, P] with true `lengths` [B] into a fresh cache of `cache_len`
   slots: (the logits after each prompt's last token [B, V], the cache)."""
   batch, width = tokens.shape
@@ -202,21 +207,21 @@ def _prefill(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array,
   segment = (col >= pad[:, None]).astype(jnp.int32)
   positions = jnp.maximum(col - pad[:, None], 0)
   cache = init_cache(cfg, batch, cache_len)
-  with on_mesh(cfg, mesh):
+  with on_mesh(cfg, mesh, rows_split=rows_split):
     logits, cache = module.apply(variables, tokens, segment_ids=segment, positions=positions,
                                  cache=cache)
   return logits[:, -1], cache
 
 
 def _step(cfg: ModelConfig, variables: dict, tok: Array, positions: Array,
-          cache: KVCache) -> tuple[Array, KVCache]:
+          cache: KVCache, rows_split: bool = False) -> tuple[Array, KVCache]:
   """One token per row (`tok` [B] at `positions` [B]) into the next cache slot: (logits [B, V],
   the cache)."""
   mesh = decode_mesh(variables)
   # the same parameters, smaller MoE blocks
   step_module = build(step_config(cfg, tok.shape[0], mesh))
   pos = positions[:, None]
-  with on_mesh(cfg, mesh):
+  with on_mesh(cfg, mesh, rows_split=rows_split):
     logits, cache = step_module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
                                       positions=pos, cache=cache)
   return logits[:, -1], cache
@@ -241,21 +246,47 @@ def decode_step(cfg: ModelConfig, variables: dict, tokens: Array, positions: Arr
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_p", "eos_id",
-                                             "stop_ids", "arm_ids"))
+                                             "stop_ids", "arm_ids", "logical_rules"))
 def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array, key: Array, *,
                     max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                     eos_id: Optional[int] = None, stop_ids: tuple[int, ...] = (),
                     arm_ids: tuple[int, ...] = (),
-                    active: Optional[Array] = None) -> tuple[Array, Array, Array]:
+                    active: Optional[Array] = None,
+                    logical_rules: tuple = ()) -> tuple[Array, Array, Array]:
   """Jitted core of `generate` on left-padded prompts [B, P] with true `lengths` [B].
 
   stop_ids / arm_ids: the stop rule of the module doc (static; () = off). active: optional
   bool [B]; False rows (batch padding) count as finished from the start and emit nothing.
   Returns (new_tokens [B, N], logprobs [B, N], num_new [B]); entries past a row's last token are 0.
+
+  logical_rules: flax logical-axis rule pairs (static, a tuple of (name, mesh axes); e.g.
+  `tuple(parallel.flax_rules(rules, sizes))`) to decode under on a mesh: the models'
+  activation constraints then split the rows over the batch axes ("activation_batch") as in
+  training, so each device decodes B / shards rows instead of all of them (B must divide;
+  rl/sampler.py pads to it). The draws are the same either way (threefry is partitionable:
+  a row's random bits do not depend on the layout). () = no rules: the activations are laid
+  out by GSPMD from the params, which keeps every row on every device.
   """
   check_stop_rule(stop_ids, arm_ids)
+  run = functools.partial(_decode_loop, cfg, variables, tokens, lengths, key,
+                          max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          eos_id=eos_id, stop_ids=stop_ids, arm_ids=arm_ids, active=active)
+  if not logical_rules:
+    return run(rows_split=False)
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(nn.logical_axis_rules(list(logical_rules)))
+    if jax.sharding.get_abstract_mesh().empty:  # flax drops constraints without a mesh
+      stack.enter_context(jax.sharding.use_abstract_mesh(decode_mesh(variables)))
+    return run(rows_split=True)
+
+
+def _decode_loop(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array, key: Array, *,
+                 max_new_tokens: int, temperature: float, top_p: float, eos_id: Optional[int],
+                 stop_ids: tuple[int, ...], arm_ids: tuple[int, ...], active: Optional[Array],
+                 rows_split: bool) -> tuple[Array, Array, Array]:
+  """generate_arrays' prefill and sampling loop (traced under its rules, if any)."""
   batch, width = tokens.shape
-  last, cache = _prefill(cfg, variables, tokens, lengths, width + max_new_tokens)
+  last, cache = _prefill(cfg, variables, tokens, lengths, width + max_new_tokens, rows_split)
 
   out_tok = jnp.zeros((batch, max_new_tokens), jnp.int32)
   out_logp = jnp.zeros((batch, max_new_tokens), jnp.float32)
@@ -281,7 +312,7 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
       done = done | (armed & _isin(tok, stop_ids))
     if arm_ids:
       armed = armed | _isin(tok, arm_ids)
-    last, cache = _step(cfg, variables, tok, lengths + step, cache)
+    last, cache = _step(cfg, variables, tok, lengths + step, cache, rows_split)
     return step + 1, cache, last, out_tok, out_logp, done, armed, num_new
 
   state = (jnp.zeros((), jnp.int32), cache, last, out_tok, out_logp, done, armed, num_new)

@@ -49,8 +49,8 @@ SLOW_MODULES = frozenset({
     "test_hf_start", "test_launch_scripts", "test_loop",
     "test_midtrain_init_from", "test_moe_mesh", "test_multihost_rl", "test_multihost_train",
     "test_notebooks", "test_parallel", "test_parity", "test_presets_in_jobs", "test_ra3_job",
-    "test_ra3_multihost", "test_recipe", "test_rl_loop", "test_speculative", "test_validation",
-    "test_watchdog"})
+    "test_ra3_multihost", "test_recipe", "test_rl_loop", "test_rollout_rows_split",
+    "test_speculative", "test_validation", "test_watchdog"})
 
 
 @pytest.fixture(autouse=True, scope="module")

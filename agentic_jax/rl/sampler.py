@@ -17,7 +17,14 @@ fixed layout of our own tokenizers (`SentencePieceTokenizer`, `ByteTokenizer`), 
 
 On a mesh (`Sampler(..., mesh=mesh)`: the RL loop's, whose sharded policy params the decoder
 runs on) the decoder's inputs are placed replicated over the mesh, so one process with 8
-devices and 2 processes x 4 devices compile the same program. Across processes
+devices and 2 processes x 4 devices compile the same program, and the decoder is traced under
+the training's logical-axis rules (parallel.DEFAULT_RULES; `split_rows=True`, the default):
+its rows are split over the batch axes (data x fsdp x expert) like the training batch, so
+each device prefills and decodes B / shards rows and holds that share of the compressed cache
+(the padded batch is rounded up to a multiple of the shards). Without the rules GSPMD lays
+the decoder out from the params alone and may keep every row on every device (with FSDP
+params it split the latent dim of the cache instead). The tokens and log-probs do not change
+with the layout (threefry draws are partitionable). Across processes
 (jax.process_count() > 1) `generate` is a collective: each process passes ITS OWN contexts
 (its share of the rows), the contexts of all processes are gathered in process order and
 decoded as one global batch (the same batch, padding and random numbers as one process with
@@ -103,13 +110,15 @@ def _check_int(name: str, value, minimum: int) -> int:
 
 class Sampler:
   """Sampler(model_cfg, *, max_new_tokens, temperature=1.0, top_p=1.0, stop=POLICY_TURN,
-  prompt_bucket=64, batch_bucket=8, mesh=None). temperature 0 = greedy. `stop` holds token ids:
-  build it from the tokenizer in use (`policy_turn(tokenizer)`); the default is our tokenizers'
-  layout. `mesh`: the mesh the variables are sharded over (module doc; None = one device)."""
+  prompt_bucket=64, batch_bucket=8, mesh=None, split_rows=True). temperature 0 = greedy. `stop`
+  holds token ids: build it from the tokenizer in use (`policy_turn(tokenizer)`); the default
+  is our tokenizers' layout. `mesh`: the mesh the variables are sharded over (module doc; None
+  = one device); `split_rows`: on it, split the decoder's rows over the batch axes."""
 
   def __init__(self, model_cfg: ModelConfig, *, max_new_tokens: int, temperature: float = 1.0,
                top_p: float = 1.0, stop: StopRule = POLICY_TURN, prompt_bucket: int = 64,
-               batch_bucket: int = 8, mesh: Optional[jax.sharding.Mesh] = None):
+               batch_bucket: int = 8, mesh: Optional[jax.sharding.Mesh] = None,
+               split_rows: bool = True):
     if not isinstance(model_cfg, ModelConfig):
       raise TypeError(f"Sampler: model_cfg must be a ModelConfig, got {type(model_cfg).__name__}")
     if not isinstance(stop, StopRule):
@@ -126,13 +135,21 @@ class Sampler:
     self.prompt_bucket = _check_int("prompt_bucket", prompt_bucket, 1)
     self.batch_bucket = _check_int("batch_bucket", batch_bucket, 1)
     self.mesh = mesh
+    self.split_rows = bool(split_rows)
+    # the rules' pairs for this mesh (static args of the jitted decoder), and the row multiple
+    self.logical_rules: tuple = ()
+    self._row_multiple = 1
+    if mesh is not None and self.split_rows:
+      sizes = parallel.axis_sizes(mesh)
+      self.logical_rules = tuple(parallel.flax_rules(parallel.DEFAULT_RULES, sizes))
+      self._row_multiple = parallel.batch_shards(sizes)
     self.collective = jax.process_count() > 1  # generate() gathers every process's rows
     self.shapes_used: set[tuple[int, int]] = set()  # (batch, width) of every decoder call
 
   def replace(self, **changes) -> "Sampler":
     kw = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
               stop=self.stop, prompt_bucket=self.prompt_bucket, batch_bucket=self.batch_bucket,
-              mesh=self.mesh)
+              mesh=self.mesh, split_rows=self.split_rows)
     kw.update(changes)
     return Sampler(self.model_cfg, **kw)
 
@@ -142,7 +159,8 @@ class Sampler:
   def padded_shape(self, lengths: Sequence[int]) -> tuple[int, int]:
     """(batch, width) the decoder runs for contexts of these lengths."""
     n, longest = len(lengths), max(lengths)
-    return (-(-n // self.batch_bucket) * self.batch_bucket,
+    batch = -(-n // self.batch_bucket) * self.batch_bucket
+    return (-(-batch // self._row_multiple) * self._row_multiple,
             -(-longest // self.prompt_bucket) * self.prompt_bucket)
 
   def generate(self, variables: dict, contexts: Sequence[np.ndarray], seed: Seed) -> list[Generation]:
@@ -198,7 +216,7 @@ class Sampler:
         self.model_cfg, variables, args[0], args[1], args[2],
         max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
         eos_id=self.stop.eos_id, stop_ids=tuple(self.stop.stop_ids),
-        arm_ids=tuple(self.stop.arm_ids), active=args[3])
+        arm_ids=tuple(self.stop.arm_ids), active=args[3], logical_rules=self.logical_rules)
     out, logp, num = (parallel.fetch(x) for x in (out, logp, num))
     gens = []
     for i in range(len(rows)):
