@@ -30,13 +30,13 @@ One step (inside one jit):
      and the entropy of that distribution, gathered into the samples.
   2. ref_logp from the frozen reference variables (same module, another pytree), once per batch.
   3. old_logp: rl.old_logp="sampler" -> the packed sampler values; "recompute" -> a forward of
-     the current params before the first update.
-     Both forwards run in rl.minibatches chunks of F / minibatches rows (`map_row_blocks`,
-     interleaved so every batch shard holds rows of every chunk): their [rows, T, vocab] f32
-     logits then never exceed one minibatch's, which the update's forward + backward holds
-     anyway (parallel/memory.py plans it so). The chunk count is tied to the minibatches,
-     not a config key: fewer chunks would raise the peak, more would not lower it below the
-     update's; make_rl_step(logp_chunks=...) overrides it (tests). The metrics compare sampler and recomputed
+     the current params before the first update. Both forwards run in rl.minibatches chunks
+     of F / minibatches rows (`map_row_blocks`, interleaved so that every batch shard holds
+     rows of every chunk): their f32 [rows, T, vocab] logits never exceed one minibatch's,
+     which the update's forward + backward holds anyway (parallel/memory.py plans it so).
+     The chunk count is tied to the minibatches, not a config key: fewer chunks raise the
+     step's peak, more do not lower it below the update's (make_rl_step(logp_chunks=...)
+     overrides it for tests). The metrics compare sampler and recomputed
      log-probs on trainable tokens (old_logp_diff_max / _mean): with "recompute" over all
      samples, with "sampler" over the first minibatch (its forward runs at the pre-update
      params, so the check is free). The loop warns above rl.old_logp_tolerance.
