@@ -23,9 +23,10 @@ planned as the RL job runs it (memory.plan_rl_memory): params, the frozen refere
 AdamW state throughout, then the rollout (decode cache and prefill of tasks_per_step x
 group_size rows, or the eval batch if larger, at max_context_tokens rounded up to the
 sampler's prompt bucket + max_new_tokens slots), the reference forward over the step's packed
-rows, and the update of one minibatch; the total counts the largest of the three. Rollout
-rows are replicated on every device, as rl/sampler.py places them (--rollout_split=batch plans
-them split over the batch shards instead). Rows and lengths come from config.rl (override
+rows (one minibatch's rows at a time, as rl/step.py chunks it), and the update of one
+minibatch; the total counts the largest of the three. Rollout rows are replicated on every
+device, as rl/sampler.py places them (--rollout_split=batch plans them split over the batch
+shards instead). Rows and lengths come from config.rl (override
 them with --config.rl.KEY=...); the config must pass check_rl_config on the mesh.
 
     python launch/plan.py --config=configs/flow_grpo.py:longcat_flash --accelerator=v5p

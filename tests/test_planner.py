@@ -197,9 +197,20 @@ def test_rl_plan_by_hand():
   act = memory.activation_bytes(cfg, mesh, batch_per_device=2, seq_len=32)  # 16 / (4 x 2)
   assert plan.bytes_of("act saved") == act["saved"]
   assert plan.bytes_of("logits+embed") == act["logits+embed"]
-  # the reference forward covers all minibatches (4 rows here) without a backward pass
-  assert plan.bytes_of("ref forward") == memory.forward_bytes(cfg, mesh, batch_per_device=4,
+  # the reference forward runs one minibatch's rows at a time (rl/step.py's chunks), without
+  # a backward pass: 16 rows / (4 batch shards x 2 chunks) = 2 rows per device
+  assert plan.bytes_of("ref forward") == memory.forward_bytes(cfg, mesh, batch_per_device=2,
                                                               seq_len=32)
+  one = memory.plan_rl_memory(cfg, mesh, step_rows=16, minibatches=1, seq_len=32,
+                              rollout_rows=10, prompt_len=16, cache_len=24)
+  assert one.bytes_of("ref forward") == memory.forward_bytes(cfg, mesh, batch_per_device=4,
+                                                             seq_len=32)
+  # expert-parallel: the reference's all-to-all carries one chunk's tokens, 2 rows x 32
+  ep = cfg.replace(moe_dispatch="expert_parallel")
+  ep_mesh = {"data": 2, "expert": 2}
+  ep_plan = memory.plan_rl_memory(ep, ep_mesh, step_rows=16, minibatches=2, seq_len=32,
+                                  rollout_rows=10, prompt_len=16, cache_len=24)
+  assert ep_plan.bytes_of("a2a reference") == memory.exchange_bytes(ep, ep_mesh, 2 * 32) > 0
   phases = plan.phase_bytes()
   assert set(phases) == {"rollout", "reference", "update"}
   always = sum(plan.bytes_of(n) for n in ("params", "reference", "optimizer", "fsdp gather"))

@@ -42,7 +42,7 @@ RL jobs (`plan_rl_memory`, launch/plan.py for an RL config): params, the frozen 
 AdamW state and the largest fsdp-gathered module live throughout; three phases run one after
 another, and the plan counts the largest: the rollout (decode cache + prefill forward of every
 rollout row on every device, as rl/sampler.py replicates the decoder's inputs), the reference
-log-probs (ONE forward over all the step's rows, as rl/step.py runs it) and the update
+log-probs (a forward of one minibatch's rows at a time, as rl/step.py runs it) and the update
 (gradients + one minibatch's activations), each with its expert-parallel exchange buffers
 (`exchange_bytes`). Forward passes without gradient (`forward_bytes`) keep one layer's set,
 attention scores over one key block with chunked attention, and f32 logits of every position.
@@ -381,9 +381,10 @@ def plan_rl_memory(cfg: models.ModelConfig, mesh: Mapping[str, int],
                (XLA:CPU, Youtu-LLM with 2 layers, 8 x 1024 prompt tokens on 8 devices: 8.0 GiB
                of temporaries per device on fsdp 8, 6.0 on one device, 0.8 on tensor 8). The
                cache is counted whole (XLA:CPU split its latent dimension over fsdp).
-    reference  the reference log-probs, ONE forward over all step_rows / batch shards rows
-               of seq_len tokens (rl/step.py runs it on the whole packed batch before the
-               updates; old_logp="recompute" runs a second one after it, same size)
+    reference  the reference log-probs: rl/step.py runs their forward in `minibatches`
+               chunks one after another (step.map_row_blocks), so it holds one chunk of
+               step_rows / (batch shards x minibatches) rows of seq_len tokens at a time;
+               old_logp="recompute" runs a second one after it, same size
     update     gradients + the activations of one minibatch of
                step_rows / (batch shards x minibatches) rows (activation_bytes)
   step_rows: the packed forward rows F of one RL step (a multiple of batch shards x
@@ -396,7 +397,6 @@ def plan_rl_memory(cfg: models.ModelConfig, mesh: Mapping[str, int],
     raise ValueError(f"{step_rows} forward rows do not split into {minibatches} minibatches over "
                      f"{shards} batch shards (data x fsdp x expert)")
   per_mb = step_rows // (shards * minibatches)
-  per_step = step_rows // shards
   per_roll = -(-rollout_rows // rollout_shards)
   state = state_bytes(cfg, sizes, rules)
   act = activation_bytes(cfg, sizes, batch_per_device=per_mb, seq_len=seq_len)
@@ -412,8 +412,8 @@ def plan_rl_memory(cfg: models.ModelConfig, mesh: Mapping[str, int],
        f"{per_roll} rows x {cache_len} slots, {cfg.dtype}"),
       ("prefill", forward_bytes(cfg, sizes, batch_per_device=per_roll, seq_len=prompt_len),
        f"forward of {per_roll} x {prompt_len} prompt tokens, f32 logits of every position"),
-      ("ref forward", forward_bytes(cfg, sizes, batch_per_device=per_step, seq_len=seq_len),
-       f"{per_step} rows x {seq_len} tokens (all minibatches), f32 logits"),
+      ("ref forward", forward_bytes(cfg, sizes, batch_per_device=per_mb, seq_len=seq_len),
+       f"{per_mb} rows x {seq_len} tokens at a time ({minibatches} chunks), f32 logits"),
       ("gradients", state["gradients"], f"{cfg.param_dtype}, laid out like the params"),
       ("act saved", act["saved"], f"remat={cfg.remat_policy}, {cfg.num_layers} layers, "
                                   f"{per_mb} x {seq_len} tokens per minibatch, {cfg.dtype}"),
@@ -431,7 +431,7 @@ def plan_rl_memory(cfg: models.ModelConfig, mesh: Mapping[str, int],
         ("a2a rollout", exchange_bytes(cfg, sizes, -(-per_roll * prompt_len // token_shards),
                                        capacity_factor=float(ep)), "rollout",
          f"one MoE all-to-all of the prefill, capacity factor {ep}"),
-        ("a2a reference", exchange_bytes(cfg, sizes, per_step * seq_len), "reference",
+        ("a2a reference", exchange_bytes(cfg, sizes, per_mb * seq_len), "reference",
          f"one MoE all-to-all, capacity factor {cfg.capacity_factor:g}"),
         ("a2a update", 2 * exchange_bytes(cfg, sizes, per_mb * seq_len), "update",
          "one MoE all-to-all forward + its backward"),

@@ -30,7 +30,13 @@ One step (inside one jit):
      and the entropy of that distribution, gathered into the samples.
   2. ref_logp from the frozen reference variables (same module, another pytree), once per batch.
   3. old_logp: rl.old_logp="sampler" -> the packed sampler values; "recompute" -> a forward of
-     the current params before the first update. The metrics compare sampler and recomputed
+     the current params before the first update. Both forwards run in rl.minibatches chunks
+     of F / minibatches rows (`map_row_blocks`, interleaved so that every batch shard holds
+     rows of every chunk): their f32 [rows, T, vocab] logits never exceed one minibatch's,
+     which the update's forward + backward holds anyway (parallel/memory.py plans it so).
+     The chunk count is tied to the minibatches, not a config key: fewer chunks raise the
+     step's peak, more do not lower it below the update's (make_rl_step(logp_chunks=...)
+     overrides it for tests). The metrics compare sampler and recomputed
      log-probs on trainable tokens (old_logp_diff_max / _mean): with "recompute" over all
      samples, with "sampler" over the first minibatch (its forward runs at the pre-update
      params, so the check is free). The loop warns above rl.old_logp_tolerance.
@@ -147,6 +153,31 @@ def log1mexp(x: Array) -> Array:
   a = jnp.where(near, x, -1.0)
   b = jnp.where(near, -1.0, x)
   return jnp.where(near, jnp.log(-jnp.expm1(a)), jnp.log1p(-jnp.exp(b)))
+
+
+def map_row_blocks(fn: Callable[[Any], Any], rows: Any, blocks: int) -> Any:
+  """fn over `blocks` blocks of the rows (a pytree of [F, ...] arrays) one after another
+  (jax.lax.map), so fn's temporaries live for F / blocks rows at a time; fn maps a pytree of
+  [F / blocks, ...] rows to a pytree of [F / blocks, ...] results, the same function of each
+  row whatever the block. The results come back in row order, equal to fn(rows).
+
+  The blocks are INTERLEAVED: row r goes to block r % blocks. On a mesh the rows are split
+  into contiguous shards over the batch axes (parallel/sharding.batch_spec); F / blocks is a
+  multiple of the shard count (config.rl.row_bucket is a multiple of batch shards x
+  minibatches), so every shard holds F / (shards x blocks) rows of every block and computes
+  its own rows of each block in place, where contiguous blocks would land on few shards. F not
+  a multiple of `blocks` (never from check_packed'ed batches): one block."""
+  f = jax.tree.leaves(rows)[0].shape[0]
+  if blocks <= 1 or f % blocks:
+    return fn(rows)
+
+  def split(x):  # [F, ...] -> [blocks, F / blocks, ...]: block b = rows b, b + blocks, ...
+    return jnp.swapaxes(x.reshape((f // blocks, blocks) + x.shape[1:]), 0, 1)
+
+  def merge(y):
+    return jnp.swapaxes(y, 0, 1).reshape((f,) + y.shape[2:])
+
+  return jax.tree.map(merge, jax.lax.map(fn, jax.tree.map(split, rows)))
 
 
 def gather_samples(x: Array, index: Array) -> Array:
@@ -395,11 +426,17 @@ def make_loss_fn(model_cfg: ModelConfig, config: Any,
 
 def make_rl_step(model_cfg: ModelConfig, config: Any,
                  objective: Optional[rl_obj.RLObjective] = None, *,
-                 optimizer: Optional[optax.GradientTransformation] = None) -> Callable:
+                 optimizer: Optional[optax.GradientTransformation] = None,
+                 logp_chunks: Optional[int] = None) -> Callable:
   """rl_step(state, ref_variables, packed) -> (state, metrics); see the module docstring.
   `optimizer`: the lr-free transformation of each update's gradients (default config.optim's
-  AdamW chain; state.opt_state must be its state)."""
+  AdamW chain; state.opt_state must be its state). `logp_chunks`: how many row blocks the
+  reference (and "recompute") forwards run in (map_row_blocks); default config.rl.minibatches,
+  1 = one forward over all rows (same values, the larger peak)."""
   obj, epochs, n_mb, temperature = _settings(config, objective)
+  chunks = n_mb if logp_chunks is None else int(logp_chunks)
+  if chunks < 1:
+    raise ValueError(f"make_rl_step: logp_chunks must be >= 1, got {logp_chunks}")
   recompute = config.rl.old_logp == "recompute"
   model = models.build(model_cfg)
   tx = optimizer if optimizer is not None else optim_lib.make_optimizer(config.optim)
@@ -410,6 +447,13 @@ def make_rl_step(model_cfg: ModelConfig, config: Any,
   grad_fn = jax.value_and_grad(make_loss_fn(model_cfg, config, obj), has_aux=True)
   tool_lengths = o.overlong == "shape" and o.overlong_counts_tool_tokens
 
+  def sample_logp(variables: Any, rows: Mapping[str, Array]) -> Array:
+    """log-probs [F, S, L] of `variables` at the samples, without gradient, in `chunks`
+    blocks of rows (the logits of F / chunks rows at a time)."""
+    def block(r):
+      return gather_samples(token_logp(model, variables, r, temperature)[0], r["index"])
+    return jax.lax.stop_gradient(map_row_blocks(block, rows, chunks))
+
   def rl_step(state: TrainState, ref_variables: Any, packed: Mapping[str, Array]):
     p = {k: jnp.asarray(v) for k, v in packed.items()}
     f, s, _ = p["index"].shape
@@ -417,13 +461,11 @@ def make_rl_step(model_cfg: ModelConfig, config: Any,
     mask = p["mask"].astype(jnp.float32)
     valid = p["sample_mask"].astype(bool)
     on = (mask > 0) & valid[..., None]
-    ref_logp = jax.lax.stop_gradient(
-        gather_samples(token_logp(model, ref_variables, fwd_rows, temperature)[0], p["index"]))
+    logp_rows = {**fwd_rows, "index": p["index"]}
+    ref_logp = sample_logp(ref_variables, logp_rows)
     sampler_logp = p["old_logp"].astype(jnp.float32)
     if recompute:
-      cur = token_logp(model, variables_of(state.params, state.router_state), fwd_rows,
-                       temperature)[0]
-      old_logp = jax.lax.stop_gradient(gather_samples(cur, p["index"]))
+      old_logp = sample_logp(variables_of(state.params, state.router_state), logp_rows)
       diff = jnp.where(on, jnp.abs(old_logp - sampler_logp), 0.0)
       diff_max, diff_mean = jnp.max(diff), jnp.sum(diff) / jnp.maximum(jnp.sum(on), 1)
     else:
