@@ -209,7 +209,7 @@ def _prefill(cfg: ModelConfig, variables: dict, tokens: Array, lengths: Array,
   cache = init_cache(cfg, batch, cache_len)
   with on_mesh(cfg, mesh, rows_split=rows_split):
     logits, cache = module.apply(variables, tokens, segment_ids=segment, positions=positions,
-                                 cache=cache)
+                                 cache=cache, last_logits_only=True)
   return logits[:, -1], cache
 
 

@@ -12,20 +12,20 @@ token-mean, clip 0.2/0.3, dual clip 3). Keys: agentic_jax/rl/config.py.
 Full-size variants (preset "paper"; the model section is configs/midtrain.py's same-named
 variant, compute fields aside, so its mid-training WORKDIR restores into it; start from one with
 `:VARIANT,init_from=WORKDIR` or --config.init_from=WORKDIR, which also brings the tokenizer):
-  youtu_llm      Youtu-LLM 2B on one host of 8 H100s (80 GiB): mesh tensor 8; 4 tasks x 8
+  youtu_llm      Youtu-LLM 2B on one host of 8 H100s (80 GiB): mesh fsdp 8; 8 tasks x 8
                  rollouts, 8 turns of up to 1024 new tokens in a context of up to 7168 (rows of
                  8192 tokens)
   longcat_flash  LongCat-Flash 560B on 512 devices: mesh fsdp 8 x tensor 8 x expert 8, the
                  expert-parallel MoE exchange (capacity factor 8 = the expert axis: no slot
                  dropped, as the decoder runs it); a TPU v5p-1024 slice (95 GiB) or 64 hosts of
-                 8 H100s; 2 tasks x 8 rollouts, 8 turns of up to 512 new tokens in a context of
-                 up to 3584 (rows of 4096)
+                 8 H100s; 8 tasks x 8 rollouts (one per batch shard), 8 turns of up to 512 new
+                 tokens in a context of up to 3584 (rows of 4096)
 Both: lr 1e-6 (AgentFlow, DAPO and GRPO-TCR all use it), eval on as many tasks as one rollout
-batch. The batches are what launch/plan.py shows to fit with the code as it is: rl/sampler.py
-places the decoder's inputs replicated over the mesh (every device decodes every rollout row,
-the prefill's logits of every position included) and rl/step.py computes the reference
-log-probs in one forward over all the step's rows. configs/grpo.py, dapo.py and dr_grpo.py
-take these variants' pod settings.
+batch. The batches are what launch/plan.py shows to fit: rl/sampler.py splits the decoder's
+rows over the batch shards (the prefill applies the output head to the last position only)
+and rl/step.py computes the reference log-probs one minibatch's rows at a time; on
+LongCat-Flash the update of the 64 rows (one minibatch) is the peak. configs/grpo.py, dapo.py
+and dr_grpo.py take these variants' pod settings.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ FULL = ("youtu_llm", "longcat_flash")
 
 # the pod of each full-size variant: mesh (data, fsdp, tensor, expert), rollout batch, lengths
 _POD = {
-    "youtu_llm": dict(mesh=(1, 1, 8, 1), tasks_per_step=4, group_size=8, max_new_tokens=1024,
+    "youtu_llm": dict(mesh=(1, 8, 1, 1), tasks_per_step=8, group_size=8, max_new_tokens=1024,
                       max_context_tokens=7168, minibatches=4, model={}),
-    "longcat_flash": dict(mesh=(1, 8, 8, 8), tasks_per_step=2, group_size=8, max_new_tokens=512,
+    "longcat_flash": dict(mesh=(1, 8, 8, 8), tasks_per_step=8, group_size=8, max_new_tokens=512,
                           max_context_tokens=3584, minibatches=1,
                           model=dict(moe_dispatch="expert_parallel", capacity_factor=8.0)),
 }

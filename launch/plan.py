@@ -24,9 +24,9 @@ AdamW state throughout, then the rollout (decode cache and prefill of tasks_per_
 group_size rows, or the eval batch if larger, at max_context_tokens rounded up to the
 sampler's prompt bucket + max_new_tokens slots), the reference forward over the step's packed
 rows (one minibatch's rows at a time, as rl/step.py chunks it), and the update of one
-minibatch; the total counts the largest of the three. Rollout rows are replicated on every
-device, as rl/sampler.py places them (--rollout_split=batch plans them split over the batch
-shards instead). Rows and lengths come from config.rl (override
+minibatch; the total counts the largest of the three. Rollout rows are split over the batch
+shards, as rl/sampler.py decodes them (--rollout_split=replicated plans every row on every
+device, for comparison). Rows and lengths come from config.rl (override
 them with --config.rl.KEY=...); the config must pass check_rl_config on the mesh.
 
     python launch/plan.py --config=configs/flow_grpo.py:longcat_flash --accelerator=v5p
@@ -66,10 +66,10 @@ _ACCELERATOR = flags.DEFINE_string("accelerator", None, "Device kind whose memor
                                    "(parallel/memory.py ACCELERATORS: a100, h100, h200, h800, "
                                    "v4, v5e, v5p, v6e); instead of --device_memory_gib.")
 _ROLLOUT_SPLIT = flags.DEFINE_enum(
-    "rollout_split", "replicated", ["replicated", "batch"],
-    "RL configs: how the rollout rows lie on the mesh. replicated: every device decodes every "
-    "row (rl/sampler.py places the decoder's inputs replicated); batch: rows split over the "
-    "batch shards, what a batch-sharded decoder would hold.")
+    "rollout_split", "batch", ["batch", "replicated"],
+    "RL configs: how the rollout rows lie on the mesh. batch: split over the batch shards, as "
+    "rl/sampler.py decodes them (Sampler split_rows, its default); replicated: every device "
+    "decodes every row (a decoder without the logical-axis rules; for comparison).")
 _RESERVE = flags.DEFINE_float("reserve", 0.1, "Share of device memory kept free for XLA "
                               "temporaries, collectives and fragmentation.")
 _RULES = flags.DEFINE_string("rules", "default", "Logical-axis rules table (parallel.rules).")

@@ -190,7 +190,7 @@ def test_rl_plan_by_hand():
   # the decoder's rows are replicated (rl/sampler.py): every device holds all 10 rows' cache
   assert plan.bytes_of("decode cache") == memory.decode_cache_bytes(cfg, 10, 24)
   assert plan.bytes_of("prefill") == memory.forward_bytes(cfg, mesh, batch_per_device=10,
-                                                          seq_len=16)
+                                                          seq_len=16, last_logits_only=True)
   split = memory.plan_rl_memory(cfg, mesh, step_rows=16, minibatches=2, seq_len=32,
                                 rollout_rows=10, prompt_len=16, cache_len=24, rollout_shards=4)
   assert split.bytes_of("decode cache") == memory.decode_cache_bytes(cfg, 3, 24)  # ceil(10 / 4)
@@ -234,6 +234,10 @@ def test_forward_bytes_by_hand():
   xla = cfg.replace(attention_impl="xla")  # scores over the whole row
   assert (memory.forward_bytes(xla, {"data": 1}, batch_per_device=2, seq_len=32)
           > memory.forward_bytes(cfg, {"data": 1}, batch_per_device=2, seq_len=32))
+  # a prefill's head on the last position only: logits of 2 rows, not 2 x 32 tokens
+  last = n * (layer + 2 * 4 * cfg.hidden_size) + 2 * 4 * cfg.vocab_size
+  assert memory.forward_bytes(cfg, {"data": 1}, batch_per_device=2, seq_len=32,
+                              last_logits_only=True) == int(last)
 
 
 def test_gathered_module_is_the_largest_layer_or_head():
@@ -282,7 +286,7 @@ def test_cli_full_rl_configs_fit_their_pods(name, variant):
   assert b["reference"] == b["params"] > 0 and b["decode cache"] > 0 and b["ref forward"] > 0
   assert out["total"] == (b["params"] + b["reference"] + b["optimizer"] + b["fsdp gather"]
                           + max(out["phases"].values()))
-  assert out["rollout_split"] == "replicated"
+  assert out["rollout_split"] == "batch"
   if variant == "longcat_flash":  # the expert-parallel exchange is planned in every phase
     assert b["a2a rollout"] > 0 and b["a2a reference"] > 0 and b["a2a update"] > 0
   # every episode fills a row of its own (the most rows a step can pack): one per episode
@@ -336,17 +340,18 @@ def test_cli_rl_errors():
   r = _plan("--config=configs/flow_grpo.py:youtu_llm", "--accelerator=tpu9")
   assert r.returncode == 2 and "unknown" in r.stderr and "v5p" in r.stderr
   # a mesh the config's row bucket does not split over: the RL check's own message
-  r = _plan("--config=configs/flow_grpo.py:youtu_llm", "--mesh=fsdp:8")
+  r = _plan("--config=configs/flow_grpo.py:youtu_llm", "--mesh=fsdp:16")
   assert r.returncode == 2 and "config.rl.row_bucket" in r.stderr
 
 
 def test_cli_rl_rollout_split():
-  """--rollout_split=batch plans the rollout rows split over the batch shards (a
-  batch-sharded decoder): LongCat-Flash's 16 rows over 64 shards hold 1 row's cache each."""
+  """The rollout rows are planned split over the batch shards (rl/sampler.py's default):
+  LongCat-Flash's 64 rows over 64 shards hold 1 row's cache each; --rollout_split=replicated
+  plans all of them on every device."""
   args = ("--config=configs/flow_grpo.py:longcat_flash", "--accelerator=v5p", "--json")
   rep, split = (json.loads(_plan(*args, *extra).stdout)
-                for extra in ((), ("--rollout_split=batch",)))
+                for extra in (("--rollout_split=replicated",), ()))
   assert split["rollout_split"] == "batch" and split["batch_shards"] == 64
-  assert 15 * split["bytes"]["decode cache"] < rep["bytes"]["decode cache"] < (
-      16 * split["bytes"]["decode cache"])
+  assert 63 * split["bytes"]["decode cache"] < rep["bytes"]["decode cache"] < (
+      64 * split["bytes"]["decode cache"])
   assert split["phases"]["rollout"] < rep["phases"]["rollout"]

@@ -78,3 +78,26 @@ def test_empty_prompt_rejected(longcat):
   cfg, variables = longcat
   with pytest.raises(ValueError, match="at least one token"):
     sampling.generate(cfg, variables, [[1], []], 3)
+
+
+@pytest.mark.parametrize("preset", ["youtu_llm_tiny", "iquest_loop_tiny"])
+def test_prefill_applies_the_head_to_the_last_position_only(preset):
+  """The prefill's next-token logits are the full forward's at each prompt's last token, and
+  its compiled temporaries stay far below the [B, P, V] f32 logits a head over every position
+  holds (XLA kept all of them when the prefill sliced after the head: issue 18's planning)."""
+  cfg = models.presets.get(preset).replace(vocab_size=16384)
+  variables = _perturbed(cfg, seed=2)
+  prompts = [[1, 5, 9, 33, 7, 2, 8, 90], [1, 44, 3], [1, 6, 6, 6, 6, 12]]
+  tokens, lengths = sampling.pad_prompts(prompts)
+  last, _ = sampling.prefill(cfg, variables, jnp.asarray(tokens), jnp.asarray(lengths),
+                             cache_len=tokens.shape[1] + 4)
+  model = models.build(cfg)
+  for i, p in enumerate(prompts):
+    full = model.apply(variables, jnp.asarray([p], jnp.int32))
+    np.testing.assert_allclose(np.asarray(last[i]), np.asarray(full[0, -1]), rtol=1e-4, atol=1e-4)
+  b, p = 8, 256
+  compiled = sampling.prefill.lower(
+      cfg, variables, jax.ShapeDtypeStruct((b, p), jnp.int32),
+      jax.ShapeDtypeStruct((b,), jnp.int32), cache_len=p + 8).compile()
+  full_logits = b * p * cfg.vocab_size * 4  # 128 MiB
+  assert compiled.memory_analysis().temp_size_in_bytes < full_logits / 2

@@ -87,7 +87,9 @@ class LoopLM(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: Array, segment_ids: Optional[Array] = None,
-               positions: Optional[Array] = None, *, cache: Optional[LoopCache] = None):
+               positions: Optional[Array] = None, *, cache: Optional[LoopCache] = None,
+               last_logits_only: bool = False):
+    # last_logits_only: the head on the last position only, as models/model.py's CausalLM
     cfg = self.cfg
     batch, length = tokens.shape
     q_segment = (jnp.ones((batch, length), jnp.int32) if segment_ids is None
@@ -160,6 +162,8 @@ class LoopLM(nn.Module):
         ring_v.append(loop_v)
 
     h = RMSNorm(cfg.rms_norm_eps, "embed", cfg.param_dtype, name="norm")(h)
+    if last_logits_only:
+      h = h[:, -1:]
     if cfg.tie_word_embeddings:
       logits = embed.attend(h)
     else:

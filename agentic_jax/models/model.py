@@ -109,7 +109,9 @@ class CausalLM(nn.Module):
   @nn.compact
   def __call__(self, tokens: Array, segment_ids: Optional[Array] = None,
                positions: Optional[Array] = None, *, cache: Optional[KVCache] = None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, last_logits_only: bool = False):
+    # last_logits_only: the output head on the last position only (logits [B, 1, V]): a
+    # decoder's prefill needs no other, and XLA keeps the full [B, P, V] f32 logits otherwise.
     cfg = self.cfg
     batch, length = tokens.shape
     q_segment = (jnp.ones((batch, length), jnp.int32) if segment_ids is None
@@ -166,7 +168,7 @@ class CausalLM(nn.Module):
     head = embed.attend if cfg.tie_word_embeddings else Dense(
         (cfg.vocab_size,), ("embed", "vocab"), cfg, name="lm_head")
     act_vocab = ("activation_batch", "activation_length", "activation_vocab")
-    logits = constrain(head(h).astype(jnp.float32), act_vocab)
+    logits = constrain(head(h[:, -1:] if last_logits_only else h).astype(jnp.float32), act_vocab)
     if cfg.num_mtp_layers and cache is None and (
         self.is_initializing() or self.is_mutable_collection("intermediates")):
       mtp = MultiTokenPredictor(cfg, name="mtp")

@@ -291,15 +291,17 @@ def plan_memory(cfg: models.ModelConfig, mesh: Mapping[str, int], rules: Rules =
 
 
 def forward_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int], *, batch_per_device: int,
-                  seq_len: int, logit_bytes: int = 4) -> int:
+                  seq_len: int, logit_bytes: int = 4, last_logits_only: bool = False) -> int:
   """Peak of one forward pass without gradient over batch_per_device rows of seq_len tokens
   (see the module doc): the residual stream and the embedding output, ONE layer's full set
   (with attention_impl "chunked" its scores span one key block, not the row), and the logits
   of every position: `logit_bytes` per vocabulary entry and token (4: one f32 [tokens, vocab]
   buffer. XLA:CPU's buffer assignment for a 2-layer Youtu-LLM at 2 x 1024 and 2 x 2048 tokens,
   bf16 and f32 compute, held exactly that for rl/step.token_logp, whose log-softmax fuses
-  into the target gather, and for sampling's prefill, which slices the last position only
-  after the output head)."""
+  into the target gather). last_logits_only: the logits of one position per row (sampling's
+  prefill applies the head to the last position only: XLA:CPU kept all of them when the
+  prefill sliced the last position after the head, 256 MiB vs 34 MiB of temporaries for
+  4 x 512 tokens and a 32k vocabulary)."""
   sizes = axis_sizes(mesh)
   tp = sizes["tensor"]
   c = jnp.dtype(cfg.dtype).itemsize
@@ -308,7 +310,8 @@ def forward_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int], *, batch_per
   layer = max(sum(t.values()) for t in _per_token_terms(cfg, keys, tp).values())
   vocab_split = cfg.vocab_size / tp if cfg.vocab_size % tp == 0 else cfg.vocab_size
   n = batch_per_device * seq_len
-  return int(n * (layer + 2 * c * cfg.hidden_size + vocab_split * logit_bytes))
+  logit_rows = batch_per_device if last_logits_only else n
+  return int(n * (layer + 2 * c * cfg.hidden_size) + logit_rows * vocab_split * logit_bytes)
 
 
 def gathered_module_bytes(cfg: models.ModelConfig, mesh: Mapping[str, int],
@@ -375,12 +378,14 @@ def plan_rl_memory(cfg: models.ModelConfig, mesh: Mapping[str, int],
                over fsdp, counted twice throughout (the update holds its weights and its
                gradient before the reduce-scatter)
     rollout    the decode cache of ceil(rollout_rows / rollout_shards) rows x cache_len slots
-               and the prefill: a forward of those rows x prompt_len tokens. rollout_shards
-               = 1: rl/sampler.py places the decoder's inputs replicated over the mesh, so
-               every device runs every row; the tensor axis still splits heads and vocabulary
-               (XLA:CPU, Youtu-LLM with 2 layers, 8 x 1024 prompt tokens on 8 devices: 8.0 GiB
-               of temporaries per device on fsdp 8, 6.0 on one device, 0.8 on tensor 8). The
-               cache is counted whole (XLA:CPU split its latent dimension over fsdp).
+               and the prefill: a forward of those rows x prompt_len tokens, the output head
+               on the last position only. rollout_shards = the batch shards: rl/sampler.py
+               splits the decoder's rows over them (its default, split_rows; checked by
+               tests/test_rollout_rows_split.py: each device holds batch / shards rows of the
+               cache); 1: every device runs every row (a decoder without the logical-axis
+               rules: GSPMD kept every row on every device, with the cache's latent
+               dimension split over fsdp instead: counted whole). The tensor axis splits heads
+               and vocabulary either way.
     reference  the reference log-probs: rl/step.py runs their forward in `minibatches`
                chunks one after another (step.map_row_blocks), so it holds one chunk of
                step_rows / (batch shards x minibatches) rows of seq_len tokens at a time;
@@ -410,8 +415,9 @@ def plan_rl_memory(cfg: models.ModelConfig, mesh: Mapping[str, int],
        + "): weights + gradient"),
       ("decode cache", decode_cache_bytes(cfg, per_roll, cache_len),
        f"{per_roll} rows x {cache_len} slots, {cfg.dtype}"),
-      ("prefill", forward_bytes(cfg, sizes, batch_per_device=per_roll, seq_len=prompt_len),
-       f"forward of {per_roll} x {prompt_len} prompt tokens, f32 logits of every position"),
+      ("prefill", forward_bytes(cfg, sizes, batch_per_device=per_roll, seq_len=prompt_len,
+                                last_logits_only=True),
+       f"forward of {per_roll} x {prompt_len} prompt tokens, f32 logits of the last"),
       ("ref forward", forward_bytes(cfg, sizes, batch_per_device=per_mb, seq_len=seq_len),
        f"{per_mb} rows x {seq_len} tokens at a time ({minibatches} chunks), f32 logits"),
       ("gradients", state["gradients"], f"{cfg.param_dtype}, laid out like the params"),
