@@ -200,6 +200,8 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR", *,
     raise ConfigError(f"config.init_from: expected a path or '', got {config.init_from!r}")
   if config.init_from and not fs.isdir(fs.join(config.init_from, "checkpoints")):
     raise ConfigError(f"config.init_from: {config.init_from!r} has no checkpoints/ directory")
+  if "decode_batch" in config.estep:  # absent: 0
+    config_lib.check_int(config, "estep.decode_batch", 0)
   if "mesh" not in config.estep:
     raise ConfigError("config.estep.mesh: required section is missing")
   from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
@@ -327,6 +329,7 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
                                sample_bucket=int(rl.sample_bucket),
                                minibatches=int(rl.minibatches))[0]
 
+  decode_batch = int(config.estep.get("decode_batch", 0)) or None  # 0 / absent: all rows
   primary = _primary()
   fs.makedirs(out_dir)
   writer = runner.MetricsWriter(out_dir, 0, write=primary, tensorboard=False)
@@ -340,7 +343,7 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
       state, ann, m = ra3_estep.estep_step(
           model_cfg, state, scorer, [programs[j] for j in idx], s, tokenizer=tokenizer,
           seed=ra3_estep.batch_seed(config.seed, phase, i + 1), rl_step=rl_step,
-          seq_len=int(rl.seq_len), pack=pack, mesh=mesh)
+          seq_len=int(rl.seq_len), pack=pack, decode_batch=decode_batch, mesh=mesh)
       ran += 1
       m["seconds"] = time.perf_counter() - t0
       records.append(writer.write({"step": i + 1, **m}))
