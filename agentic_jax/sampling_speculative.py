@@ -22,6 +22,12 @@ unfinished row accepted, and each row emits n + 1 tokens (its own accepted d_{n+
 accepted more). A token is emitted or not depending only on the tokens before it and on the
 other rows, never on its own value, so this keeps every row exact.
 
+On a device mesh (params sharded, e.g. by parallel.variable_shardings; no mesh context needed)
+the mesh is found as sampling's decoders find it (sampling.decode_mesh) and every forward, the
+main model's and the MTP's, is built from sampling.decode_config / step_config on it and applied
+inside sampling.on_mesh: with moe_dispatch="expert_parallel" on an expert axis the MoE layers
+run the all-to-all exchange, never gathering the experts' weights on every device.
+
 Temperature and top_p apply to p and to q alike (the acceptance rule holds for any q). Logprobs
 are log_softmax(p-logits / T) at each emitted token (T = 1 when greedy), as `sampling` returns.
 """
@@ -120,14 +126,22 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
   segment = (col >= pad[:, None]).astype(jnp.int32)
   positions = jnp.maximum(col - pad[:, None], 0)
   cache = init_cache(cfg, batch, slots)
-  logits, cache, hidden = build(sampling.decode_config(cfg)).apply(
-      variables, tokens, segment_ids=segment, positions=positions, cache=cache, return_hidden=True)
+  # the variables' mesh, as sampling's decoders find it: on an expert mesh the MoE layers (the
+  # main model's and a MoE MTP block's) run the expert-parallel exchange, applied inside
+  # on_mesh, instead of the dropless dispatch that gathers every expert on every device
+  mesh = sampling.decode_mesh(variables)
+  prefill_cfg = sampling.decode_config(cfg, mesh)
+  with sampling.on_mesh(cfg, mesh):
+    logits, cache, hidden = build(prefill_cfg).apply(
+        variables, tokens, segment_ids=segment, positions=positions, cache=cache,
+        return_hidden=True)
   first = pick(logits[:, -1], jax.random.fold_in(key, 0))
   first_logp = logprob(logits[:, -1], first)
   mcache = mtp_lib.init_mtp_cache(cfg, batch, slots)
   pairs = jnp.concatenate([tokens[:, 1:], first[:, None]], axis=1).astype(jnp.int32)
-  m_h, m_logits, mcache = mtp_lib.draft_prefill(sampling.decode_config(cfg), variables, hidden,
-                                                pairs, positions, segment, mcache)
+  with sampling.on_mesh(cfg, mesh):
+    m_h, m_logits, mcache = mtp_lib.draft_prefill(prefill_cfg, variables, hidden, pairs,
+                                                  positions, segment, mcache)
 
   out_tok = jnp.zeros((batch, max_new_tokens + 1), jnp.int32)  # last column: a discard slot
   out_logp = jnp.zeros((batch, max_new_tokens + 1), jnp.float32)
@@ -155,8 +169,8 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
       jnp.ones((batch,), bool), first, first_logp, out_tok, out_logp, done, armed, num_new)
   zero = jnp.zeros((), jnp.int32)
   stats = {"rounds": zero, "drafted": zero, "accepted": zero}
-  step_cfg = sampling.step_config(cfg, batch)
-  verify_cfg = sampling.step_config(cfg, batch * (k + 1))
+  step_cfg = sampling.step_config(cfg, batch, mesh)
+  verify_cfg = sampling.step_config(cfg, batch * (k + 1), mesh)
   verify_module = build(verify_cfg)
 
   def cond(state):
@@ -176,16 +190,18 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
       if not greedy:
         q_dists.append(dist(q_logits))
       if j < k - 1:  # MTP at slot idx + j with (its own last output, d_{j+1})
-        h_new, l_new, mc = mtp_lib.draft_step(step_cfg, variables, m_h[:, None], d[:, None],
-                                              (base + j)[:, None], idx + j, mc)
+        with sampling.on_mesh(cfg, mesh):
+          h_new, l_new, mc = mtp_lib.draft_step(step_cfg, variables, m_h[:, None], d[:, None],
+                                                (base + j)[:, None], idx + j, mc)
         m_h, q_logits = h_new[:, 0], l_new[:, 0]
     drafts = jnp.stack(drafts, 1)  # [B, k]
     # ---- 2. verify: one forward over [last, d_1..d_k]
     vtok = jnp.concatenate([s["last"][:, None], drafts], axis=1)
     vpos = base[:, None] + jnp.arange(k + 1, dtype=jnp.int32)[None, :]
-    p_logits, cache, hidden = verify_module.apply(
-        variables, vtok, segment_ids=jnp.ones_like(vtok), positions=vpos, cache=s["cache"],
-        return_hidden=True)
+    with sampling.on_mesh(cfg, mesh):
+      p_logits, cache, hidden = verify_module.apply(
+          variables, vtok, segment_ids=jnp.ones_like(vtok), positions=vpos, cache=s["cache"],
+          return_hidden=True)
     # ---- 3. accept
     if greedy:
       target = jnp.argmax(p_logits, axis=-1).astype(jnp.int32)  # [B, k+1]
@@ -204,7 +220,9 @@ def generate_arrays(cfg: ModelConfig, variables: dict, tokens: Array, lengths: A
     last = jnp.take_along_axis(emitted, jnp.broadcast_to(n, (batch, 1)), axis=1)[:, 0]
     # ---- 4. caches: main index to idx + n + 1; MTP over (h_{idx+j}, emitted token j)
     cache = cache.replace(index=idx + n + 1)
-    h_all, l_all, mc = mtp_lib.draft_step(verify_cfg, variables, hidden, emitted, vpos, idx, mc)
+    with sampling.on_mesh(cfg, mesh):
+      h_all, l_all, mc = mtp_lib.draft_step(verify_cfg, variables, hidden, emitted, vpos, idx,
+                                            mc)
     stats = {"rounds": s["stats"]["rounds"] + 1,
              "drafted": s["stats"]["drafted"] + k * jnp.sum(live),
              "accepted": s["stats"]["accepted"] + jnp.sum(jnp.where(live, n_acc, 0))}

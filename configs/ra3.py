@@ -27,7 +27,8 @@ Layout (agentic_jax/rl/ra3.py runs it; WORKDIR/summary.json holds the comparison
              = the group std knob), ppo_epochs, minibatches, old_logp, temperature, optim;
              mesh: the device mesh of the E-phases and the evaluation (data/fsdp/tensor/expert,
              -1 = the remaining devices; may span processes). rl.row_bucket must be a multiple
-             of its batch shards (data x fsdp x expert) x rl.minibatches
+             of its batch shards (data x fsdp x expert) x rl.minibatches; decode_batch: the
+             annotation rows per decoder call (0 = all at once; the same results either way)
   eval       held-out evaluation: pass@1 greedy and sampled in the sandbox, HumanEval pass@1
 """
 
@@ -113,6 +114,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   rl.seq_len = 256  # packed forward rows (an annotated program must fit)
   rl.row_bucket = 4
   rl.sample_bucket = 4
+  # annotation rows per decoder call in the E-step (0 = all proposals x programs of the step
+  # in one call); every device decodes every row, so its MLA cache holds this many rows
+  e.decode_batch = 0
   # AdamW + schedule as the RL jobs (rl/config.py): constant lr, no decay, b2 0.99
   e.optim = rl_config("grpo", model=None).optim
   e.optim.lr = 3e-4
@@ -158,6 +162,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # 1,000 programs x 8 proposals = 8,000 rows per E-step: padded to 8,192, which splits into
     # 8 minibatches over up to 1,024 batch shards (config.estep.mesh is fsdp=-1, as mstep's)
     e.rl.row_bucket = 8192
+    # the decode cache of one row at seq_len 4096 + rationale room is ~170 MB (youtu_llm) to
+    # ~290 MB (longcat_flash), on every device: the 8,000 rows decode 64 at a time
+    e.decode_batch = 64
     v.max_new_tokens = 512
   if init_from:
     c.init_from = init_from

@@ -38,16 +38,18 @@ def _rows(n=24, seed=0):
   return prompts, experts, bds
 
 
-def _annotate(cfg, variables, rows, temperature, seed=1, max_len=3):
+def _annotate(cfg, variables, rows, temperature, seed=1, max_len=3, **kw):
   return ra.annotate(cfg, variables, *rows, jax.random.key(seed), think_id=THINK,
                      end_think_id=END, banned_ids=BANNED, max_rationale_len=max_len,
-                     temperature=temperature)
+                     temperature=temperature, **kw)
 
 
 def test_annotations_keep_the_expert_and_record_q_exactly(model):
   cfg, variables = model
-  rows = _rows()
-  t = 20.0  # nearly flat: p(<|think|>) ~ 1/40 per decision, so some rationales appear
+  # nearly flat: p(<|think|>) ~ 1/40 per decision; 96 rows x 3 decisions expect ~7 rationales
+  # (fewer than 2 has probability < 1%, whatever the draws)
+  rows = _rows(96)
+  t = 20.0
   anns = _annotate(cfg, variables, rows, t)
   kinds = np.concatenate([a.kind for a in anns])
   assert (kinds == ra.KIND_NEW).sum() >= 2 and (kinds == ra.KIND_CONTINUE).sum() > 10
@@ -97,6 +99,27 @@ def test_greedy_annotation_is_deterministic_and_no_boundary_means_the_expert(mod
   for x, e in zip(plain, rows[1]):
     np.testing.assert_array_equal(x.tokens, e)
     assert np.all(x.kind == ra.KIND_EXPERT)
+
+
+def test_annotation_in_chunks_equals_one_call(model):
+  """config.estep.decode_batch: rows annotated a few per decoder call get exactly the
+  annotations of one call over all rows (row i draws from fold_in(key, i), whatever the
+  call's other rows), sampled decisions and rationales included."""
+  cfg, variables = model
+  rows = _rows(90, seed=4)
+  whole = _annotate(cfg, variables, rows, 20.0)
+  kinds = np.concatenate([a.kind for a in whole])
+  assert (kinds == ra.KIND_NEW).sum() >= 2  # ~7 expected: the draws matter here
+  # 7 rows per call (batch bucket 8: one padded row), 40 (the last call 10 rows + 30 padded)
+  for max_rows in (7, 40):
+    parts = _annotate(cfg, variables, rows, 20.0, max_rows=max_rows)
+    assert len(parts) == len(whole)
+    for x, y in zip(whole, parts):
+      for f in ("tokens", "kind", "src", "boundaries"):
+        np.testing.assert_array_equal(getattr(x, f), getattr(y, f), err_msg=f"{max_rows} {f}")
+      np.testing.assert_allclose(x.logp, y.logp, rtol=0, atol=1e-6)
+  with pytest.raises(ValueError, match="max_rows"):
+    _annotate(cfg, variables, rows, 20.0, max_rows=0)
 
 
 def _hand_annotation():

@@ -132,6 +132,41 @@ def test_infinite_cost_is_next_token_training(full_run, tmp_path):
   assert [r["mstep"] for r in s["ra3"]["rounds"]] == [r["mstep"] for r in full["ntp"]["rounds"]]
 
 
+def test_estep_decoded_in_chunks_is_the_same_phase(full_run, tmp_path, monkeypatch):
+  """config.estep.decode_batch = 4: each E-step's annotation rows (up to 3 programs x 2
+  proposals) decode at most 4 per call, and the E-phase is the full run's (decode_batch 0, one
+  call): the same annotated data, the same metrics (the RL update's included). (The tiny
+  job's policy rarely thinks; test_ra3_estep checks chunked == one call with rationales.)"""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import ra3_annotate, ra3_data  # pylint: disable=import-outside-toplevel
+  wd, _ = full_run
+  rows_per_call = []
+  decoder = ra3_annotate.annotate_arrays
+
+  def counting(*args, **kw):
+    rows_per_call.append(int(np.sum(np.asarray(args[5]) > 0)))  # expert_len > 0: real rows
+    return decoder(*args, **kw)
+
+  monkeypatch.setattr(ra3_annotate, "annotate_arrays", counting)
+  config = small_ra3(**{"estep.decode_batch": 4})
+  data_dir = os.path.join(wd, "data")
+  tokenizer, _ = ra3_data.tokenizer_for(config, wd, data_dir)
+  corpus = [ra3_data.tokenize(x, tokenizer, config.ra3.segment)[0]
+            for x in ra3_data.read_jsonl(os.path.join(data_dir, ra3_data.FILES["corpus"]))]
+  first = np.array_split(np.arange(len(corpus)), config.ra3.rounds)[0]
+  s, ran = ra3.run_estep_phase(config, config_lib.model_config(config.mstep.model), tokenizer,
+                               [corpus[i] for i in first], init_dir=os.path.join(wd, "base"),
+                               out_dir=str(tmp_path / "round_1" / "estep"), phase=1)
+  rdir = os.path.join(wd, "ra3", "round_1")
+  with open(os.path.join(rdir, "estep", "summary.json")) as f:
+    want = json.load(f)
+  # 2 E-steps of up to 6 rows (programs too long for a row are left out), at most 4 a call
+  assert max(rows_per_call) == 4 and len(rows_per_call) >= 3, rows_per_call
+  assert ran == 2 and s["mean"] == want["mean"]
+  with open(os.path.join(rdir, "data.jsonl")) as f, open(tmp_path / "round_1" / "data.jsonl") as g:
+    assert g.read() == f.read()
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("ra3.c", -1.0, "config.ra3.c: expected a number >= 0"),
     ("ra3.arms", ("ra3", "rl"), "config.ra3.arms"),
@@ -142,6 +177,7 @@ def test_infinite_cost_is_next_token_training(full_run, tmp_path):
     ("ra3_data.num_programs", 2, "config.ra3_data.num_programs"),
     ("init_from", "/nonexistent", "config.init_from"),
     ("estep.mesh.fsdp", 3, "config.estep.mesh"),  # 3 does not divide the devices
+    ("estep.decode_batch", -1, "config.estep.decode_batch: expected an int >= 0"),
 ])
 def test_bad_config_is_named(key, value, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")):

@@ -103,14 +103,6 @@ def _barrier(name: str) -> None:
   parallel.barrier(f"agentic_jax-ra3-{name}")
 
 
-def _agreed(value: Any) -> Any:
-  """Process 0's `value` on every process (a collective; one process: `value`), for decisions
-  read from files, so that every process takes the same branch."""
-  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  return value if jax.process_count() == 1 else parallel.allgather_objects(value)[0]
-
-
 def _read_summary(workdir: str) -> Optional[dict]:
   path = fs.join(workdir, runner.SUMMARY_FILE)
   if not fs.exists(path):
@@ -208,6 +200,8 @@ def validate_ra3(config: Any, workdir: str = "WORKDIR", *,
     raise ConfigError(f"config.init_from: expected a path or '', got {config.init_from!r}")
   if config.init_from and not fs.isdir(fs.join(config.init_from, "checkpoints")):
     raise ConfigError(f"config.init_from: {config.init_from!r} has no checkpoints/ directory")
+  if "decode_batch" in config.estep:  # absent: 0
+    config_lib.check_int(config, "estep.decode_batch", 0)
   if "mesh" not in config.estep:
     raise ConfigError("config.estep.mesh: required section is missing")
   from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
@@ -265,16 +259,6 @@ def _load(path: str, model_cfg: Any, model_section: dict, shardings: Optional[di
   from agentic_jax.train import init_from  # pylint: disable=import-outside-toplevel
   return init_from.load(path, model_cfg, model_section, shardings=shardings,
                         say=lambda _: None)[0]
-
-
-def _mesh(config: Any, model_cfg: Any) -> tuple[Any, Optional[dict]]:
-  """(config.estep.mesh as a Mesh, the variables' shardings on it), or (None, None) when it
-  has one device (the unsharded path)."""
-  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
-  mesh = parallel.make_mesh(config.estep.mesh, prefix="config.estep.mesh")
-  if mesh.devices.size == 1:
-    return None, None
-  return mesh, parallel.variable_shardings(model_cfg, mesh)
 
 
 def settings_of(config: Any):
@@ -345,6 +329,7 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
                                sample_bucket=int(rl.sample_bucket),
                                minibatches=int(rl.minibatches))[0]
 
+  decode_batch = int(config.estep.get("decode_batch", 0)) or None  # 0 / absent: all rows
   primary = _primary()
   fs.makedirs(out_dir)
   writer = runner.MetricsWriter(out_dir, 0, write=primary, tensorboard=False)
@@ -358,7 +343,7 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
       state, ann, m = ra3_estep.estep_step(
           model_cfg, state, scorer, [programs[j] for j in idx], s, tokenizer=tokenizer,
           seed=ra3_estep.batch_seed(config.seed, phase, i + 1), rl_step=rl_step,
-          seq_len=int(rl.seq_len), pack=pack, mesh=mesh)
+          seq_len=int(rl.seq_len), pack=pack, decode_batch=decode_batch, mesh=mesh)
       ran += 1
       m["seconds"] = time.perf_counter() - t0
       records.append(writer.write({"step": i + 1, **m}))
@@ -390,34 +375,6 @@ def run_estep_phase(config: Any, model_cfg: Any, tokenizer: Any, programs: list,
   return summary, ran
 
 
-def evaluate_model(config: Any, model_cfg: Any, variables: dict, tokenizer: Any,
-                   heldout: list, tasks: list, humaneval: list,
-                   truth: Optional[list] = None, mesh: Any = None) -> dict:
-  """The held-out metrics of one model (rl/ra3_eval.py); `mesh`: the one the variables are
-  sharded over (None: one device). Across processes a collective with the same result on
-  every process (module docstring)."""
-  from agentic_jax.rl import ra3_eval  # pylint: disable=import-outside-toplevel
-  v = config.eval
-  out = ra3_eval.action_nll(model_cfg, variables, heldout, tokenizer,
-                            max_rationale_len=int(config.ra3.max_rationale_len), truth=truth,
-                            mesh=mesh)
-  kw = dict(max_new_tokens=int(v.max_new_tokens), timeout_s=float(v.timeout_s),
-            allow_unisolated=bool(v.allow_unisolated), seed=int(config.seed), mesh=mesh)
-  if tasks:
-    g = ra3_eval.pass_at_1(model_cfg, variables, tasks, tokenizer, temperature=0.0, samples=1,
-                           **kw)
-    smp = ra3_eval.pass_at_1(model_cfg, variables, tasks, tokenizer,
-                             temperature=float(v.temperature), samples=int(v.samples), **kw)
-    out.update(pass_at_1=g["pass_at_1"], pass_at_1_sampled=smp["pass_at_1"],
-               pass_tasks=g["tasks"], examples=g["examples"])
-  if humaneval:
-    h = ra3_eval.pass_at_1(model_cfg, variables, humaneval, tokenizer, temperature=0.0,
-                           samples=1, **kw)
-    out.update(humaneval_pass_at_1=h["pass_at_1"], humaneval_tasks=h["tasks"],
-               humaneval_skipped_too_long=h["skipped_too_long"])
-  return out
-
-
 def _arm_dirs(workdir: str, arm: str, r: int) -> tuple[str, str, str]:
   rdir = fs.join(workdir, arm, f"round_{r}")
   return rdir, fs.join(rdir, "estep"), fs.join(rdir, "mstep")
@@ -428,6 +385,7 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   """Runs or resumes the RA3 job; returns the summary written to WORKDIR/summary.json."""
   from agentic_jax import envs  # pylint: disable=import-outside-toplevel
   from agentic_jax.envs import code as code_env  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import ra3_eval  # pylint: disable=import-outside-toplevel
   from agentic_jax.train import loop as mt_loop  # pylint: disable=import-outside-toplevel
   validate_ra3(config, workdir)
   v = config.eval
@@ -564,25 +522,10 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
   # nothing to evaluate (ra3_data.num_heldout = eval.tasks = 0, no HumanEval): no eval stage
   to_eval = ([("base", base_dir)] + list(final_dirs.items())
              if heldout or tasks or humaneval else [])
-  # which evaluations are cached: process 0's view, so that every process evaluates the same
-  cached = _agreed([fs.exists(fs.join(workdir, f"eval_{name}.json")) for name, _ in to_eval])
-  mesh, shardings = _mesh(config, model_cfg)
-  for (name, wd), hit in zip(to_eval, cached):
-    cache = fs.join(workdir, f"eval_{name}.json")
-    if hit:
-      results[name] = json.loads(fs.read_text(cache))
-      continue
-    variables = _load(wd, model_cfg, config.mstep.model.to_dict(), shardings)
-    res = runner.clean(evaluate_model(config, model_cfg, variables, tokenizer, heldout, tasks,
-                                      humaneval, truth, mesh=mesh))
-    del variables
-    if primary:
-      fs.write_text(cache, json.dumps(res))
-    results[name] = res
-    _say(f"[ra3] eval {name}: action NLL {_fmt(res['action_nll'])} (without rationales "
-         f"{_fmt(res['action_nll_plain'])}), think rate {_fmt(res['think_rate'], '.3f')}, pass@1 "
-         f"{res.get('pass_at_1')} (sampled {res.get('pass_at_1_sampled')}), HumanEval pass@1 "
-         f"{res.get('humaneval_pass_at_1')} on {res.get('humaneval_tasks')} problems")
+  model_section = config.mstep.model.to_dict()
+  results.update(ra3_eval.evaluate_stage(
+      config, model_cfg, tokenizer, workdir, to_eval, heldout, tasks, humaneval, truth,
+      load=lambda wd, shardings: _load(wd, model_cfg, model_section, shardings), say=_say))
   seconds["eval"] = time.perf_counter() - t
   for arm in final_dirs:
     results[arm]["train_tokens"] = train_tokens[arm]
@@ -597,13 +540,9 @@ def run(config: Any, workdir: str, *, stop_after_steps: Optional[int] = None,
     runner.write_summary(workdir, summary)
   _barrier("summary")
   _say("== ra3: " + " | ".join(
-      f"{arm}: action NLL {_fmt(results[arm].get('action_nll'))}, pass@1 "
+      f"{arm}: action NLL {ra3_eval.fmt(results[arm].get('action_nll'))}, pass@1 "
       f"{results[arm].get('pass_at_1')}" for arm in ["base"] + list(final_dirs)))
   return summary
-
-
-def _fmt(x: Optional[float], spec: str = ".4f") -> str:
-  return "n/a" if x is None else format(x, spec)
 
 
 def _stopped(workdir: str, status: str, seconds: dict) -> dict:

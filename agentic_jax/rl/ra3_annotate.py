@@ -43,7 +43,17 @@ over the mesh's batch axes (parallel.global_from_host; the batch is padded to a 
 batch shards), and the outputs read back with parallel.fetch. Across processes every process
 passes the same full host inputs (SPMD: the device work is partitioned over the mesh, the host
 work is repeated) and gets the same outputs; one process with N devices and several processes
-with N devices in all compile the same program.
+with N devices in all compile the same program. The decode loop finds the variables' mesh itself
+(sampling.decode_mesh) and builds its modules from sampling.decode_config / step_config on it,
+applied inside sampling.on_mesh, as sampling's decoders do: on an expert mesh with
+moe_dispatch="expert_parallel" the MoE layers run the all-to-all exchange (each device its own
+experts) rather than gathering every expert's weights on every device.
+
+Random numbers are per row: row i of `annotate`'s list draws its decisions and rationale tokens
+at loop step t from fold_in(fold_in(key, i), t) alone, so a row's annotation depends neither
+on the other rows nor on how they are split into decoder calls (`max_rows`, the E-step's
+config.estep.decode_batch: every device decodes every row it is given, so the decode cache
+of a call grows with its rows).
 
 `policy_rows` lays the annotations out as rl/rollout.policy_batch does (inputs/targets/...,
 mask = 1 on the decision and sampled rationale tokens), so the update is rl/step.py's, with the
@@ -64,7 +74,7 @@ import numpy as np
 from agentic_jax import parallel
 from agentic_jax.models import ModelConfig, build, init_cache
 from agentic_jax.rl.step import log1mexp
-from agentic_jax.sampling import decode_config, step_config
+from agentic_jax.sampling import decode_config, decode_mesh, on_mesh, step_config
 
 Array = jax.Array
 
@@ -77,24 +87,33 @@ TRAINED_KINDS = (KIND_CONTINUE, KIND_NEW, KIND_RATIONALE, KIND_END)
                                              "temperature", "think_id", "end_think_id",
                                              "banned_ids"))
 def annotate_arrays(cfg: ModelConfig, variables: dict, prompt: Array, lengths: Array,
-                    expert: Array, expert_len: Array, boundary: Array, key: Array, *,
-                    max_new: int, max_rationale_len: int, temperature: float, think_id: int,
-                    end_think_id: int, banned_ids: tuple[int, ...]
-                    ) -> tuple[Array, Array, Array, Array, Array]:
+                    expert: Array, expert_len: Array, boundary: Array, key: Array,
+                    first_row: Array, *, max_new: int, max_rationale_len: int,
+                    temperature: float, think_id: int, end_think_id: int,
+                    banned_ids: tuple[int, ...]) -> tuple[Array, Array, Array, Array, Array]:
   """Jitted core of `annotate` (module docstring). prompt [B, P] left-padded with true
   `lengths`; expert [B, E] right-padded with `expert_len`; boundary bool [B, E]. Rows with
-  expert_len 0 are inactive. Returns tokens, logp, kind, src (expert index or -1) [B, max_new]
-  and num [B] (tokens emitted)."""
+  expert_len 0 are inactive. Row b draws its random numbers from fold_in(key, first_row + b)
+  alone (int32 scalar `first_row`: the row's index in the caller's whole list), so a row's
+  annotation does not depend on which rows share its call. Returns tokens, logp, kind, src
+  (expert index or -1) [B, max_new] and num [B] (tokens emitted)."""
   batch, width = prompt.shape
-  module = build(decode_config(cfg))
-  step_module = build(step_config(cfg, batch))
+  row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(
+      key, first_row + jnp.arange(batch, dtype=jnp.int32))
+  # the variables' mesh (decode_mesh: the mesh in force, else their NamedShardings), so that on
+  # an expert mesh the MoE layers run the expert-parallel exchange as sampling's decoders do,
+  # not the dropless dispatch that would gather every expert's weights on every device
+  mesh = decode_mesh(variables)
+  module = build(decode_config(cfg, mesh))
+  step_module = build(step_config(cfg, batch, mesh))
   pad = width - lengths
   col = jnp.arange(width, dtype=jnp.int32)[None, :]
   segment = (col >= pad[:, None]).astype(jnp.int32)
   positions = jnp.maximum(col - pad[:, None], 0)
   cache = init_cache(cfg, batch, width + max_new)
-  logits, cache = module.apply(variables, prompt, segment_ids=segment, positions=positions,
-                               cache=cache)
+  with on_mesh(cfg, mesh):
+    logits, cache = module.apply(variables, prompt, segment_ids=segment, positions=positions,
+                                 cache=cache)
   rows = jnp.arange(batch)
   ban = jnp.zeros((cfg.vocab_size,), bool)
   if banned_ids:
@@ -104,8 +123,10 @@ def annotate_arrays(cfg: ModelConfig, variables: dict, prompt: Array, lengths: A
   def body(state):
     (step, cache, last, out_tok, out_logp, out_kind, out_src, j, mode, rlen, decided,
      done, num) = state
-    k = jax.random.fold_in(key, step)
-    k_dec, k_tok = jax.random.split(k)
+    # per row and step: fold_in(row key, step) split in two (decision, rationale token)
+    k = jax.vmap(jax.random.split)(jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys,
+                                                                                  step))
+    k_dec, k_tok = k[:, 0], k[:, 1]
     logits = last.astype(jnp.float32)
     scaled = logits / temperature if temperature > 0 else logits
     logp_all = jax.nn.log_softmax(scaled, axis=-1)
@@ -113,9 +134,9 @@ def annotate_arrays(cfg: ModelConfig, variables: dict, prompt: Array, lengths: A
     jj = jnp.minimum(j, e_width - 1)
     at_b = (mode == 0) & boundary[rows, jj] & (decided != j) & (j < expert_len)
     if temperature > 0:
-      think = jax.random.uniform(k_dec, (batch,)) < jnp.exp(lp_think)
+      think = jax.vmap(lambda kk: jax.random.uniform(kk, ()))(k_dec) < jnp.exp(lp_think)
       masked = jnp.where(ban[None, :], -jnp.inf, scaled)
-      tok_r = jax.random.categorical(k_tok, masked, axis=-1).astype(jnp.int32)
+      tok_r = jax.vmap(jax.random.categorical)(k_tok, masked).astype(jnp.int32)
     else:
       think = jnp.argmax(logits, axis=-1) == think_id
       tok_r = jnp.argmax(jnp.where(ban[None, :], -jnp.inf, logits), axis=-1).astype(jnp.int32)
@@ -149,8 +170,9 @@ def annotate_arrays(cfg: ModelConfig, variables: dict, prompt: Array, lengths: A
     mode = jnp.where(active & new, 1, jnp.where(active & ends, 0, mode))
     done = done | ((mode == 0) & (j >= expert_len))
     pos = (lengths + step)[:, None]
-    logits, cache = step_module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
-                                      positions=pos, cache=cache)
+    with on_mesh(cfg, mesh):
+      logits, cache = step_module.apply(variables, tok[:, None], segment_ids=jnp.ones_like(pos),
+                                        positions=pos, cache=cache)
     return (step + 1, cache, logits[:, -1], out_tok, out_logp, out_kind, out_src, j, mode, rlen,
             decided, done, num)
 
@@ -226,11 +248,16 @@ def annotate(cfg: ModelConfig, variables: dict, prompts: Sequence[np.ndarray],
              experts: Sequence[np.ndarray], boundaries: Sequence[np.ndarray], key: Array, *,
              think_id: int, end_think_id: int, banned_ids: Sequence[int] = (),
              max_rationale_len: int = 8, temperature: float = 1.0, batch_bucket: int = 8,
-             width_bucket: int = 32, mesh: Optional[jax.sharding.Mesh] = None
-             ) -> list[Annotation]:
-  """Annotations of the rows (module docstring); deterministic in `key` and the rows' order.
-  Shapes are bucketed (batch to `batch_bucket`, prompt and expert widths to `width_bucket`)
-  so a few compilations serve a whole run. `mesh`: the variables' mesh (module docstring)."""
+             width_bucket: int = 32, max_rows: Optional[int] = None,
+             mesh: Optional[jax.sharding.Mesh] = None) -> list[Annotation]:
+  """Annotations of the rows (module docstring); deterministic in `key` and each row's index:
+  row i draws from fold_in(key, i) alone, so the other rows and `max_rows` do not change it.
+  `max_rows`: rows per decoder call (None: all in one), for batches whose decode cache would
+  not fit at once; every call has the same shapes (widths from all the rows, the batch
+  bucketed to `batch_bucket`; the last call padded with inactive rows), so one compilation
+  serves them all and a row computes the same in any call. Widths are bucketed to
+  `width_bucket` so a few compilations serve a whole run. `mesh`: the variables' mesh
+  (module docstring)."""
   n = len(prompts)
   if not (n == len(experts) == len(boundaries)):
     raise ValueError(f"annotate: {n} prompts, {len(experts)} experts, {len(boundaries)} "
@@ -239,32 +266,43 @@ def annotate(cfg: ModelConfig, variables: dict, prompts: Sequence[np.ndarray],
     return []
   if max_rationale_len < 1:
     raise ValueError(f"annotate: max_rationale_len must be >= 1, got {max_rationale_len}")
-  b = _bucket(n, batch_bucket)
+  if max_rows is not None and max_rows < 1:
+    raise ValueError(f"annotate: max_rows must be >= 1 or None, got {max_rows}")
+  for i, (e, bd) in enumerate(zip(experts, boundaries)):  # before any decoding
+    bd = np.asarray(bd, np.int64)
+    if bd.size and (bd.min() < 0 or bd.max() >= len(e)):
+      raise ValueError(f"annotate: row {i}: boundaries must index its {len(e)} expert tokens")
+  chunk = n if max_rows is None else min(int(max_rows), n)
+  b = _bucket(chunk, batch_bucket)
   p_w = _bucket(max(len(p) for p in prompts), width_bucket)
   e_w = _bucket(max(len(e) for e in experts), width_bucket)
   k_max = max((len(x) for x in boundaries), default=0)
   max_new = e_w + _bucket(k_max, 4) * (max_rationale_len + 2)
-  prompt = np.zeros((b, p_w), np.int32)
-  lengths = np.ones((b,), np.int32)
-  expert = np.zeros((b, e_w), np.int32)
-  expert_len = np.zeros((b,), np.int32)
-  boundary = np.zeros((b, e_w), bool)
-  for i, (p, e, bd) in enumerate(zip(prompts, experts, boundaries)):
-    prompt[i, p_w - len(p):] = p
-    lengths[i] = len(p)
-    expert[i, :len(e)] = e
-    expert_len[i] = len(e)
-    bd = np.asarray(bd, np.int64)
-    if bd.size and (bd.min() < 0 or bd.max() >= len(e)):
-      raise ValueError(f"annotate: row {i}: boundaries must index its {len(e)} expert tokens")
-    boundary[i, bd] = True
   put = lambda x: _replicated(x, mesh)  # noqa: E731
-  tok, logp, kind, src, num = (_host(x) for x in annotate_arrays(
-      cfg, variables, put(prompt), put(lengths), put(expert), put(expert_len), put(boundary),
-      _replicated_key(key, mesh), max_new=int(max_new),
-      max_rationale_len=int(max_rationale_len), temperature=float(temperature),
-      think_id=int(think_id), end_think_id=int(end_think_id),
-      banned_ids=tuple(sorted(int(x) for x in banned_ids))))
+  rkey = _replicated_key(key, mesh)
+  tok, logp, kind, src, num = [], [], [], [], []
+  for start in range(0, n, chunk):
+    prompt = np.zeros((b, p_w), np.int32)
+    lengths = np.ones((b,), np.int32)
+    expert = np.zeros((b, e_w), np.int32)
+    expert_len = np.zeros((b,), np.int32)
+    boundary = np.zeros((b, e_w), bool)
+    for r, i in enumerate(range(start, min(start + chunk, n))):
+      p, e = prompts[i], experts[i]
+      prompt[r, p_w - len(p):] = p
+      lengths[r] = len(p)
+      expert[r, :len(e)] = e
+      expert_len[r] = len(e)
+      boundary[r, np.asarray(boundaries[i], np.int64)] = True
+    outs = [_host(x) for x in annotate_arrays(
+        cfg, variables, put(prompt), put(lengths), put(expert), put(expert_len), put(boundary),
+        rkey, put(np.int32(start)), max_new=int(max_new),
+        max_rationale_len=int(max_rationale_len), temperature=float(temperature),
+        think_id=int(think_id), end_think_id=int(end_think_id),
+        banned_ids=tuple(sorted(int(x) for x in banned_ids)))]
+    for acc, x in zip((tok, logp, kind, src, num), outs):
+      acc.append(x[:min(chunk, n - start)])
+  tok, logp, kind, src, num = (np.concatenate(x) for x in (tok, logp, kind, src, num))
   out = []
   for i in range(n):
     m = int(num[i])

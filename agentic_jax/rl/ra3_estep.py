@@ -125,13 +125,16 @@ def _bound(terms: dict, s: Settings, rows: Optional[np.ndarray] = None) -> dict[
 def estep_step(model_cfg: ModelConfig, state: Any, scorer_variables: dict,
                programs: Sequence[Program], settings: Settings, *, tokenizer: Any, seed: int,
                rl_step: Callable, seq_len: int, pack: Callable[[dict], dict],
-               batch_bucket: int = 8, mesh: Optional[jax.sharding.Mesh] = None
+               batch_bucket: int = 8, decode_batch: Optional[int] = None,
+               mesh: Optional[jax.sharding.Mesh] = None
                ) -> tuple[Any, list[ann_lib.Annotation], dict]:
   """One E-step update (module docstring) -> (new state, the chosen annotation per program,
   metrics; None for a program too long for a row of seq_len + 1 tokens, which is counted in
   programs_too_long and left as the expert wrote it). `rl_step(state, ref_variables, packed)` is rl/step.py's jitted step (its reference =
   the scorer, used for the KL term and metrics only); `pack(policy_rows) -> packed` is
-  rl/step.pack_batch with the E-step's shapes. `mesh`: the mesh the state and scorer are
+  rl/step.pack_batch with the E-step's shapes. `decode_batch`: annotation rows per decoder
+  call (None: all P x G in one; config.estep.decode_batch), which changes no result: a row's
+  random numbers are its own (rl/ra3_annotate.annotate). `mesh`: the mesh the state and scorer are
   sharded over (None: one device); the decoders then take global arrays (rl/ra3_annotate.py)
   and `rl_step` is expected to place the packed batch on it. Across processes every process
   calls this with the same programs and seed and gets the same annotations and metrics."""
@@ -160,7 +163,7 @@ def estep_step(model_cfg: ModelConfig, state: Any, scorer_variables: dict,
       [programs[i].expert for i in rows_p], [bds[i] for i in rows_p], jax.random.key(seed),
       think_id=think, end_think_id=end, banned_ids=banned,
       max_rationale_len=s.max_rationale_len, temperature=s.temperature,
-      batch_bucket=batch_bucket, mesh=mesh)
+      batch_bucket=batch_bucket, max_rows=decode_batch, mesh=mesh)
   scores = ann_lib.score(model_cfg, scorer_variables, anns, batch_bucket=batch_bucket, mesh=mesh)
   terms = ann_lib.boundary_terms(anns, scores)
   ret = rewards(terms, s.c).sum(axis=1)  # [N]

@@ -3,6 +3,11 @@ and pass@1 on code tasks checked in the sandbox.
 
     nll = action_nll(model_cfg, variables, programs, tokenizer, max_rationale_len=6)
     p1 = pass_at_1(model_cfg, variables, tasks, tokenizer, temperature=0.0, samples=1, ...)
+    results = evaluate_stage(config, model_cfg, tokenizer, workdir, [(name, wd)], ...)  # the job's
+
+evaluate_model runs both with an RA3 config's settings (config.eval, config.ra3); evaluate_stage
+is the RA3 job's eval stage (rl/ra3.py): every model of the job, on config.estep.mesh, with a
+cache file per model.
 
 action_nll: the model reads a held-out expert program and, at every action start, decides for
 itself (greedy, without seeing the action) whether to write a rationale and which (greedy) —
@@ -36,7 +41,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -218,3 +223,89 @@ def pass_at_1(model_cfg: ModelConfig, variables: dict, tasks: Sequence[Any], tok
           "skipped_too_long": len(tasks) - len(fit), "completions": len(codes),
           "examples": [{"task": fit[owners[j]].id, "code": codes[j], "passed": passed[j]}
                        for j in range(min(3, len(codes)))]}
+
+
+# ------------------------------------------------------------------ the RA3 job's eval stage
+
+def _agreed(value: Any) -> Any:
+  """Process 0's `value` on every process (a collective; one process: `value`), for decisions
+  read from files, so that every process takes the same branch."""
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  return value if jax.process_count() == 1 else parallel.allgather_objects(value)[0]
+
+
+def _mesh(config: Any, model_cfg: ModelConfig) -> tuple[Any, Optional[dict]]:
+  """(config.estep.mesh as a Mesh, the variables' shardings on it), or (None, None) when it
+  has one device (the unsharded path)."""
+  from agentic_jax import parallel  # pylint: disable=import-outside-toplevel
+  mesh = parallel.make_mesh(config.estep.mesh, prefix="config.estep.mesh")
+  if mesh.devices.size == 1:
+    return None, None
+  return mesh, parallel.variable_shardings(model_cfg, mesh)
+
+
+def evaluate_model(config: Any, model_cfg: ModelConfig, variables: dict, tokenizer: Any,
+                   heldout: list, tasks: list, humaneval: list,
+                   truth: Optional[list] = None, mesh: Any = None) -> dict:
+  """The held-out metrics of one model (action_nll, pass_at_1 above) with the RA3 config's
+  settings; `mesh`: the one the variables are sharded over (None: one device). Across
+  processes a collective with the same result on every process (module docstring)."""
+  v = config.eval
+  out = action_nll(model_cfg, variables, heldout, tokenizer,
+                   max_rationale_len=int(config.ra3.max_rationale_len), truth=truth, mesh=mesh)
+  kw = dict(max_new_tokens=int(v.max_new_tokens), timeout_s=float(v.timeout_s),
+            allow_unisolated=bool(v.allow_unisolated), seed=int(config.seed), mesh=mesh)
+  if tasks:
+    g = pass_at_1(model_cfg, variables, tasks, tokenizer, temperature=0.0, samples=1, **kw)
+    smp = pass_at_1(model_cfg, variables, tasks, tokenizer, temperature=float(v.temperature),
+                    samples=int(v.samples), **kw)
+    out.update(pass_at_1=g["pass_at_1"], pass_at_1_sampled=smp["pass_at_1"],
+               pass_tasks=g["tasks"], examples=g["examples"])
+  if humaneval:
+    h = pass_at_1(model_cfg, variables, humaneval, tokenizer, temperature=0.0, samples=1, **kw)
+    out.update(humaneval_pass_at_1=h["pass_at_1"], humaneval_tasks=h["tasks"],
+               humaneval_skipped_too_long=h["skipped_too_long"])
+  return out
+
+
+def fmt(x: Optional[float], spec: str = ".4f") -> str:
+  """A metric for the job's log lines: "n/a" when there is none."""
+  return "n/a" if x is None else format(x, spec)
+
+
+def evaluate_stage(config: Any, model_cfg: ModelConfig, tokenizer: Any, workdir: str,
+                   models: Sequence[tuple[str, str]], heldout: list, tasks: list,
+                   humaneval: list, truth: Optional[list], *,
+                   load: Callable[[str, Optional[dict]], dict],
+                   say: Callable[[str], None]) -> dict[str, dict]:
+  """The RA3 job's eval stage (rl/ra3.py): {name: evaluate_model's results} for each
+  (name, WORKDIR of its checkpoints) of `models`, on config.estep.mesh; `load(WORKDIR,
+  shardings)` restores a checkpoint's variables in that layout (None: one device), `say`
+  prints on process 0. Each result is cached in WORKDIR/eval_NAME.json (written by process 0)
+  and a cached one is read, not recomputed; which are cached is process 0's view, broadcast,
+  so that every process evaluates the same models (the evaluation is a collective)."""
+  import json  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from agentic_jax import fs  # pylint: disable=import-outside-toplevel
+  from agentic_jax.train import runner  # pylint: disable=import-outside-toplevel
+  results: dict[str, dict] = {}
+  cached = _agreed([fs.exists(fs.join(workdir, f"eval_{name}.json")) for name, _ in models])
+  mesh, shardings = _mesh(config, model_cfg)
+  for (name, wd), hit in zip(models, cached):
+    cache = fs.join(workdir, f"eval_{name}.json")
+    if hit:
+      results[name] = json.loads(fs.read_text(cache))
+      continue
+    variables = load(wd, shardings)
+    res = runner.clean(evaluate_model(config, model_cfg, variables, tokenizer, heldout, tasks,
+                                      humaneval, truth, mesh=mesh))
+    del variables
+    if jax.process_index() == 0:  # every process evaluates; one writes
+      fs.write_text(cache, json.dumps(res))
+    results[name] = res
+    say(f"[ra3] eval {name}: action NLL {fmt(res['action_nll'])} (without rationales "
+        f"{fmt(res['action_nll_plain'])}), think rate {fmt(res['think_rate'], '.3f')}, pass@1 "
+        f"{res.get('pass_at_1')} (sampled {res.get('pass_at_1_sampled')}), HumanEval pass@1 "
+        f"{res.get('humaneval_pass_at_1')} on {res.get('humaneval_tasks')} problems")
+  return results
