@@ -114,10 +114,11 @@ def decode_config(cfg: ModelConfig,
   The decoders here (`generate_arrays`, `prefill`, `decode_step`) find the mesh either way:
   from `jax.set_mesh(mesh)` when called inside it, else from the variables' NamedShardings
   (params sharded by parallel.variable_shardings or placed NamedSharding(mesh, P())); they
-  need neither the context nor replicated inputs. A caller building its own decoder from
-  `decode_config(cfg)` (sampling_speculative, rl/ra3_annotate) gets the exchange only under
-  `jax.set_mesh(mesh)` (it must apply the module in that same context; its exchange's output
-  leaves split over the token axes, resharded by GSPMD), else dropless."""
+  need neither the context nor replicated inputs. A caller building its own decoder does the
+  same (sampling_speculative, rl/ra3_annotate): mesh = decode_mesh(variables), the module
+  from decode_config(cfg, mesh) / step_config, applied inside on_mesh(cfg, mesh); from
+  `decode_config(cfg)` alone it gets the exchange only under `jax.set_mesh(mesh)`, else
+  dropless."""
   if cfg.is_moe and cfg.moe_dispatch == "expert_parallel":
     ep = _expert_shards(cfg, mesh)
     if ep > 1:
