@@ -15,6 +15,8 @@ Engines (the same model, the same weights, the same batch, the same AdamW):
   torch compiled  torch.compile (inductor) of the same forward + loss, on its own copy of the
                   weights; the backward is compiled with it (AOTAutograd), AdamW stays eager.
                   Its warm-up (compilation, recompiles for new expert-group shapes) is reported.
+                  transformers' LongCat expert loop graph-breaks on `.item()` (dynamo's warning
+                  is silenced): that is the model as shipped, compiled with the defaults.
   torch bf16      the eager model under torch.autocast("cpu", bfloat16) (f32 master weights;
                   it uses the CPU's AMX units, which XLA:CPU does not): an extra row, no goal.
 One step = forward, next-token cross-entropy (weighted mean), backward, global-norm clip,
@@ -29,11 +31,14 @@ Checked before timing: the step-0 losses of every float32 engine equal ours with
 the optimizers match; tests/test_train_vs_torch.py asserts both).
 Timing: after --warmup steps per engine, --rounds rounds; a round times the f32 2048^3
 `jnp.dot` (median of 3: the same-round matmul), then one step of each engine, the engines'
-order rotating from round to round, so load from other processes hits all alike. Medians.
+order rotating from round to round, so load from other processes hits all alike, with a
+--gap_s pause before each step: XLA's and OpenMP's worker threads keep spinning for a while
+after a step, and without the pause the engine that follows JAX ran ~20% slower (tiny, torch
+eager: 125 ms alone, 155 ms straight after our step, 132 ms after a 50 ms pause). Medians.
 Batch: one fixed batch of single-segment rows (arithmetic token sequences), reused every step.
 
 Models (benchmarks/train_step.py's configs):
-  tiny  configs/midtrain.py:tiny's model, 2.1M params, batch 8 x 256
+  tiny  configs/midtrain.py:tiny's model, 1.3M params, batch 8 x 256
   m50   50.2M LongCat-style (d 512, 4 ScMoE layers, 16 + 8 zero experts, top-4), batch 4 x 512
   m200  196.6M LongCat-style (vocab 16384, d 768, 6 ScMoE layers, 12 heads, q_lora 384,
         kv_lora 128, qk 48+16, v 48, SwiGLU 1536, 32 experts (256) + 16 zero, top-4;
@@ -54,6 +59,7 @@ import argparse
 import contextlib
 import gc
 import json
+import logging
 import os
 import platform
 import statistics
@@ -72,6 +78,7 @@ for _p in (ROOT, HERE):
   if _p not in sys.path:
     sys.path.insert(0, _p)
 
+import rollout as rollout_bench  # noqa: E402  (hf_model: our config and weights in transformers)
 import train_step as ts  # noqa: E402  (the configs: one definition for both benchmarks)
 from agentic_jax import convert, models, parallel  # noqa: E402
 from agentic_jax.train import flops as flops_lib  # noqa: E402
@@ -163,9 +170,8 @@ class TorchEngine:
                batch: dict[str, np.ndarray], decay: set[str], adamw_impl: str = "fused"):
     import torch  # pylint: disable=import-outside-toplevel
     import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
-    from rollout import hf_model  # pylint: disable=import-outside-toplevel
     self.torch, self.kind, self.name = torch, kind, f"torch {kind}"
-    self.model = hf_model(model_cfg, variables).train()
+    self.model = rollout_bench.hf_model(model_cfg, variables).train()
     o = config.optim
     named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
     missing = decay - {n for n, _ in named}
@@ -215,6 +221,7 @@ def build_engines(name: str, peers: tuple[str, ...], adamw_impl: str = "fused",
   if peers:
     import torch  # pylint: disable=import-outside-toplevel
     torch.set_num_threads(threads or os.cpu_count())
+    torch._logging.set_logs(dynamo=logging.ERROR)  # pylint: disable=protected-access
     decay = decay_names(model_cfg, ours.initial_variables)
     for kind in peers:
       engines.append(TorchEngine(kind, model_cfg, config, ours.initial_variables, batch, decay,
@@ -244,6 +251,7 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
   rec: dict[str, dict] = {e.name: {"warmup_s": [], "losses": [], "times_s": []} for e in engines}
   for e in engines:  # warm-up: the first steps, also the loss check
     for _ in range(args.warmup):
+      time.sleep(args.gap_s)
       t0 = time.perf_counter()
       rec[e.name]["losses"].append(e.step())
       rec[e.name]["warmup_s"].append(time.perf_counter() - t0)
@@ -265,6 +273,7 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
     ceilings.append(ceiling.measure(3))
     order = engines[r % len(engines):] + engines[:r % len(engines)]
     for e in order:
+      time.sleep(args.gap_s)
       t0 = time.perf_counter()
       rec[e.name]["losses"].append(e.step())
       rec[e.name]["times_s"].append(time.perf_counter() - t0)
@@ -317,6 +326,8 @@ def main() -> None:
   ap.add_argument("--adamw", default="fused", choices=("fused", "foreach", "loop"),
                   help="torch AdamW implementation")
   ap.add_argument("--threads", type=int, default=0, help="torch threads (default os.cpu_count())")
+  ap.add_argument("--gap_s", type=float, default=0.1,
+                  help="pause before each timed step (lets the previous engine's threads idle)")
   ap.add_argument("--loss_rtol", type=float, default=1e-4, help="step-0 loss agreement")
   ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks/results/train_vs_torch.json"))
   args = ap.parse_args()
@@ -353,6 +364,7 @@ def main() -> None:
             f"(first {comp['warmup_s'][0]:.1f}s); ours compiled in {res['ours_compile_s']:.1f}s")
   print("  ".join(f"{k} {v:.2f}x" for k, v in out.items()))
   out.update(models=results, rounds=args.rounds, warmup=args.warmup, adamw=args.adamw,
+             gap_s=args.gap_s,
              mfu_denominator={"flops": denom, "label": label},
              matmul_best_gflops=ceiling.best / 1e9, versions=versions(), machine=machine(),
              torch_threads=args.threads or os.cpu_count(), loadavg_start=load_start,
