@@ -48,7 +48,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -202,7 +201,8 @@ def main() -> None:
     if r["model"] not in best or r["tokens_per_s"] > best[r["model"]]["tokens_per_s"]:
       best[r["model"]] = r
   for m, r in best.items():
-    print(f"best {m}: {r['variant']} {r['tokens_per_s']:,.0f} tok/s, MFU {100 * r['mfu_vs_peak']:.1f}% "
+    print(f"best {m}: {r['variant']} {r['tokens_per_s']:,.0f} tok/s, "
+          f"MFU {100 * r['mfu_vs_peak']:.1f}% "
           f"vs {label}, {100 * r['mfu_same_round']:.1f}% vs same-round matmul")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:

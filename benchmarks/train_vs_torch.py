@@ -183,7 +183,8 @@ class TorchEngine:
     if missing:
       raise RuntimeError(f"decayed tensors that are not transformers parameters: {sorted(missing)}")
     self.params = [p for _, p in named]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": float(o.weight_decay)},
+    groups = [{"params": [p for n, p in named if n in decay],
+               "weight_decay": float(o.weight_decay)},
               {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
     impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
     self.opt = torch.optim.AdamW(groups, lr=float(o.lr), betas=(float(o.b1), float(o.b2)),
@@ -266,7 +267,8 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
   ref = rec[OURS]["losses"]
   for e in engines[1:]:
     r0 = rel(rec[e.name]["losses"][0], ref[0])
-    rec[e.name]["step0_rel_diff"], rec[e.name]["step1_rel_diff"] = r0, rel(rec[e.name]["losses"][1], ref[1])
+    rec[e.name]["step0_rel_diff"] = r0
+    rec[e.name]["step1_rel_diff"] = rel(rec[e.name]["losses"][1], ref[1])
     if e.kind != "bf16" and r0 > args.loss_rtol:
       raise SystemExit(f"{name}: step-0 loss of {e.name} {rec[e.name]['losses'][0]:.7f} != ours "
                        f"{ref[0]:.7f} (rel {r0:.2e} > {args.loss_rtol}): not the same model")
@@ -323,7 +325,8 @@ def versions() -> dict:
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true", help="tiny only, 2 rounds (a smoke test)")
-  ap.add_argument("--models", default="", help="comma-separated of tiny,m50,m200 (default tiny,m50)")
+  ap.add_argument("--models", default="",
+                  help="comma-separated of tiny,m50,m200 (default tiny,m50)")
   ap.add_argument("--rounds", type=int, default=0, help="timed rounds (default 5; --quick 2)")
   ap.add_argument("--warmup", type=int, default=3, help="untimed steps per engine (>= 2)")
   ap.add_argument("--peers", default=",".join(PEERS), help=f"torch rows, of {','.join(PEERS)}")

@@ -49,7 +49,8 @@ class RatedPeak:
 # Sources (vendors' published per-chip figures; NVIDIA's datasheets quote tensor-core numbers
 # "with sparsity", the dense figure is half of that):
 #   H100 SXM5: BF16 1,979 / TF32 989 TFLOPS with sparsity -> 989 / 494.5 dense (H100 datasheet).
-#   H100 PCIe: 1,513 / 756 with sparsity -> 756 / 378 dense.  H100 NVL: 1,671 / 835 -> 835.5 / 417.5.
+#   H100 PCIe: 1,513 / 756 with sparsity -> 756 / 378 dense.
+#   H100 NVL: 1,671 / 835 with sparsity -> 835.5 / 417.5 dense.
 #   H200 SXM: same tensor cores and clocks as H100 SXM (H200 datasheet: 1,979 / 989 sparse);
 #   H200 NVL: 1,671 / 835 sparse.  GH200: the H100 SXM figures (GH200 datasheet).
 #   A100 (SXM4 and PCIe, 40 and 80 GB): BF16 312, TF32 156 dense (A100 datasheet).
@@ -119,7 +120,8 @@ class MatmulCeiling:
     return max(self.history) if self.history else self.measure()
 
 
-def denominator(device_kind: str, dtype: str, ceiling: Optional[MatmulCeiling]) -> tuple[float, str]:
+def denominator(device_kind: str, dtype: str,
+                ceiling: Optional[MatmulCeiling]) -> tuple[float, str]:
   """(FLOP/s, label) MFU divides by: the rated peak where the kind is known, else (CPU, or a
   chip missing from PEAKS) the best-of-run f32 matmul, which `ceiling` must then have measured."""
   peak = lookup(device_kind)
