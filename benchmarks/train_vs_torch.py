@@ -238,13 +238,6 @@ def build_engines(name: str, peers: tuple[str, ...], adamw_impl: str = "fused",
   return engines, info
 
 
-def step_losses(name: str = "tiny", steps: int = 2, peers: tuple[str, ...] = ("eager",),
-                adamw_impl: str = "fused") -> dict[str, list[float]]:
-  """The first `steps` losses of every engine (tests/test_train_vs_torch.py)."""
-  engines, _ = build_engines(name, peers, adamw_impl)
-  return {e.name: [e.step() for _ in range(steps)] for e in engines}
-
-
 def rel(a: float, b: float) -> float:
   return abs(a - b) / max(abs(b), 1e-12)
 
@@ -343,6 +336,8 @@ def main() -> None:
   args = ap.parse_args()
   if args.warmup < 2:
     ap.error("--warmup must be >= 2 (steps 0 and 1 are the loss check)")
+  if jax.default_backend() != "cpu":  # torch runs on the CPU here: compare like with like
+    ap.error(f"CPU only (JAX's default backend is {jax.default_backend()}): set JAX_PLATFORMS=cpu")
   names = args.models.split(",") if args.models else (["tiny"] if args.quick else ["tiny", "m50"])
   args.rounds = args.rounds or (2 if args.quick else 5)
   load_start = os.getloadavg()
