@@ -38,6 +38,10 @@ order rotating from round to round, so load from other processes hits all alike,
 --gap_s pause before each step: XLA's and OpenMP's worker threads keep spinning for a while
 after a step, and without the pause the engine that follows JAX ran ~20% slower (tiny, torch
 eager: 125 ms alone, 155 ms straight after our step, 132 ms after a 50 ms pause). Medians.
+--solo_steps N adds N back-to-back steps per engine after the rounds (solo_median_ms, a
+separate column): on the shared machine m50's step of ours took 1.5 s in its own warm-up but
+3.9-5.4 s inside the rounds (torch eager 2.1-2.4 s in both), which the quiet run should confirm
+or rule out as load from other processes.
 Batch: one fixed batch of single-segment rows (arithmetic token sequences), reused every step.
 
 Models (benchmarks/train_step.py's configs):
@@ -283,8 +287,16 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
     print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
         f"{e.name} {1e3 * rec[e.name]['times_s'][-1]:.0f} ms" for e in engines)
         + f"; matmul {ceilings[-1] / 1e9:.0f} GFLOP/s", flush=True)
+  for e in engines:  # optional cross-check: each engine's steps back to back, no interleaving
+    time.sleep(args.gap_s)
+    for _ in range(args.solo_steps):
+      t0 = time.perf_counter()
+      rec[e.name]["losses"].append(e.step())
+      rec[e.name].setdefault("solo_times_s", []).append(time.perf_counter() - t0)
   for e in engines:
     d = rec[e.name]
+    if "solo_times_s" in d:
+      d["solo_median_ms"] = 1e3 * statistics.median(d["solo_times_s"])
     d["median_ms"] = 1e3 * statistics.median(d["times_s"])
     d["tokens_per_s"] = tokens / statistics.median(d["times_s"])
     d["gflops"] = statistics.mean(flops) / statistics.median(d["times_s"]) / 1e9
@@ -329,6 +341,9 @@ def main() -> None:
   ap.add_argument("--threads", type=int, default=0, help="torch threads (default os.cpu_count())")
   ap.add_argument("--gap_s", type=float, default=0.1,
                   help="pause before each timed step (lets the previous engine's threads idle)")
+  ap.add_argument("--solo_steps", type=int, default=0,
+                  help="after the rounds, this many back-to-back steps per engine (a check of "
+                       "interleaving effects; reported apart as solo_median_ms)")
   ap.add_argument("--inductor_cache", default="",
                   help="TORCHINDUCTOR_CACHE_DIR to use (default: a fresh one, removed at the end)")
   ap.add_argument("--loss_rtol", type=float, default=1e-4, help="step-0 loss agreement")
@@ -353,8 +368,9 @@ def main() -> None:
   denom, label = peaks.denominator(kind, "f32", ceiling)
   out: dict[str, Any] = {}
   print(f"\n| model | engine | step ms | tok/s | ours vs it | GFLOP/s | MFU vs {label} "
-        f"({denom / 1e9:.0f} GFLOP/s) | MFU vs same-round matmul | step-0 loss | step-1 loss |")
-  print("|" + "---|" * 10)
+        f"({denom / 1e9:.0f} GFLOP/s) | MFU vs same-round matmul | step-0 loss | step-1 loss "
+        f"| solo step ms |")
+  print("|" + "---|" * 11)
   for n, res in results.items():
     ours_ms = res["engines"][OURS]["median_ms"]
     for eng, d in res["engines"].items():
@@ -367,7 +383,8 @@ def main() -> None:
       mfu = (f"{100 * d['mfu_vs_peak']:.1f}% | {100 * d['mfu_same_round']:.1f}%"
              if "mfu_same_round" in d else "- | -")
       print(f"| {n} | {eng} | {d['median_ms']:,.0f} | {d['tokens_per_s']:,.0f} | {ratio:.2f}x | "
-            f"{d['gflops']:.0f} | {mfu} | {d['losses'][0]:.6f} | {d['losses'][1]:.6f} |")
+            f"{d['gflops']:.0f} | {mfu} | {d['losses'][0]:.6f} | {d['losses'][1]:.6f} | "
+            f"{d.get('solo_median_ms', float('nan')):,.0f} |")
   for n, res in results.items():
     comp = res["engines"].get("torch compiled")
     if comp:
