@@ -380,11 +380,12 @@ def main() -> None:
       if eng != OURS:
         suffix = {"torch eager": "", "torch compiled": "_compiled", "torch bf16": "_bf16"}[eng]
         out[f"speedup_{SPEEDUP_KEY[n]}{suffix}"] = ratio
+      solo = f"{d['solo_median_ms']:,.0f}" if "solo_median_ms" in d else "-"
       mfu = (f"{100 * d['mfu_vs_peak']:.1f}% | {100 * d['mfu_same_round']:.1f}%"
              if "mfu_same_round" in d else "- | -")
       print(f"| {n} | {eng} | {d['median_ms']:,.0f} | {d['tokens_per_s']:,.0f} | {ratio:.2f}x | "
             f"{d['gflops']:.0f} | {mfu} | {d['losses'][0]:.6f} | {d['losses'][1]:.6f} | "
-            f"{d.get('solo_median_ms', float('nan')):,.0f} |")
+            f"{solo} |")
   for n, res in results.items():
     comp = res["engines"].get("torch compiled")
     if comp:
