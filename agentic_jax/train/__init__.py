@@ -9,6 +9,7 @@ Modules (imports flow launch -> loop -> the rest -> objectives, data, models):
   optim       AdamW chain, "wsd" / "cosine" schedules, weight-decay mask
   step        make_train_step(model_cfg, config, ...) -> pure train_step(state, batch)
   flops       model FLOPs per step for MFU (activated experts only)
+  peaks       rated peak FLOP/s per accelerator kind, the CPU matmul ceiling (MFU denominators)
   checkpoint  Checkpointer: orbax async keep-N of {state, data iterator, meta}, corrupt fallback,
               config mismatches named (a ConfigError, nothing on disk changed)
   input       build_input(config, workdir, ...): the data mix (config.data.mix, source_specs)
