@@ -21,7 +21,13 @@ Engines (the same model, the same weights, the same batch, the same AdamW):
                   warm-up is the cold compile a first run pays: with a warm cache it fell from
                   44 s to 5 s at tiny.
   torch bf16      the eager model under torch.autocast("cpu", bfloat16) (f32 master weights;
-                  it uses the CPU's AMX units, which XLA:CPU does not): an extra row, no goal.
+                  oneDNN's bf16 kernels, e.g. AMX on CPUs that have it, which XLA:CPU does not
+                  use): an extra row, no goal. It runs after the f32 timing of every model
+                  (a second pass: warm-up, then --rounds steps back to back): once it had run,
+                  our XLA steps later in the same process took up to ~2x as long (m50 on the
+                  2-core AMD EPYC: 1.4-1.7 s -> 2.4-5.4 s, even after a bf16 tiny run; a lone
+                  bf16 Linear does not do it, the f32 torch peers do not either; cause not
+                  found), so interleaving it would charge that to us.
 One step = forward, next-token cross-entropy (weighted mean), backward, global-norm clip,
 AdamW. Hyper-parameters: configs/midtrain.py's optim section (lr 3e-3 held constant, betas
 0.9/0.95, eps 1e-8, weight decay 0.1 on matrices only - the same leaves on both sides, read
@@ -246,13 +252,20 @@ def rel(a: float, b: float) -> float:
   return abs(a - b) / max(abs(b), 1e-12)
 
 
-def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling) -> dict:
-  peers = tuple(p for p in args.peers.split(",") if p and not (args.no_compile and p == "compiled"))
+def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling,
+              peers: tuple[str, ...], time_ours: bool = True) -> dict:
+  """Builds ours and `peers` for model `name` and times them (module doc). time_ours=False:
+  ours only warms up (the losses the peers are checked against), the peers are timed."""
   engines, info = build_engines(name, peers, args.adamw, args.threads)
   print(f"[{name}] {info['params'] / 1e6:.1f}M params, batch {info['batch']}x{info['seq_len']}; "
         f"ours compiled in {info['compile_s']:.1f}s", flush=True)
   rec: dict[str, dict] = {e.name: {"warmup_s": [], "losses": [], "times_s": []} for e in engines}
-  for e in engines:  # warm-up: the first steps, also the loss check
+  # torch bf16 runs after the f32 engines, on its own (main runs it after every model's f32
+  # timing: module doc)
+  late = [e for e in engines if getattr(e, "kind", "") == "bf16"]
+  all_engines, engines = engines, [e for e in engines if e not in late]
+
+  def warm_up(e):
     for _ in range(args.warmup):
       time.sleep(args.gap_s)
       t0 = time.perf_counter()
@@ -261,6 +274,9 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
     print(f"  {e.name}: warm-up {sum(rec[e.name]['warmup_s']):.1f}s "
           f"({', '.join(f'{s:.2f}' for s in rec[e.name]['warmup_s'])}); losses step 0 "
           f"{rec[e.name]['losses'][0]:.6f}, step 1 {rec[e.name]['losses'][1]:.6f}", flush=True)
+
+  for e in engines:  # warm-up: the first steps, also the loss check
+    warm_up(e)
   ref = rec[OURS]["losses"]
   for e in engines[1:]:
     r0 = rel(rec[e.name]["losses"][0], ref[0])
@@ -273,7 +289,7 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
   fm = info["flop_model"]
   tokens = info["batch"] * info["seq_len"]
   ceilings, flops = [], []
-  for r in range(args.rounds):
+  for r in range(args.rounds if time_ours else 0):
     ceilings.append(ceiling.measure(3))
     order = engines[r % len(engines):] + engines[:r % len(engines)]
     for e in order:
@@ -287,12 +303,28 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
     print(f"  round {r + 1}/{args.rounds}: " + ", ".join(
         f"{e.name} {1e3 * rec[e.name]['times_s'][-1]:.0f} ms" for e in engines)
         + f"; matmul {ceilings[-1] / 1e9:.0f} GFLOP/s", flush=True)
+  if not time_ours:  # the step's FLOPs at the routing of ours' warm-up steps
+    ffn = flops_lib.executed_ffn_experts_per_token(ours.metrics, tokens)
+    flops.append(fm.step_flops(batch=info["batch"], seq_len=info["seq_len"],
+                               ffn_experts_per_token=ffn))
   for e in engines:  # optional cross-check: each engine's steps back to back, no interleaving
     time.sleep(args.gap_s)
-    for _ in range(args.solo_steps):
+    for _ in range(args.solo_steps if time_ours else 0):
       t0 = time.perf_counter()
       rec[e.name]["losses"].append(e.step())
       rec[e.name].setdefault("solo_times_s", []).append(time.perf_counter() - t0)
+  for e in late:  # after every f32 step: its warm-up, then as many timed steps as rounds
+    warm_up(e)
+    rec[e.name]["step0_rel_diff"] = rel(rec[e.name]["losses"][0], ref[0])
+    rec[e.name]["step1_rel_diff"] = rel(rec[e.name]["losses"][1], ref[1])
+    for _ in range(args.rounds):
+      time.sleep(args.gap_s)
+      t0 = time.perf_counter()
+      rec[e.name]["losses"].append(e.step())
+      rec[e.name]["times_s"].append(time.perf_counter() - t0)
+    print(f"  {e.name} (after the f32 engines, {args.rounds} steps): " + ", ".join(
+        f"{1e3 * t:.0f}" for t in rec[e.name]["times_s"]) + " ms", flush=True)
+  engines = [e for e in all_engines if rec[e.name]["times_s"]]
   for e in engines:
     d = rec[e.name]
     if "solo_times_s" in d:
@@ -300,7 +332,7 @@ def run_model(name: str, args: argparse.Namespace, ceiling: peaks.MatmulCeiling)
     d["median_ms"] = 1e3 * statistics.median(d["times_s"])
     d["tokens_per_s"] = tokens / statistics.median(d["times_s"])
     d["gflops"] = statistics.mean(flops) / statistics.median(d["times_s"]) / 1e9
-    if getattr(e, "kind", "") != "bf16":
+    if getattr(e, "kind", "") != "bf16" and ceilings:
       d["mfu_same_round"] = statistics.median(f / s / c for f, s, c in
                                               zip(flops, d["times_s"], ceilings))
   del engines, ours
@@ -359,8 +391,14 @@ def main() -> None:
   fresh = "" if args.inductor_cache else tempfile.mkdtemp(prefix="inductor_")
   os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.inductor_cache or fresh  # read when torch compiles
   ceiling = peaks.MatmulCeiling()
+  peers = tuple(p for p in args.peers.split(",") if p and not (args.no_compile and p == "compiled"))
   try:
-    results = {n: run_model(n, args, ceiling) for n in names}
+    results = {n: run_model(n, args, ceiling, tuple(p for p in peers if p != "bf16"))
+               for n in names}
+    # torch bf16 after every f32 model's timing (module doc: it slows the XLA steps after it)
+    for n in names if "bf16" in peers else ():
+      late = run_model(n, args, ceiling, ("bf16",), time_ours=False)
+      results[n]["engines"]["torch bf16"] = late["engines"]["torch bf16"]
   finally:
     if fresh:
       shutil.rmtree(fresh, ignore_errors=True)
