@@ -10,6 +10,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -171,3 +172,62 @@ def test_rl_full_variants_share_flow_grpos_pod(variant):
 def test_rl_config_unknown_variant():
   with pytest.raises(ValueError, match="unknown variant 'huge'"):
     _rl_config("grpo", "huge")
+
+
+@pytest.mark.parametrize("variant", ("tiny", "youtu_llm"))
+def test_rl_variant_builds_what_grpo_dapo_dr_grpo_built(variant, monkeypatch):
+  """agentic_jax.rl.config.rl_variant, the builder configs/grpo.py, dapo.py and dr_grpo.py call,
+  gives what their own builders gave. The expected config is put together here key by key:
+  job keys; the model and tokenizer vocabulary of configs/midtrain.py:tiny (tiny) or
+  configs/flow_grpo.py:VARIANT (full size); mesh, optim, train, checkpoint and every rl key
+  but the loss's own from rl_config's tiny numbers (tiny) or flow_grpo's VARIANT; loss, its
+  registered default preset and batch mode, and the file's own loss options."""
+  import os  # pylint: disable=import-outside-toplevel
+  from agentic_jax.objectives import rl_registry  # pylint: disable=import-outside-toplevel
+  from agentic_jax.rl import config as rl_config_lib  # pylint: disable=import-outside-toplevel
+  flow_path = os.path.join(os.path.dirname(MIDTRAIN), "flow_grpo.py")
+  if variant == "tiny":
+    mt = config_lib.load_config(f"{MIDTRAIN}:tiny")
+    model, vocab = mt.model, mt.data.tokenizer.vocab_size
+    pod = rl_config_lib.rl_config("flow_grpo", model=model, tokenizer_vocab=vocab)
+  else:
+    pod = config_lib.load_config(f"{flow_path}:{variant}")
+    model, vocab = pod.model, pod.tokenizer.vocab_size
+  r = pod.rl
+  own_options = {"grpo": {}, "dr_grpo": {"norm_constant": float(r.max_turns * r.max_new_tokens)},
+                 "dapo": {"overlong_max_len": r.max_turns * r.max_new_tokens,
+                          "overlong_buffer": r.max_new_tokens}}
+  for name in ("grpo", "dapo", "dr_grpo"):
+    spec = rl_registry.get_spec(name)
+    want = {"job": "rl", "variant": variant, "seed": 0, "init_from": "",
+            "model": model.to_dict(), "tokenizer": {"path": "", "vocab_size": vocab}}
+    for section in ("mesh", "optim", "train", "checkpoint"):
+      want[section] = pod[section].to_dict()
+    want["rl"] = dict(r.to_dict(), loss=name, preset=spec.default_preset,
+                      batch_mode=spec.batch_mode, dapo_max_refill_rounds=0,
+                      loss_options={k: None for k in r.loss_options})
+    # the library function alone: no loss options of the file's
+    direct = rl_config_lib.rl_variant(name, variant, config_name=f"configs/{name}.py",
+                                      variants=(variant,), midtrain_path=MIDTRAIN,
+                                      flow_grpo_path=flow_path)
+    assert direct.to_dict() == want, name
+    # the config file: the same plus its own options
+    want["rl"]["loss_options"].update(own_options[name])
+    if name == "dapo":
+      want["rl"]["dapo_max_refill_rounds"] = 3
+    assert _rl_config(name, variant).to_dict() == want, name
+  assert want["rl"]["preset"] == "paper" and want["rl"]["batch_mode"] == "trajectory"
+  # init_from reaches the loaded config (whose model becomes the checkpoint's) and the result
+  seen = []
+  def checkpoint_model(path, like):
+    seen.append(path)
+    section = ml_collections.ConfigDict(like.to_dict())
+    section.preset = "init_from"
+    return section
+  monkeypatch.setattr(config_lib, "model_section_from_checkpoint", checkpoint_model)
+  c = _rl_config("dr_grpo", f"{variant},init_from=/ckpt/wd")
+  assert seen == ["/ckpt/wd"] and c.init_from == "/ckpt/wd" and c.model.preset == "init_from"
+  with pytest.raises(ValueError, match=r"^configs/x\.py: unknown variant 'huge'; choose one of "
+                                       r"\('tiny',\)$"):
+    rl_config_lib.rl_variant("grpo", "huge", config_name="configs/x.py", variants=("tiny",),
+                             midtrain_path=MIDTRAIN, flow_grpo_path=flow_path)

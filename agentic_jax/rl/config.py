@@ -5,6 +5,9 @@ section (and the tokenizer's vocabulary size) of its mid-training config:
     mt = load_config("configs/midtrain.py:tiny")          # in configs/grpo.py: its sibling
     config = rl_config("grpo", model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size)
 
+`rl_variant` is the whole builder of the configs that train another loss on flow_grpo's runs
+(configs/grpo.py, dapo.py, dr_grpo.py); each passes the paths of its sibling config files.
+
 Sections (the locked ConfigDict rejects a misspelt key, e.g. config.rl.group_sise):
   job="rl", variant, seed, init_from ("" = fresh params from seed; else a mid-training WORKDIR:
   its tokenizer.model and latest checkpoint's params/router_state)
@@ -32,7 +35,7 @@ options dataclass of objectives/rl_registry.py; errors name the config key
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -219,6 +222,46 @@ def rl_config(loss: str, *, model: Optional[Any], tokenizer_vocab: Optional[int]
   h.tensor = 1
   h.expert = 1
 
+  return c
+
+
+# the rl keys a loss owns: rl_variant's full-size variants keep them and take every other rl key
+# of configs/flow_grpo.py's same-named variant
+LOSS_KEYS = ("loss", "preset", "loss_options", "batch_mode", "dapo_max_refill_rounds")
+# the sections a full-size variant takes from that variant whole (its pod settings)
+POD_SECTIONS = ("mesh", "optim", "train", "checkpoint")
+
+
+def rl_variant(loss: str, arg: str, *, config_name: str, variants: Sequence[str],
+               midtrain_path: str, flow_grpo_path: str) -> ml_collections.ConfigDict:
+  """The config of `loss` (its default preset and batch mode) for `arg`
+  ("VARIANT[,init_from=CKPT_DIR]", VARIANT one of `variants`). "tiny" takes the model section
+  of `midtrain_path`:tiny (so a mid-trained checkpoint restores into it) and rl_config's tiny
+  numbers; a full-size VARIANT takes `flow_grpo_path`:VARIANT's model, tokenizer, pod sections
+  (POD_SECTIONS: mesh, optim, schedule, checkpointing) and every rl key but the loss's own
+  (LOSS_KEYS: rollout batch, lengths, buckets, eval), the settings launch/plan.py shows to fit.
+
+  Why one function: configs/grpo.py, dapo.py and dr_grpo.py differ only in their loss and its
+  options, and must stay comparable with configs/flow_grpo.py run for run; the library never
+  reads configs/ itself, so a config file passes its siblings' paths. init_from reaches the
+  loaded config (its model becomes the checkpoint's) and is set on the result. An unknown
+  VARIANT is a ValueError naming `config_name` (the calling file, e.g. "configs/grpo.py")."""
+  variant, init_from = config_lib.split_init_from(arg)
+  if variant not in variants:
+    raise ValueError(f"{config_name}: unknown variant {variant!r}; choose one of {tuple(variants)}")
+  suffix = f",init_from={init_from}" if init_from else ""
+  if variant == "tiny":
+    mt = config_lib.load_config(f"{midtrain_path}:tiny{suffix}")
+    c = rl_config(loss, model=mt.model, tokenizer_vocab=mt.data.tokenizer.vocab_size,
+                  variant=variant)
+    c.init_from = init_from
+    return c
+  pod = config_lib.load_config(f"{flow_grpo_path}:{variant}{suffix}")
+  c = rl_config(loss, model=pod.model, tokenizer_vocab=pod.tokenizer.vocab_size, variant=variant)
+  c.init_from = init_from
+  for section in POD_SECTIONS:
+    c[section].update(pod[section].to_dict())
+  c.rl.update({k: v for k, v in pod.rl.to_dict().items() if k not in LOSS_KEYS})
   return c
 
 
