@@ -53,6 +53,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402  (benchmarks/train_step.py: the same step and configs)
+from agentic_jax import allocator  # noqa: E402
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 _INSTR = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = .*?metadata=\{op_name="([^"]*)"')
@@ -188,7 +189,7 @@ def main() -> None:
       print(f"  {o['ms']:7.2f} ms  {o['category']:<14} {o['op']:<28} {o['what']}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"results": results, "jax": jax.__version__, "cpus": os.cpu_count(),
+    json.dump({"results": results, "jax": jax.__version__, "cpus": os.cpu_count(), "malloc": allocator.state(),
                "loadavg": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}, f,
               indent=1)
   print(f"wrote {args.out}")

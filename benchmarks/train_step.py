@@ -52,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from agentic_jax import models  # noqa: E402
+from agentic_jax import allocator, models  # noqa: E402
 from agentic_jax.train import config as config_lib  # noqa: E402
 from agentic_jax.train import flops as flops_lib  # noqa: E402
 from agentic_jax.train import optim as optim_lib  # noqa: E402
@@ -206,7 +206,7 @@ def main() -> None:
           f"vs {label}, {100 * r['mfu_same_round']:.1f}% vs same-round matmul")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"rows": rows, "reps": reps, "host": platform.node(), "cpus": os.cpu_count(),
+    json.dump({"rows": rows, "reps": reps, "host": platform.node(), "cpus": os.cpu_count(), "malloc": allocator.state(),
                "device_kind": kind, "mfu_denominator": {"flops": denom, "label": label},
                "matmul_best_gflops": ceiling.best / 1e9,
                "loadavg": os.getloadavg(), "jax": jax.__version__,

@@ -95,7 +95,7 @@ for _p in (ROOT, HERE):
 
 import rollout as rollout_bench  # noqa: E402  (hf_model: our config and weights in transformers)
 import train_step as ts  # noqa: E402  (the configs: one definition for both benchmarks)
-from agentic_jax import convert, models, parallel  # noqa: E402
+from agentic_jax import allocator, convert, models, parallel  # noqa: E402
 from agentic_jax.train import flops as flops_lib  # noqa: E402
 from agentic_jax.train import optim as optim_lib  # noqa: E402
 from agentic_jax.train import peaks  # noqa: E402
@@ -348,7 +348,7 @@ def machine() -> dict:
   with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
     cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
   return {"cpu": cpu or platform.processor(), "nproc": os.cpu_count(), "host": platform.node(),
-          "device_kind": jax.devices()[0].device_kind}
+          "device_kind": jax.devices()[0].device_kind, "malloc": allocator.state()}
 
 
 def versions() -> dict:
@@ -388,6 +388,8 @@ def main() -> None:
   names = args.models.split(",") if args.models else (["tiny"] if args.quick else ["tiny", "m50"])
   args.rounds = args.rounds or (2 if args.quick else 5)
   load_start = os.getloadavg()
+  print(f"malloc: {allocator.state()} (agentic_jax/allocator.py; AGENTIC_JAX_MALLOC=system: glibc's "
+        "defaults), for both engines: one process")
   fresh = "" if args.inductor_cache else tempfile.mkdtemp(prefix="inductor_")
   os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.inductor_cache or fresh  # read when torch compiles
   ceiling = peaks.MatmulCeiling()

@@ -70,3 +70,42 @@ def test_segments_do_not_leak():
     np.testing.assert_array_equal(a[0, first], b[0, first])
     assert not np.allclose(a[0, ~first & (np.asarray(seg)[0] == 2)],
                            b[0, ~first & (np.asarray(seg)[0] == 2)])
+
+
+def _autodiff_reference(q, k, v, q_index, k_index, q_segment, k_segment, scale):
+  """The softmax written plainly (jax.nn.softmax, zero rows for queries that see no key), so
+  its gradient is autodiff's: the reference for xla_attention's hand-written backward."""
+  causal = k_index[:, None, :] <= q_index[:, :, None]
+  mask = (causal & (q_segment[:, :, None] == k_segment[:, None, :]))[:, None]
+  kk = k if k.ndim == 4 else jnp.broadcast_to(k[:, :, None], (*k.shape[:2], q.shape[2], k.shape[-1]))
+  vv = v if v.ndim == 4 else jnp.broadcast_to(v[:, :, None], (*v.shape[:2], q.shape[2], v.shape[-1]))
+  s = jnp.einsum("bthd,bshd->bhts", q.astype(jnp.float32), kk.astype(jnp.float32)) * scale
+  p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
+  p = jnp.where(mask.any(-1, keepdims=True), p, 0.0)
+  return jnp.einsum("bhts,bshd->bthd", p, vv.astype(jnp.float32))
+
+
+@pytest.mark.parametrize("shared_key", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
+def test_xla_attention_gradient_equals_autodiff_of_the_softmax(shared_key, dtype, tol):
+  q, k, v, idx, seg = _inputs(shared_key, seed=5)
+  q, k, v = (x.astype(dtype) for x in (q, k, v))
+  # the second row's queries 0-2 carry a segment no key has: rows that see nothing
+  q_seg = seg.at[1, :3].set(7)
+  w = jnp.asarray(np.random.RandomState(1).randn(*q.shape[:3], v.shape[-1]), jnp.float32)
+
+  def loss(fn):
+    return lambda q, k, v: jnp.sum(w * fn(q, k, v, idx, idx, q_seg, seg, 0.4).astype(jnp.float32))
+
+  # jitted: XLA:CPU runs some bf16 x bf16 -> f32 dots only inside a compiled program
+  out = jax.jit(xla_attention, static_argnums=7)(q, k, v, idx, idx, q_seg, seg, 0.4)
+  ref = _autodiff_reference(q, k, v, idx, idx, q_seg, seg, 0.4)
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), rtol=tol, atol=tol)
+  assert not np.asarray(out[1, :3], np.float32).any()  # nothing visible: zero output
+  ga = jax.jit(jax.grad(loss(xla_attention), argnums=(0, 1, 2)))(q, k, v)
+  gb = jax.jit(jax.grad(loss(_autodiff_reference), argnums=(0, 1, 2)))(q, k, v)
+  for name, x, y in zip("qkv", ga, gb):
+    assert x.dtype == dtype, name
+    scale = float(np.abs(np.asarray(y, np.float32)).max())
+    np.testing.assert_allclose(np.asarray(x, np.float32), np.asarray(y, np.float32),
+                               rtol=tol, atol=tol * scale, err_msg=name)

@@ -55,6 +55,28 @@ def test_weighted_cross_entropy_by_hand():
   assert float(aux["balance_loss"]) == 0.0 and float(aux["router_z_loss"]) == 0.0
 
 
+def test_argmax_hits_take_the_first_maximum_like_argmax():
+  # rows: a clear max at 2; a tie between 1 and 3 (argmax: 1); all equal (argmax: 0)
+  logits = jnp.asarray([[[0.0, 1.0, 5.0, 2.0], [0.0, 3.0, 1.0, 3.0], [2.0, 2.0, 2.0, 2.0]]])
+  for targets, want in (([2, 1, 0], [1, 1, 1]), ([3, 3, 1], [0, 0, 0]), ([0, 2, 3], [0, 0, 0])):
+    got = next_token.argmax_hits(logits, jnp.asarray([targets]))
+    np.testing.assert_array_equal(np.asarray(got), [want])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(
+        (jnp.argmax(logits, -1) == jnp.asarray([targets])).astype(jnp.float32)))
+
+
+def test_cross_entropy_and_its_gradient_equal_the_gather_form():
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.randn(2, 5, 7), jnp.float32)
+  targets = jnp.asarray(rng.randint(0, 7, (2, 5)))
+  w = jnp.asarray(rng.rand(2, 5), jnp.float32)
+  gather = lambda x: jnp.sum(w * -jnp.take_along_axis(jax.nn.log_softmax(x), targets[..., None],
+                                                      axis=-1)[..., 0])
+  ours = lambda x: jnp.sum(w * next_token.token_cross_entropy(x, targets))
+  np.testing.assert_allclose(ours(logits), gather(logits), rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(gather)(logits), rtol=1e-5, atol=1e-7)
+
+
 def test_per_kind_and_per_source_sums():
   batch = _batch(target_kind=jnp.asarray([[0, 1, 1, 7]]), source_id=jnp.asarray([[0, 1, -1, 5]]))
   _, aux = next_token.next_token_loss(LOGITS, {}, batch, model_cfg=DENSE_CFG,

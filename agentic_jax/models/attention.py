@@ -10,6 +10,8 @@ padded cache slots carry segment 0). The value head dim may differ from the key'
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -32,19 +34,63 @@ def _scores(q: Array, k: Array) -> Array:
 
 
 def _weighted(p: Array, v: Array) -> Array:
-  if v.ndim == 3:
-    return jnp.einsum("bhts,bsd->bthd", p, v, preferred_element_type=jnp.float32)
+  if v.ndim == 3:  # heads kept beside the batch in the dot: XLA:CPU has no bf16 x bf16 -> f32
+    # dot with them moved after the query axis
+    return jnp.moveaxis(jnp.einsum("bhts,bsd->bhtd", p, v, preferred_element_type=jnp.float32), 1, 2)
   return jnp.einsum("bhts,bshd->bthd", p, v, preferred_element_type=jnp.float32)
 
 
+def _weighted_t(p: Array, g: Array, shared: bool) -> Array:
+  """p^T g: [B, H, T, S] x [B, T, H, D] -> keys' side [B, S, H, D] (or [B, S, D] when the key
+  / value is shared by all heads, whose gradient sums the heads)."""
+  spec = "bhts,bthd->bsd" if shared else "bhts,bthd->bshd"
+  return jnp.einsum(spec, p, g, preferred_element_type=jnp.float32)
+
+
+def _xla_fwd(q, k, v, mask, scale):
+  s = jnp.where(mask, _scores(q, k) * scale, _NEG)
+  m = s.max(-1, keepdims=True)
+  # a row with no visible key (max still _NEG) gets p = 0 and a zero output, not a uniform
+  # average: exp(_NEG - 0) underflows to 0
+  m = jnp.where(m > 0.5 * _NEG, m, 0.0)
+  p = jnp.exp(s - m)  # unnormalised; masked entries are exactly 0
+  l = p.sum(-1)  # [B, H, T]
+  l = jnp.moveaxis(jnp.where(l > 0, l, 1.0), 1, 2)[..., None]  # [B, T, H, 1]
+  out = _weighted(p.astype(v.dtype), v) / l  # normalised after the matmul: [B, T, H, Dv] pass
+  return out.astype(q.dtype), (q, k, v, p, l, out)  # no mask: masked p are 0
+
+
+def _xla_bwd(scale, res, g):
+  """Flash-attention's backward on the materialised scores (P = p / l, O = P V):
+  dV = P^T dO = p^T (dO / l);  dP = dO V^T;  dS = P * (dP - rowsum(dO * O));
+  dQ = scale dS K;  dK = scale dS^T Q. rowsum(dO * O) is a [B, T, H] reduction over Dv, so
+  the softmax backward costs one elementwise pass over the scores instead of autodiff's
+  select/divide/exp chain, and the mask needs no pass of its own (masked p are 0)."""
+  q, k, v, p, l, out = res
+  g = g.astype(jnp.float32)
+  delta = jnp.moveaxis((g * out).sum(-1), 1, 2)[..., None]  # [B, H, T, 1]
+  dv = _weighted_t(p.astype(v.dtype), (g / l).astype(v.dtype), v.ndim == 3)
+  dp = _scores(g.astype(v.dtype), v)  # dO V^T: the same contraction as Q K^T
+  ds = (p / jnp.moveaxis(l, 1, 2)) * (dp - delta) * scale
+  ds = ds.astype(q.dtype)
+  dq = _weighted(ds, k)
+  dk = _weighted_t(ds, q, k.ndim == 3)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _xla_core(q, k, v, mask, scale):
+  return _xla_fwd(q, k, v, mask, scale)[0]
+
+
+_xla_core.defvjp(_xla_fwd, _xla_bwd)
+
+
 def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float) -> Array:
-  """Materialises the [B, H, T, S] scores in float32."""
-  s = _scores(q, k) * scale
+  """Materialises the [B, H, T, S] scores in float32. Its gradient is hand-written
+  (`_xla_bwd`): the same math as autodiff of a softmax, in fewer passes over the scores."""
   mask = _mask(q_index, k_index, q_segment, k_segment)[:, None]
-  s = jnp.where(mask, s, _NEG)
-  p = jax.nn.softmax(s, axis=-1)
-  p = jnp.where(mask, p, 0.0)
-  return _weighted(p.astype(v.dtype), v).astype(q.dtype)
+  return _xla_core(q, k, v, mask, float(scale))
 
 
 def chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float,

@@ -49,12 +49,31 @@ DEFAULT_OPTIONS = {
 }
 
 
+def _target_mask(logits: Array, targets: Array) -> Array:
+  """[..., V] bool, True at each row's target: a compare against an iota that XLA fuses into
+  its consumer (a take_along_axis gather would scatter into a [.., V] zero array backward)."""
+  vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  return vocab == targets[..., None].astype(jnp.int32)
+
+
 def token_cross_entropy(logits: Array, targets: Array) -> Array:
   """-log softmax(logits)[target] per position, float32 [B, T]."""
   logits = logits.astype(jnp.float32)
   lse = jax.nn.logsumexp(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  picked = jnp.sum(jnp.where(_target_mask(logits, targets), logits, 0.0), axis=-1)
   return lse - picked
+
+
+def argmax_hits(logits: Array, targets: Array) -> Array:
+  """float32 [B, T]: 1 where argmax(logits) == target (ties: the first maximum, as argmax).
+  Written as a max and a min over single arrays: XLA:CPU runs argmax's two-operand reduce
+  one element at a time (4% of the tiny benchmark step), these vectorise and share the max
+  with logsumexp."""
+  vocab = logits.shape[-1]
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  iota = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  first = jnp.min(jnp.where(logits == top, iota, vocab), axis=-1)
+  return (first == targets.astype(jnp.int32)).astype(jnp.float32)
 
 
 def _grouped_sums(values: Array, weights: Array, ids: Array, num: int) -> tuple[Array, Array]:
@@ -138,7 +157,7 @@ def next_token_loss(logits: Array, intermediates: Mapping, batch: Mapping[str, A
   ce = token_cross_entropy(logits, batch["targets"])
   ce_sum = jnp.sum(w * ce)
   weight_sum = jnp.sum(w)
-  correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+  correct = argmax_hits(jax.lax.stop_gradient(logits).astype(jnp.float32), batch["targets"])
   aux = {"ce_sum": ce_sum, "weight_sum": weight_sum, "correct_sum": jnp.sum(w * correct)}
   for key, num in (("target_kind", opts["num_kinds"]), ("source_id", opts["num_sources"])):
     if key in batch:

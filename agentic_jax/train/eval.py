@@ -29,6 +29,7 @@ import numpy as np
 
 from agentic_jax import models, parallel
 from agentic_jax.models.config import ModelConfig
+from agentic_jax.objectives.next_token import argmax_hits
 
 Array = jax.Array
 EvalFn = Callable[[Any, Any, Mapping[str, Array]], dict]
@@ -57,7 +58,7 @@ def make_eval_step(model_cfg: ModelConfig, *, num_kinds: int, num_sources: int) 
     logp = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     w = batch["weights"].astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct = argmax_hits(logits, targets)
     out = {"ce_sum": jnp.sum(w * ce), "weight_sum": jnp.sum(w), "correct_sum": jnp.sum(w * correct)}
     for name, key, num in (("kind", "target_kind", num_kinds), ("source", "source_id", num_sources)):
       ids = batch[key].astype(jnp.int32) if key in batch else jnp.zeros_like(targets)
