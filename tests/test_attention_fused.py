@@ -240,3 +240,52 @@ def test_memory_estimate_has_no_scores_for_fused():
   want = 4096 * (1 + c) + 4 * h + c * h * max(cfg.qk_head_dim, cfg.v_head_dim)
   assert terms["batched_dots"] == want
   assert xla["batched_dots"] == 2 * h * 4096 * 4 + c * h * cfg.v_head_dim
+
+
+@pytest.fixture
+def pretend_h100(monkeypatch):
+  """JAX's Python-side cuDNN checks (head dim, layout, dtype, bias) run at trace time; with the
+  version and capability queries answered as on an H100 with cuDNN 9.10, tracing on CPU shows
+  that our shapes pass them, forward and backward (nothing runs: jaxprs only)."""
+  fa = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+  for name in ("check_cudnn_version", "check_compute_capability",
+               "is_cuda_compute_capability_equal"):
+    if not hasattr(fa, name):
+      pytest.skip(f"jax {jax.__version__} has no {name}")
+  monkeypatch.setattr(fa, "check_cudnn_version", lambda: 91000)
+  monkeypatch.setattr(fa, "check_compute_capability", lambda cap: True)
+  monkeypatch.setattr(fa, "is_cuda_compute_capability_equal", lambda cap: False)
+  monkeypatch.setattr(fused, "cuda_compute_capability", lambda: "9.0")
+
+  def refuse(msg):
+    raise AssertionError(f"fell back from cuDNN: {msg}")
+  monkeypatch.setattr(fused, "_warn_once", refuse)
+
+
+def test_mla_shapes_pass_jax_cudnn_checks(pretend_h100):
+  del pretend_h100
+  B, T, H = 2, 256, 16  # Youtu-LLM's expanded path: qk 192, v 128
+  q = jax.ShapeDtypeStruct((B, T, H, 192), jnp.bfloat16)
+  v = jax.ShapeDtypeStruct((B, T, H, 128), jnp.bfloat16)
+  i = jax.ShapeDtypeStruct((B, T), jnp.int32)
+
+  def loss(q, k, v, idx, seg):
+    out = fused.fused_attention(q, k, v, idx, idx, seg, seg, scale=0.1, causal_aligned=True)
+    return out.astype(jnp.float32).sum()
+
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, q, v, i, i))
+  assert "dot_product_attention_fwd" in jaxpr and "dot_product_attention_bwd" in jaxpr
+
+
+def test_tiny_model_train_and_decode_trace_to_cudnn(pretend_h100):
+  del pretend_h100
+  cfg = models.presets.get("youtu_llm_tiny", dtype="bfloat16", attention_impl="fused")
+  variables = models.abstract_variables(cfg)  # shapes only: nothing may lower on CPU here
+  module = models.build(cfg)
+  tokens = jnp.zeros((2, 16), jnp.int32)
+  grad = jax.grad(lambda p: module.apply({"params": p}, tokens).sum())
+  assert "dot_product_attention_bwd" in str(jax.make_jaxpr(grad)(variables["params"]))
+  # the absorbed path: one shared 24-dim key as MQA, latent values padded 16 -> 24
+  step = lambda v, c: module.apply(v, tokens[:, :1], cache=c)
+  cache = jax.eval_shape(lambda: init_cache(cfg, 2, 8))
+  assert "dot_product_attention_fwd" in str(jax.make_jaxpr(step)(variables, cache))
