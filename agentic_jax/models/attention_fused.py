@@ -77,7 +77,7 @@ def cuda_compute_capability() -> Optional[str]:
   return getattr(dev, "compute_capability", None)
 
 
-def plan(*, dtype, qk_dim: int, v_dim: int, shared_key: bool,
+def plan(*, dtype: jnp.dtype | str, qk_dim: int, v_dim: int, shared_key: bool,
          compute_capability: Optional[str]) -> Plan:
   """The fallback rule of the module doc, from static facts only (so it is testable off-GPU)."""
   d = max(qk_dim, v_dim)
