@@ -138,9 +138,15 @@ def chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: fl
 
 
 def attention(q, k, v, q_index, k_index, q_segment, k_segment, *, scale: float, impl: str,
-              chunk_size: int = 512) -> Array:
+              chunk_size: int = 512, causal_aligned: bool = False) -> Array:
+  # causal_aligned: q_index == k_index == arange(T) (promised by the caller); only the fused
+  # core uses it (cuDNN skips the blocks above the diagonal); the others need no hint.
+  if impl == "fused":  # jax.nn.dot_product_attention, cuDNN on GPU: attention_fused.py
+    from agentic_jax.models import attention_fused  # pylint: disable=import-outside-toplevel
+    return attention_fused.fused_attention(q, k, v, q_index, k_index, q_segment, k_segment,
+                                           scale=scale, causal_aligned=causal_aligned)
   if impl == "xla":
     return xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale)
   if impl == "chunked":
     return chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale, chunk_size)
-  raise ValueError(f"attention impl must be 'xla' or 'chunked', got {impl!r}")
+  raise ValueError(f"attention impl must be 'xla', 'chunked' or 'fused', got {impl!r}")

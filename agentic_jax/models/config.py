@@ -25,7 +25,9 @@ SCORING_FUNCS = ("softmax", "sigmoid")
 LEGACY_DROPLESS = "dropless"
 DROPLESS_KERNELS = {"blocked": "dropless_blocked", "ragged_dot": "dropless_ragged"}
 DROPLESS_BACKENDS = tuple(DROPLESS_KERNELS)
-ATTENTION_IMPLS = ("xla", "chunked")
+# "fused": jax.nn.dot_product_attention, cuDNN flash attention on a GPU in bf16/fp16, XLA
+# elsewhere (models/attention_fused.py states the fallback rule).
+ATTENTION_IMPLS = ("xla", "chunked", "fused")
 ROPE_TYPES = ("default", "yarn")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -29,6 +29,8 @@ class AttentionContext(NamedTuple):
   """What every attention sublayer of one forward pass shares (computed once per call)."""
   cos: Array  # [B, T, dr/2]
   sin: Array
+  # Without a cache, q_index == k_index == arange(T) on every row (models/model.py, mtp.py):
+  # MLA passes that promise on as causal_aligned (the fused core's cuDNN causal skip).
   q_index: Array  # [B, T] absolute slot of each query (causal order)
   q_segment: Array  # [B, T]
   k_index: Array  # [B, S]
@@ -81,7 +83,8 @@ class MLA(nn.Module):
       query = jnp.concatenate([q_nope, q_rope], -1).astype(cdt)
       query = constrain(query, ("activation_batch", "activation_length", "activation_heads", None))
       out = attn_lib.attention(query, k.astype(cdt), kv[..., dn:].astype(cdt), ctx.q_index,
-                               ctx.k_index, ctx.q_segment, ctx.k_segment, **kw)
+                               ctx.k_index, ctx.q_segment, ctx.k_segment, causal_aligned=True,
+                               **kw)
       new_cache = None
     else:
       if self.is_initializing():

@@ -21,7 +21,9 @@ dtype c bytes, tensor axis size tp, counted per token and layer):
                  and the gate (H/tp * 4 bytes)
   MLA sublayer   norm d + q_a r_q + q-norm r_q + q_b H*dqk/tp + query H*dqk/tp + kv_a (r_kv+d_r)
                  + latent r_kv + kv_b H*(dn+dv)/tp + keys H*dqk/tp + attn out H*dv/tp + o_proj d
-                 + attention probabilities 2 * H/tp * T * 4 bytes (f32 scores and softmax)
+                 + attention probabilities 2 * H/tp * T * 4 bytes (f32 scores and softmax);
+                 attention_impl "fused" (the cuDNN kernel) instead T * (1 + c) for the mask
+                 and its bias, 4 * H/tp softmax stats, output H/tp * max(dqk, dv)
   dense FFN (I)  norm d + gate I/tp + up I/tp + h I/tp + down d
   MoE            router logits+scores 2*(N+Z)*4 bytes; routed FFN slots per token
                  k_ffn = K*N/(N+Z) (balanced routing; zero-expert slots cost nothing), each
@@ -180,7 +182,12 @@ def _per_token_terms(cfg: models.ModelConfig, seq_len: int, tp: int) -> dict[str
   def mla(t):
     t["dots"] += c * (rq + ht * dqk + (rkv + dr) + ht * (dn + dv) + d)  # q_a, q_b, kv_a, kv_b, o
     t["other"] += c * (d + rq + ht * dqk + rkv + ht * dqk)  # norm, q-norm, query, latent, keys
-    t["batched_dots"] += 2 * ht * seq_len * 4 + c * ht * dv  # scores+probs (f32), attn out
+    if cfg.attention_impl == "fused":
+      # cuDNN flash attention (GPU): no scores; the [B, 1, T, S] bool mask and the bias cuDNN
+      # makes of it (shared by the heads), f32 softmax stats, output padded to max(dqk, dv)
+      t["batched_dots"] += seq_len * (1 + c) + 4 * ht + c * ht * max(dqk, dv)
+    else:
+      t["batched_dots"] += 2 * ht * seq_len * 4 + c * ht * dv  # scores+probs (f32), attn out
 
   def ffn(t, width):
     w = width / tp
