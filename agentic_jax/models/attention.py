@@ -37,7 +37,11 @@ def _weighted(p: Array, v: Array) -> Array:
   if v.ndim == 3:  # heads kept beside the batch in the dot: XLA:CPU has no bf16 x bf16 -> f32
     # dot with them moved after the query axis
     return jnp.moveaxis(jnp.einsum("bhts,bsd->bhtd", p, v, preferred_element_type=jnp.float32), 1, 2)
-  return jnp.einsum("bhts,bshd->bthd", p, v, preferred_element_type=jnp.float32)
+  # heads beside the batch on both sides, the output transposed after: XLA:CPU ran the
+  # "bhts,bshd->bthd" form at ~half the speed (1.5 vs 2.7-3.6 ms at 8x4x256x256x32, Xeon),
+  # and the transposes touch only [B, S, H, D]
+  out = jnp.einsum("bhts,bhsd->bhtd", p, jnp.swapaxes(v, 1, 2), preferred_element_type=jnp.float32)
+  return jnp.swapaxes(out, 1, 2)
 
 
 def _weighted_t(p: Array, g: Array, shared: bool) -> Array:
