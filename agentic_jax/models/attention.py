@@ -90,11 +90,28 @@ def _xla_core(q, k, v, mask, scale):
 _xla_core.defvjp(_xla_fwd, _xla_bwd)
 
 
-def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float) -> Array:
+CAUSAL_BLOCK = 128  # smallest query block of the causal skip below
+
+
+def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float,
+                  causal_aligned: bool = False) -> Array:
   """Materialises the [B, H, T, S] scores in float32. Its gradient is hand-written
-  (`_xla_bwd`): the same math as autodiff of a softmax, in fewer passes over the scores."""
+  (`_xla_bwd`): the same math as autodiff of a softmax, in fewer passes over the scores.
+
+  causal_aligned (the caller promises q_index == k_index == arange(T) on every row): the
+  queries are cut into n = min(8, T // CAUSAL_BLOCK) equal blocks and block i scores only
+  the keys up to its end, so (n + 1) / 2n of the scores are computed (3/4 at T 256, 9/16 from
+  T 1024) and the ones above the diagonal, all masked, are skipped. Same result."""
   mask = _mask(q_index, k_index, q_segment, k_segment)[:, None]
-  return _xla_core(q, k, v, mask, float(scale))
+  length = q.shape[1]
+  n = min(8, length // CAUSAL_BLOCK)
+  if not causal_aligned or n < 2 or length % n or k.shape[1] != length:
+    return _xla_core(q, k, v, mask, float(scale))
+  size = length // n
+  outs = [_xla_core(q[:, i * size:(i + 1) * size], k[:, :(i + 1) * size], v[:, :(i + 1) * size],
+                    mask[:, :, i * size:(i + 1) * size, :(i + 1) * size], float(scale))
+          for i in range(n)]
+  return jnp.concatenate(outs, axis=1)
 
 
 def chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float,
@@ -143,14 +160,14 @@ def chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: fl
 
 def attention(q, k, v, q_index, k_index, q_segment, k_segment, *, scale: float, impl: str,
               chunk_size: int = 512, causal_aligned: bool = False) -> Array:
-  # causal_aligned: q_index == k_index == arange(T) (promised by the caller); only the fused
-  # core uses it (cuDNN skips the blocks above the diagonal); the others need no hint.
+  # causal_aligned: q_index == k_index == arange(T) (promised by the caller): the fused core
+  # lets cuDNN skip the blocks above the diagonal, the xla core skips them by query blocks.
   if impl == "fused":  # jax.nn.dot_product_attention, cuDNN on GPU: attention_fused.py
     from agentic_jax.models import attention_fused  # pylint: disable=import-outside-toplevel
     return attention_fused.fused_attention(q, k, v, q_index, k_index, q_segment, k_segment,
                                            scale=scale, causal_aligned=causal_aligned)
   if impl == "xla":
-    return xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale)
+    return xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale, causal_aligned)
   if impl == "chunked":
     return chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale, chunk_size)
   raise ValueError(f"attention impl must be 'xla', 'chunked' or 'fused', got {impl!r}")
