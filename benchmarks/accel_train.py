@@ -34,8 +34,7 @@ Decode: sampling.generate_arrays (prefill + one jitted while loop over the compr
 greedy, no EOS: every row emits --new_tokens) on --decode_batch rows of --prompt_len random
 tokens, with the trained weights cast to the compute dtype. decode tok/s = rows x new tokens /
 (generate time - prefill time), the prefill timed alone with sampling.prefill; also reported
-end to end. On CPU decoding runs in float32: XLA:CPU cannot run the absorbed path's bf16
-shared-key einsum (the `xla` core's too).
+end to end. On CPU (--quick) decoding runs in float32, the dtype XLA:CPU is fastest in.
 
 Writes --out (JSON): one row per model and attention impl, the denominator and its label, the
 attention path taken (attention_fused.plan) and the device. Nothing here is a measured number
@@ -189,7 +188,7 @@ def time_decode(cfg: ModelConfig, params: Any, router_state: Any, *, batch: int,
   """Median prefill and generate times over `reps` runs after one compile run."""
   dtype = cfg.dtype
   if jax.default_backend() == "cpu" and dtype != "float32":
-    dtype = "float32"  # XLA:CPU: no bf16 x bf16 -> f32 shared-key dot (module doc)
+    dtype = "float32"  # XLA:CPU: float32 is its fast path (module doc)
   cfg = cfg.replace(dtype=dtype, remat_policy="none")
   wdt = jnp.dtype(dtype)
   variables = {"params": jax.tree.map(lambda x: x.astype(wdt), params)}

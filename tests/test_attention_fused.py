@@ -63,11 +63,8 @@ def test_dispatch_and_pure_causal():
     attn_lib.attention(q, k, v, idx, idx, seg, seg, scale=0.25, impl="cudnn")
 
 
-# A shared key in bfloat16 is float32 only here: XLA:CPU (jax 0.10.2) cannot run the xla core's
-# own shared-key einsum in bf16 ("Unsupported element type for DotThunk::Execute: BF16 x BF16 =
-# F32"), so there is no CPU reference; bf16 decode is for the GPU run (benchmarks/accel_train.py).
 @pytest.mark.parametrize("dtype, shared_key", [("float32", False), ("bfloat16", False),
-                                               ("float32", True)])
+                                               ("float32", True), ("bfloat16", True)])
 def test_cache_slots_equal_xla(dtype, shared_key):
   """Decode-shaped call: 3 queries at slots 5..7 of a 12-slot cache; slots after them and a
   left-pad slot carry segment 0 (never attended by segment-1 queries)."""

@@ -24,8 +24,7 @@ zeros, as `xla_attention` does). Why a wrapper is needed at all:
   broadcast copy). Its head dim there is kv_lora_rank + dr (576 for the released MLA models):
   over cuDNN's limit. Off cuDNN a shared key always goes to attention.xla_attention, which
   takes it natively: XLA's path would pad the latent values (a copy of the whole cache per
-  step) and, in bf16 on XLA:CPU (jax 0.10.2), its MQA einsum fails at run time
-  ("Unsupported element type for DotThunk: BF16 x BF16 = F32").
+  step).
 
 Fallback rule (`plan`, pure and unit-tested for GPU inputs on CPU):
   "cudnn"  backend is a CUDA GPU, dtype bfloat16/float16, padded D <= 256 on compute
