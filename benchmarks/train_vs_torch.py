@@ -55,7 +55,7 @@ Models (benchmarks/train_step.py's configs):
   m50   50.2M LongCat-style (d 512, 4 ScMoE layers, 16 + 8 zero experts, top-4), batch 4 x 512
   m200  196.6M LongCat-style (vocab 16384, d 768, 6 ScMoE layers, 12 heads, q_lora 384,
         kv_lora 128, qk 48+16, v 48, SwiGLU 1536, 32 experts (256) + 16 zero, top-4;
-        ~80M activated), batch 4 x 512. Estimated ~15 GB with all four engines (not run yet).
+        ~80M activated), batch 4 x 512. ~17 GB used with all four engines (measured).
 Tokens/s = batch x seq_len / median step time. Model FLOPs per step: agentic_jax.train.flops
 (activated experts at our step's executed FFN share); MFU is given twice, each labelled:
 against agentic_jax.train.peaks' denominator (the rated peak on a known accelerator; on CPU the
