@@ -16,7 +16,8 @@ the one mmap/munmap pair per step.
   M_TRIM_THRESHOLD = -1    never give the heap's top back (man mallopt: -1 disables
                            trimming), so the next step reuses the same, already-mapped pages.
 Faults per step go to 0 and the step matches a preloaded tcmalloc (measured in
-tests/test_allocator.py and benchmarks/README.md). The cost: the process keeps its peak
+tests/test_allocator.py and benchmarks/README.md); with jax 0.12 an occasional call still
+grows the heap once (consecutive calls' blocks overlap), then the pages are reused. The cost: the process keeps its peak
 heap mapped (a training process reaches that peak every step anyway), and all threads share
 one arena lock (XLA's threads allocate little besides these blocks).
 

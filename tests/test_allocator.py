@@ -26,18 +26,19 @@ def f(x):
   return (jnp.cumsum(jnp.sin(x), 0) * jnp.cumsum(jnp.cos(x), 1)).sum()
 
 x = jnp.full((4096, 4096), 1e-3, jnp.float32)
-for _ in range(4):
+for _ in range(6):
   f(x).block_until_ready()
 faults = []
-for _ in range(4):
+for _ in range(12):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(x).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(allocator.state(), statistics.median(faults))
+print(allocator.state(), sum(n < 1_000 for n in faults) / len(faults))
 """
 
 
 def _run(mode: str) -> tuple[str, float]:
+  """(allocator state, share of the measured calls that faulted in < 1,000 pages)."""
   env = dict(os.environ, AGENTIC_JAX_MALLOC=mode, JAX_PLATFORMS="cpu")
   env.pop("LD_PRELOAD", None)
   out = subprocess.run([sys.executable, "-c", PROGRAM], env=env, cwd=ROOT, capture_output=True,
@@ -53,9 +54,11 @@ def test_tuned_malloc_stops_the_per_call_page_faults():
     pytest.skip(f"not a glibc process: {state}")
   sys_state, system = _run("system")
   assert sys_state == "system (AGENTIC_JAX_MALLOC)"
-  # control: under glibc's defaults the two 64 MiB temporaries fault in (>= 16k pages each)
-  assert system > 20_000, system
-  assert tuned < 1_000, (tuned, system)
+  # control: under glibc's defaults every call faults the two 64 MiB temporaries in (>= 16k
+  # pages each). Tuned: the heap is reused; a call may still grow it now and then while
+  # allocations of consecutive calls overlap (seen with jax 0.12: 2-4 of 12 calls), never most.
+  assert system == 0.0, system
+  assert tuned >= 0.6, (tuned, system)
 
 
 def test_mistyped_mode_is_one_line_and_leaves_malloc_alone():
