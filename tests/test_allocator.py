@@ -33,18 +33,18 @@ for _ in range(12):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(x).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(allocator.state(), sum(n < 1_000 for n in faults) / len(faults))
+print(allocator.state(), ",".join(map(str, faults)))
 """
 
 
-def _run(mode: str) -> tuple[str, float]:
-  """(allocator state, share of the measured calls that faulted in < 1,000 pages)."""
+def _run(mode: str) -> tuple[str, list[int]]:
+  """(allocator state, minor page faults of each measured call)."""
   env = dict(os.environ, AGENTIC_JAX_MALLOC=mode, JAX_PLATFORMS="cpu")
   env.pop("LD_PRELOAD", None)
   out = subprocess.run([sys.executable, "-c", PROGRAM], env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=300, check=True).stdout.strip().splitlines()[-1]
   state, faults = out.rsplit(" ", 1)
-  return state, float(faults)
+  return state, [int(n) for n in faults.split(",")]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc settings: Linux only")
@@ -55,10 +55,12 @@ def test_tuned_malloc_stops_the_per_call_page_faults():
   sys_state, system = _run("system")
   assert sys_state == "system (AGENTIC_JAX_MALLOC)"
   # control: under glibc's defaults every call faults the two 64 MiB temporaries in (>= 16k
-  # pages each). Tuned: the heap is reused; a call may still grow it now and then while
-  # allocations of consecutive calls overlap (seen with jax 0.12: 2-4 of 12 calls), never most.
-  assert system == 0.0, system
-  assert tuned >= 0.6, (tuned, system)
+  # pages each). Tuned: the heap's pages are reused; a call may still grow the heap now and
+  # then while allocations of consecutive calls overlap (seen with jax 0.12: 2-4 of 12 calls),
+  # so the test asks for reuse (calls without faults) and far fewer faults in all.
+  assert sorted(system)[len(system) // 2] > 20_000, system
+  assert min(tuned) < 1_000, (tuned, system)
+  assert sum(tuned) < sum(system) / 2, (tuned, system)
 
 
 def test_mistyped_mode_is_one_line_and_leaves_malloc_alone():
