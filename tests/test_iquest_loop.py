@@ -240,8 +240,9 @@ def test_remat_keeps_the_gradients():
   plain = jax.jit(grad_fn(cfg))(variables["params"])
   remat = jax.jit(grad_fn(cfg.replace(remat_policy="full")))(variables["params"])
   # rtol 1e-4: the recomputed forward rounds differently on an AVX-512 Xeon (one of 8192
-  # entries off by 2.8e-5 relative, with glibc's malloc too); a missing or wrong term is O(1)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), plain, remat)
+  # entries off by 2.8e-5 relative, another by 1.1e-7 absolute, with glibc's malloc too); a
+  # missing or wrong term is O(1e-2) here
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), plain, remat)
   jaxpr = str(jax.make_jaxpr(grad_fn(cfg.replace(remat_policy="full")))(variables["params"]))
   assert "checkpoint" in jaxpr or "remat" in jaxpr
   assert "checkpoint" not in str(jax.make_jaxpr(grad_fn(cfg))(variables["params"]))
