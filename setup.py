@@ -44,11 +44,13 @@ EXTRAS = {
     "tpu": ["jax[tpu]>=0.10.2", "gcsfs>=2024.6"],
     "notebooks": ["matplotlib>=3.8", "ipykernel>=6.0", "nbclient>=0.10"],
 }
+# pytest-xdist: README's test command runs the suite in 2 worker processes (-n 2)
 # torch is not listed: it must come from the CPU wheel, installed first (.ci/run), so pip never
 # resolves a CUDA build; where there is none (Python 3.12/3.13 here) the torch tests skip
 # gcp-storage-emulator: the fake GCS server of tests/test_object_storage.py (gs:// workdirs);
 # the notebooks extra: tests/test_notebooks.py executes every notebook in a real kernel (nbclient)
-EXTRAS["test"] = (["pytest>=8.0", "gcp-storage-emulator>=2024.8.3"] + EXTRAS["hf"] + EXTRAS["plot"]
+EXTRAS["test"] = (["pytest>=8.0", "pytest-xdist>=3.5", "gcp-storage-emulator>=2024.8.3"]
+                  + EXTRAS["hf"] + EXTRAS["plot"]
                   + EXTRAS["code"] + EXTRAS["gcs"] + EXTRAS["notebooks"])
 
 setup(

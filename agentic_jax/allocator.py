@@ -19,7 +19,11 @@ Faults per step go to 0 and the step matches a preloaded tcmalloc (measured in
 tests/test_allocator.py and benchmarks/README.md); with jax 0.12 an occasional call still
 grows the heap once (consecutive calls' blocks overlap), then the pages are reused. The cost: the process keeps its peak
 heap mapped (a training process reaches that peak every step anyway), and all threads share
-one arena lock (XLA's threads allocate little besides these blocks).
+one arena lock. A step allocates little besides its blocks, but XLA's compiler threads allocate
+a lot: compiling is ~20-25% slower (tests/test_moe.py, mostly compiles: 62-67 s vs 50-52 s with
+AGENTIC_JAX_MALLOC=system on a 2-core Xeon; the lock, since GLIBC_TUNABLES with arena_max=1
+alone gives the same, mmap_max/trim_threshold alone do not), so the test suite runs with
+"system" (tests/conftest.py).
 
 Arena assignment happens at a thread's first malloc, so this must run before JAX creates its
 backend (the thread pools): `import agentic_jax` calls it, which is early enough for launch

@@ -13,8 +13,8 @@ beside this file and are imported as usual.
   unharmed_test_process  the sandbox tests' after-check: no child of ours left behind, and we
                          can still start processes (test_sandbox*.py use it via pytestmark).
   free_compiled_programs (autouse, module scope) drops JAX's in-memory caches of compiled
-                         programs after each module: `.ci/run` runs the whole suite in one
-                         process, and XLA:CPU keeps every executable's code mapped, so thousands
+                         programs after each module: `.ci/run` runs the suite in two
+                         worker processes, and XLA:CPU keeps every executable's code mapped, so thousands
                          of them approach the kernel's per-process map limit (vm.max_map_count
                          65530); the suite segfaulted inside XLA's compiler at ~85% before this.
 
@@ -30,6 +30,14 @@ import subprocess
 import tempfile
 
 import pytest
+
+# The suite runs with glibc's default malloc (children inherit it through os.environ): the tuned
+# setting of agentic_jax/allocator.py puts every thread on one arena, whose lock XLA's compiler
+# threads contend for, and the suite compiles thousands of small programs and runs few steps
+# (tests/test_moe.py: 62-67 s tuned vs 50-52 s system on a 2-core Xeon). Results do not depend on
+# it; tests/test_allocator.py runs both settings explicitly. Set AGENTIC_JAX_MALLOC=tuned to run
+# the suite under the tuned setting.
+os.environ.setdefault("AGENTIC_JAX_MALLOC", "system")
 
 # Modules whose tests rebuild the same jitted programs (resumed runs, repeated setups, reruns in
 # subprocesses): each gets its own persistent compilation cache for the module's duration, so all

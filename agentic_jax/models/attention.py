@@ -20,8 +20,9 @@ Array = jax.Array
 _NEG = -1e30  # finite "minus infinity": keeps fully-masked blocks NaN-free
 
 
-def _mask(q_index, k_index, q_segment, k_segment) -> Array:
-  """[B, T, S] bool."""
+def segment_causal_mask(q_index: Array, k_index: Array, q_segment: Array,
+                        k_segment: Array) -> Array:
+  """[B, T, S] bool: query t sees key s when k_index[s] <= q_index[t] and both share a segment."""
   causal = k_index[:, None, :] <= q_index[:, :, None]
   same = q_segment[:, :, None] == k_segment[:, None, :]
   return causal & same
@@ -102,7 +103,7 @@ def xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: float,
   queries are cut into n = min(8, T // CAUSAL_BLOCK) equal blocks and block i scores only
   the keys up to its end, so (n + 1) / 2n of the scores are computed (3/4 at T 256, 9/16 from
   T 1024) and the ones above the diagonal, all masked, are skipped. Same result."""
-  mask = _mask(q_index, k_index, q_segment, k_segment)[:, None]
+  mask = segment_causal_mask(q_index, k_index, q_segment, k_segment)[:, None]
   length = q.shape[1]
   n = min(8, length // CAUSAL_BLOCK)
   if not causal_aligned or n < 2 or length % n or k.shape[1] != length:
@@ -143,7 +144,7 @@ def chunked_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale: fl
     m, l, acc = carry
     kb, vb, kib, ksb = blk
     s = _scores(q, kb) * scale
-    mask = _mask(q_index, kib, q_segment, ksb)[:, None]
+    mask = segment_causal_mask(q_index, kib, q_segment, ksb)[:, None]
     s = jnp.where(mask, s, _NEG)
     m_new = jnp.maximum(m, s.max(-1))
     p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)

@@ -46,6 +46,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from agentic_jax.models import attention as attn_lib
+
 Array = jax.Array
 
 CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -96,14 +98,6 @@ def plan(*, dtype: jnp.dtype | str, qk_dim: int, v_dim: int, shared_key: bool,
   return Plan("xla", d, why + "; XLA (implementation=None)")
 
 
-def segment_causal_mask(q_index: Array, k_index: Array, q_segment: Array,
-                        k_segment: Array) -> Array:
-  """[B, T, S] bool: the mask rule of the module doc."""
-  causal = k_index[:, None, :] <= q_index[:, :, None]
-  same = q_segment[:, :, None] == k_segment[:, None, :]
-  return causal & same
-
-
 def _pad_last(x: Array, size: int) -> Array:
   extra = size - x.shape[-1]
   if not extra:
@@ -136,10 +130,9 @@ def fused_attention(q: Array, k: Array, v: Array, q_index: Array, k_index: Array
   if causal_aligned and q.shape[1] != k.shape[1]:
     raise ValueError(f"causal_aligned needs T == S, got T={q.shape[1]}, S={k.shape[1]}")
   if p.kind == "core":
-    from agentic_jax.models import attention as attn_lib  # pylint: disable=import-outside-toplevel
     return attn_lib.xla_attention(q, k, v, q_index, k_index, q_segment, k_segment, scale)
 
-  mask = segment_causal_mask(q_index, k_index, q_segment, k_segment)
+  mask = attn_lib.segment_causal_mask(q_index, k_index, q_segment, k_segment)
   qp = _pad_last(q, p.head_dim)
   kp = _pad_last(k.astype(q.dtype), p.head_dim)
   vp = _pad_last(v.astype(q.dtype), p.head_dim)
