@@ -61,6 +61,16 @@ SLOW_MODULES = frozenset({
     "test_speculative", "test_validation", "test_watchdog"})
 
 
+# The newest-stack tier (`-m stack`): what `.ci/run`'s second leg runs on Python 3.12 with the
+# newest JAX / Flax / optax / orbax / grain, so that drift in their APIs shows up in a few minutes:
+# a model's forward and gradients (Flax, jax.numpy), attention cores, MoE kernels incl. ragged_dot
+# and shard_map on fake devices, an optax train step, orbax checkpoints, grain pipelines, the
+# losses. Chosen from `pytest --durations` of the whole suite (~150 worker-seconds of ~5,900).
+STACK_MODULES = frozenset({
+    "test_attention", "test_checkpoint", "test_layers", "test_moe_kernels", "test_objectives",
+    "test_pipeline", "test_reader", "test_rl_losses", "test_rl_step", "test_train_step"})
+
+
 @pytest.fixture(autouse=True, scope="module")
 def free_compiled_programs():
   yield
@@ -74,13 +84,18 @@ def free_compiled_programs():
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: in a module of conftest.SLOW_MODULES (whole jobs, "
                           "multi-process runs, transformers parity); deselect with -m 'not slow'")
+  config.addinivalue_line("markers", "stack: in a module of conftest.STACK_MODULES (the "
+                          "newest-stack tier of .ci/run's second leg); select with -m stack")
 
 
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
-    if item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+    module = item.module.__name__.rpartition(".")[2]
+    if module in SLOW_MODULES:
       item.add_marker(pytest.mark.slow)
+    if module in STACK_MODULES:
+      item.add_marker(pytest.mark.stack)
 
 
 @pytest.fixture(scope="module")
