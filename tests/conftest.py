@@ -13,9 +13,9 @@ beside this file and are imported as usual.
   unharmed_test_process  the sandbox tests' after-check: no child of ours left behind, and we
                          can still start processes (test_sandbox*.py use it via pytestmark).
   free_compiled_programs (autouse, module scope) drops JAX's in-memory caches of compiled
-                         programs after each module: `.ci/run` runs the suite in two
-                         worker processes, and XLA:CPU keeps every executable's code mapped, so thousands
-                         of them approach the kernel's per-process map limit (vm.max_map_count
+                         programs after each module: each of `.ci/run`'s two worker
+                         processes runs many modules, and XLA:CPU keeps every executable's
+                         code mapped, so thousands of them approach the kernel's per-process map limit (vm.max_map_count
                          65530); the suite segfaulted inside XLA's compiler at ~85% before this.
 
 Imports of the code under test sit inside the fixtures, so collecting a module that uses none
