@@ -16,7 +16,8 @@ beside this file and are imported as usual.
                          programs after each module: each of `.ci/run`'s two worker
                          processes runs many modules, and XLA:CPU keeps every executable's
                          code mapped, so thousands of them approach the kernel's per-process
-                         map limit (vm.max_map_count 65530); the suite segfaulted inside XLA's compiler at ~85% before this.
+                         map limit (vm.max_map_count 65530); the suite segfaulted inside
+                         XLA's compiler at ~85% before this.
 
 Imports of the code under test sit inside the fixtures, so collecting a module that uses none
 of these loads nothing more than it did.
